@@ -1,0 +1,29 @@
+# One-command set-up: `make run` runs the word count locally, `make test` runs the tests.
+# Both create the virtual environment (.venv) and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: run test zookeeper clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/streamgale local examples/word_count.py
+
+# ZooKeeper for the cluster tests: Debian's package, installed when missing.
+zookeeper:
+	@test -f /usr/share/java/zookeeper.jar || { \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q zookeeper; }
+
+test: $(VENV)/.installed zookeeper
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""The streamgale command line (installed as streamgale.cli)."""

@@ -1,0 +1,1 @@
+"""Nimbus: the master daemon (installed as streamgale.nimbus)."""

@@ -1,0 +1,29 @@
+"""StreamGale: a distributed stream processing engine for Python, in the mould of Apache Storm.
+
+The public API is what this module exports; ``streamgale.testing`` is public
+too. Everything else is internal.
+"""
+
+from .components import Bolt, Spout, TopologyContext
+from .config import Config, ConfigError, load_config
+from .groupings import CustomGrouping
+from .local import LocalCluster, run_local
+from .topology import Topology, TopologyError
+from .tuples import Tuple
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bolt",
+    "Config",
+    "ConfigError",
+    "CustomGrouping",
+    "LocalCluster",
+    "Spout",
+    "Topology",
+    "TopologyContext",
+    "TopologyError",
+    "Tuple",
+    "load_config",
+    "run_local",
+]

@@ -1,0 +1,181 @@
+"""The base classes users subclass: :class:`Spout` and :class:`Bolt`.
+
+Threading contract: every method of a component instance is called from one
+thread, the worker's executor loop, never concurrently. All executors of a
+worker share that loop, so a method must not block for long: ``next_tuple``
+must return promptly (emit nothing if nothing is ready), and a bolt that waits
+on slow I/O delays every other task in its worker.
+
+Each task runs its own instance: a component given as a class is instantiated
+with no arguments per task; one given as an instance is deep-copied per task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+
+from .tuples import Tuple
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+@dataclass(frozen=True)
+class TopologyContext:
+    """What a task knows about itself and its topology (given to open/prepare)."""
+
+    topology: str
+    component: str
+    task_id: int
+    task_index: int  # 0..task_count-1 within the component
+    task_count: int
+    config: "Config"
+    component_tasks: Mapping[str, tuple[int, ...]] = field(repr=False)
+    outputs: Mapping[str, tuple[str, ...]] = field(repr=False)
+
+    def tasks_of(self, component: str) -> tuple[int, ...]:
+        """Task ids of ``component`` (for emit_direct targets)."""
+        return self.component_tasks[component]
+
+
+class _NotRunning:
+    """Stands in for the runtime's collector until open/prepare is called."""
+
+    def __getattr__(self, name: str):
+        raise RuntimeError(
+            f"'{name}' called on a component that is not running; emit, ack and fail "
+            "may only be called from open/prepare onwards, by the runtime's thread"
+        )
+
+
+_NOT_RUNNING = _NotRunning()
+
+
+class Component:
+    """Common to spouts and bolts.
+
+    ``outputs`` declares the output streams and their fields: a list of field
+    names for the default stream, or a mapping stream -> field names.
+    """
+
+    outputs: ClassVar[Sequence[str] | Mapping[str, Sequence[str]]] = ()
+    _collector: Any = _NOT_RUNNING
+
+    def log_error(self, message: str) -> None:  # pragma: no cover - convenience
+        import logging
+
+        logging.getLogger(type(self).__module__).error(message)
+
+
+class Spout(Component):
+    """A source of tuples.
+
+    Override ``next_tuple`` (called repeatedly; must not block; emit zero or
+    more tuples). Emit with a ``msg_id`` to have the tuple tracked: ``ack`` or
+    ``fail`` is then called with that id once its tuple tree completes or fails.
+    """
+
+    def open(self, context: TopologyContext) -> None:
+        """Called once per task before the first next_tuple."""
+
+    def next_tuple(self) -> None:
+        """Emit the next tuple(s), if any are ready. Must not block."""
+
+    def ack(self, msg_id: Any) -> None:
+        """The tuple emitted with ``msg_id`` was fully processed."""
+
+    def fail(self, msg_id: Any) -> None:
+        """The tuple emitted with ``msg_id`` failed or timed out; replay it if you wish."""
+
+    def activate(self) -> None:
+        """The topology was activated: next_tuple will be called again."""
+
+    def deactivate(self) -> None:
+        """The topology was deactivated: next_tuple will not be called until activate."""
+
+    def close(self) -> None:
+        """Called once when the task shuts down (best effort)."""
+
+    def emit(self, values: Sequence[Any], stream: str = "default", msg_id: Any = None) -> list[int]:
+        """Emit a tuple; returns the task ids it was sent to."""
+        return self._collector.spout_emit(values, stream, msg_id)
+
+    def emit_direct(self, task: int, values: Sequence[Any], stream: str = "default",
+                    msg_id: Any = None) -> None:
+        """Emit to one task of a component subscribed to ``stream`` with direct grouping."""
+        self._collector.spout_emit_direct(task, values, stream, msg_id)
+
+
+class Bolt(Component):
+    """A processing step.
+
+    ``process(tup)`` is called for each input tuple. By default
+    (``auto_ack = True``) every tuple emitted inside ``process`` is anchored to
+    the input, and the input is acked when ``process`` returns (failed if it
+    raises). Set ``auto_ack = False`` to hold tuples and call ``ack``/``fail``
+    yourself, passing ``anchors`` to ``emit``.
+    """
+
+    auto_ack: ClassVar[bool] = True
+
+    def prepare(self, context: TopologyContext) -> None:
+        """Called once per task before the first tuple."""
+
+    def process(self, tup: Tuple) -> None:
+        """Handle one input tuple (tick tuples too: check ``tup.is_tick``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement process(self, tup)")
+
+    def cleanup(self) -> None:
+        """Called once when the task shuts down (best effort)."""
+
+    def emit(self, values: Sequence[Any], stream: str = "default",
+             anchors: Tuple | Sequence[Tuple] | None = None) -> list[int]:
+        """Emit a tuple anchored to ``anchors`` (default: the current input when auto_ack)."""
+        return self._collector.bolt_emit(values, stream, anchors)
+
+    def emit_direct(self, task: int, values: Sequence[Any], stream: str = "default",
+                    anchors: Tuple | Sequence[Tuple] | None = None) -> None:
+        self._collector.bolt_emit_direct(task, values, stream, anchors)
+
+    def ack(self, tup: Tuple) -> None:
+        self._collector.ack(tup)
+
+    def fail(self, tup: Tuple) -> None:
+        self._collector.fail(tup)
+
+
+def normalise_outputs(outputs: Any, component: str) -> dict[str, tuple[str, ...]]:
+    """``["word"]`` -> ``{"default": ("word",)}``; validates names."""
+    from .topology import TopologyError
+
+    if isinstance(outputs, Mapping):
+        streams = dict(outputs)
+    elif isinstance(outputs, (list, tuple)):
+        streams = {"default": outputs} if outputs else {}
+    else:
+        raise TopologyError(
+            f"component '{component}': outputs must be a list of field names or a mapping "
+            f"stream -> field names, got {type(outputs).__name__}"
+        )
+    result: dict[str, tuple[str, ...]] = {}
+    for stream, fields in streams.items():
+        if not isinstance(stream, str) or not stream or stream.startswith("__"):
+            raise TopologyError(
+                f"component '{component}': stream name {stream!r} is invalid "
+                "(a non-empty string not starting with '__')"
+            )
+        if isinstance(fields, str) or not isinstance(fields, (list, tuple)):
+            raise TopologyError(
+                f"component '{component}': fields of stream '{stream}' must be a list of names"
+            )
+        if not all(isinstance(f, str) and f for f in fields):
+            raise TopologyError(
+                f"component '{component}': fields of stream '{stream}' must be non-empty strings"
+            )
+        if len(set(fields)) != len(fields):
+            raise TopologyError(
+                f"component '{component}': stream '{stream}' declares a field twice: {list(fields)}"
+            )
+        result[stream] = tuple(fields)
+    return result

@@ -1,0 +1,286 @@
+"""Configuration: one typed schema, loaded in layers.
+
+Layers, lowest first: built-in defaults < config file (``--config``,
+``STREAMGALE_CONF`` or ``./config.yaml``) < topology config < ``-c key=value``.
+
+Keys are dotted (``network.port``); a YAML file may nest them
+(``network: {port: 5555}``) or write them flat. Keys in a reserved namespace
+(the first segment of any built-in key) must be known and well typed. A
+topology may also carry free-form keys of its own (``wordcount.top_n``); those
+are only rejected when they look like a typo of a built-in key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: str  # human description of what is expected
+    default: Any
+    check: Callable[[Any], Any]  # returns the normalised value or raises ValueError
+    doc: str
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ValueError
+        return v
+
+    return check
+
+
+def _float(lo: float = 0.0, allow_zero: bool = False) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError
+        v = float(v)
+        if v < lo or (v == lo and not allow_zero):
+            raise ValueError
+        return v
+
+    return check
+
+
+def _optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        return None if v is None else inner(v)
+
+    return check
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if not isinstance(v, str) or v.upper() not in {o.upper() for o in options}:
+            raise ValueError
+        return next(o for o in options if o.upper() == v.upper())
+
+    return check
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError
+    return v
+
+
+def _zk_root(v: Any) -> str:
+    v = _str(v)
+    if not v.startswith("/") or v.endswith("/") or "//" in v:
+        raise ValueError
+    return v
+
+
+def _servers(v: Any) -> tuple[str, ...]:
+    items = v.split(",") if isinstance(v, str) else v
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError
+        out.append(item.strip())
+    return tuple(out)
+
+
+_PORT = _int(1, 65535)
+
+SETTINGS: dict[str, Setting] = {
+    s.key: s
+    for s in [
+        Setting("workers", "an integer >= 1", 4, _int(1, 1024),
+                "worker slots on each supervisor node"),
+        Setting("logging_level", "one of " + ", ".join(LOG_LEVELS), "INFO", _choice(*LOG_LEVELS),
+                "log level of every StreamGale process"),
+        Setting("network.port", "a port number (1-65535)", 5555, _PORT,
+                "first worker slot port; slots use port .. port+workers-1"),
+        Setting("network.protocol", "'zmq'", "zmq", _choice("zmq"),
+                "transport between workers (ZeroMQ over TCP)"),
+        Setting("zookeeper.servers", "a list of host:port", ("127.0.0.1:2181",), _servers,
+                "the ZooKeeper ensemble"),
+        Setting("zookeeper.root", "an absolute znode path like /streamgale", "/streamgale", _zk_root,
+                "root znode under which all cluster state lives"),
+        Setting("zookeeper.session_timeout", "a number of seconds > 0", 10.0, _float(),
+                "ZooKeeper session timeout; a node is declared dead after it"),
+        Setting("nimbus.host", "a host name or address", "127.0.0.1", _str,
+                "where clients reach nimbus"),
+        Setting("nimbus.port", "a port number (1-65535)", 6627, _PORT,
+                "nimbus client API port"),
+        Setting("supervisor.local_dir", "a directory path", "~/.streamgale/supervisor", _str,
+                "where a supervisor keeps code packages, worker state and logs"),
+        Setting("topology.workers", "an integer >= 1", 1, _int(1, 1024),
+                "worker processes for the topology"),
+        Setting("topology.message_timeout", "a number of seconds > 0", 30.0, _float(),
+                "a spout tuple not fully processed within this time fails"),
+        Setting("topology.max_spout_pending", "an integer >= 1 or null", None, _optional(_int(1)),
+                "in-flight tuples allowed per spout task (null: unbounded)"),
+        Setting("topology.acker_executors", "an integer >= 0 or null", None, _optional(_int(0)),
+                "acker executors (null: one per worker; 0 turns tracking off)"),
+        Setting("topology.tick_interval", "a number of seconds > 0 or null", None,
+                _optional(_float()), "send tick tuples to bolts at this interval"),
+        Setting("topology.queue_size", "an integer >= 16", 2048, _int(16),
+                "capacity of each executor's input queue, in tuples"),
+        Setting("topology.batch_size", "an integer >= 1", 1000, _int(1),
+                "tuples per message between workers"),
+        Setting("topology.batch_linger", "a number of seconds >= 0", 0.001, _float(allow_zero=True),
+                "longest a partial batch waits before it is sent"),
+    ]
+}
+
+RESERVED_NAMESPACES = frozenset(k.split(".")[0] for k in SETTINGS)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Turn ``{"network": {"port": 1}}`` into ``{"network.port": 1}``.
+
+    A mapping is only descended into when its key is a namespace prefix
+    (``network``), so a free-form user key may hold a dict value.
+    """
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config key {key!r} must be a string")
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping) and any(k.startswith(full + ".") for k in SETTINGS):
+            out.update(flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def check_value(key: str, value: Any, source: str, allow_user_keys: bool) -> Any:
+    """Validate one key/value pair and return the normalised value."""
+    setting = SETTINGS.get(key)
+    if setting is None:
+        close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.8)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        if not allow_user_keys or key.split(".")[0] in RESERVED_NAMESPACES or close:
+            known = ", ".join(sorted(SETTINGS))
+            raise ConfigError(
+                f"unknown config key '{key}' in {source}{hint}"
+                + ("" if close else f" (known keys: {known})")
+            )
+        return value
+    try:
+        return setting.check(value)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"config key '{key}' in {source} must be {setting.kind}, got {value!r}"
+        ) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``-c key=value``; the value is read as YAML (``4`` -> 4)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"-c expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+class Config(Mapping[str, Any]):
+    """An immutable, validated view of the layered configuration.
+
+    ``config["network.port"]``; ``config.get("my.key", default)`` for user keys.
+    """
+
+    def __init__(self, values: Mapping[str, Any] | None = None):
+        self._values = {k: s.default for k, s in SETTINGS.items()}
+        if values:
+            self._values.update(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Config({self._values!r})"
+
+    def merged(self, layer: Mapping[str, Any], source: str, allow_user_keys: bool = True) -> "Config":
+        """Return a new Config with ``layer`` (possibly nested) applied on top."""
+        flat = flatten(layer)
+        checked = {k: check_value(k, v, source, allow_user_keys) for k, v in flat.items()}
+        return Config({**self._values, **checked})
+
+    def with_overrides(self, overrides: Iterable[str]) -> "Config":
+        """Apply ``-c key=value`` strings."""
+        layer = dict(parse_override(o) for o in overrides)
+        return self.merged(layer, "-c option")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._values.items()}
+
+    @property
+    def local_dir(self) -> Path:
+        return Path(os.path.expanduser(self["supervisor.local_dir"]))
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file in force: explicit path, else $STREAMGALE_CONF, else ./config.yaml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("STREAMGALE_CONF")
+    if env:
+        return Path(env)
+    local = Path("config.yaml")
+    return local if local.is_file() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Defaults < config file. The file is strict: no unknown keys.
+
+    Apply the topology's config and then ``-c`` overrides with
+    :func:`topology_config`.
+    """
+    config = Config()
+    file = find_config_file(path)
+    if file is not None:
+        try:
+            text = Path(file).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {file}: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {file} is not valid YAML: {e}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {file} must hold a mapping of keys, got {type(data).__name__}")
+        config = config.merged(data, f"config file {file}", allow_user_keys=False)
+    return config
+
+
+def topology_config(base: Config, topology_conf: Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
+    """The config a topology runs with: base < topology's own config < ``-c``."""
+    return base.merged(topology_conf, "topology config").with_overrides(overrides)

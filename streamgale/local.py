@@ -1,0 +1,97 @@
+"""Local mode: the whole topology in this process, no ZooKeeper, no sockets.
+
+Every executor the topology declares runs here, through the same routers and
+executor loop that a cluster worker uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from streamgale.worker.assembly import Capture, build_executors
+from streamgale.worker.loop import ExecutorLoop
+
+from .config import Config
+from .topology import Topology
+
+log = logging.getLogger("streamgale.local")
+
+
+@dataclass
+class ComponentError:
+    component: str
+    task: int
+    error: BaseException
+    details: str
+
+
+@dataclass
+class LocalRun:
+    """The outcome of a local run."""
+
+    seconds: float
+    errors: list[ComponentError] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class LocalCluster:
+    """Runs one topology in-process. Not thread-safe: drive it from one thread,
+    except :meth:`shutdown`, which any thread may call."""
+
+    def __init__(self, topology: Topology, config: Config, capture: Capture | None = None,
+                 on_error: Callable[[ComponentError], None] | None = None):
+        self.topology = topology.validate()
+        self.config = config
+        self.errors: list[ComponentError] = []
+        self._on_error = on_error
+        self._stop = threading.Event()
+        groups = [(name, tasks) for name, execs in topology.executors().items() for tasks in execs]
+        self.executors = build_executors(topology, config, groups, None, self._record_error, capture)
+        self.loop = ExecutorLoop(self.executors, config["topology.queue_size"])
+
+    def _record_error(self, component: str, task: int, exc: BaseException, details: str) -> None:
+        err = ComponentError(component, task, exc, details)
+        self.errors.append(err)
+        log.error("component '%s' task %d raised %s: %s\n%s", component, task,
+                  type(exc).__name__, exc, details)
+        if self._on_error is not None:
+            self._on_error(err)
+
+    def shutdown(self) -> None:
+        """Ask the loop to stop after its current turn (thread-safe)."""
+        self._stop.set()
+
+    def run(self, duration: float | None = None,
+            until: Callable[[], bool] | None = None) -> LocalRun:
+        """Run until ``duration`` elapses, ``until()`` is true, shutdown, or Ctrl-C."""
+        start = time.monotonic()
+        deadline = None if duration is None else start + duration
+        stop = self._stop
+
+        def should_stop() -> bool:
+            if stop.is_set():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return True
+            return until is not None and until()
+
+        interrupted = False
+        self.loop.start()
+        try:
+            self.loop.run(should_stop)
+        except KeyboardInterrupt:
+            interrupted = True
+            log.info("interrupted; shutting down")
+        finally:
+            self.loop.stop()
+        return LocalRun(time.monotonic() - start, list(self.errors), interrupted)
+
+
+def run_local(topology: Topology, config: Config, duration: float | None = None) -> LocalRun:
+    """Run ``topology`` in this process until ``duration`` seconds pass or Ctrl-C."""
+    return LocalCluster(topology, config).run(duration)
+

@@ -1,0 +1,315 @@
+"""Building a topology: components, streams, subscriptions, and validation.
+
+A topology file is a Python module that defines either a module-level
+``topology`` (a :class:`Topology`) or a function ``build_topology(config)``
+returning one. See ``docs/topologies.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from .components import Bolt, Component, Spout, normalise_outputs
+from .groupings import CustomGrouping, Grouping
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+class TopologyError(ValueError):
+    """The topology is invalid; the message names the component and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    source: str
+    stream: str
+    grouping: Grouping
+
+
+@dataclass
+class ComponentDef:
+    """One declared component. ``factory()`` returns a fresh instance for a task."""
+
+    name: str
+    kind: str  # "spout" | "bolt"
+    cls: type
+    factory: Callable[[], Component]
+    parallelism: int
+    tasks: int
+    outputs: dict[str, tuple[str, ...]]
+    config: dict[str, Any] = field(default_factory=dict)
+    inputs: list[Subscription] = field(default_factory=list)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "class": f"{self.cls.__module__}.{self.cls.__qualname__}",
+            "parallelism": self.parallelism,
+            "tasks": self.tasks,
+            "outputs": {s: list(f) for s, f in self.outputs.items()},
+            "inputs": [
+                {"source": s.source, "stream": s.stream, **s.grouping.to_spec()} for s in self.inputs
+            ],
+            "config": dict(self.config),
+        }
+
+
+def _factory_for(name: str, component: Any, base: type) -> tuple[type, Callable[[], Component]]:
+    kind = "spout" if base is Spout else "bolt"
+    if isinstance(component, type):
+        if not issubclass(component, base):
+            raise TopologyError(
+                f"{kind} '{name}': {component.__name__} must subclass streamgale.{base.__name__}"
+            )
+        return component, component
+    if isinstance(component, base):
+        proto = component
+        return type(component), lambda: copy.deepcopy(proto)
+    raise TopologyError(
+        f"{kind} '{name}': expected a {base.__name__} subclass or instance, got {component!r}"
+    )
+
+
+class BoltDeclarer:
+    """Returned by :meth:`Topology.bolt`; chain groupings to subscribe to streams."""
+
+    def __init__(self, topology: "Topology", component: ComponentDef):
+        self._topology = topology
+        self._component = component
+
+    def _add(self, source: str, stream: str, grouping: Grouping) -> "BoltDeclarer":
+        if not isinstance(source, str):
+            raise TopologyError(
+                f"bolt '{self._component.name}': source must be a component name, got {source!r}"
+            )
+        self._component.inputs.append(Subscription(source, stream, grouping))
+        return self
+
+    def shuffle(self, source: str, stream: str = "default") -> "BoltDeclarer":
+        """Tuples are spread evenly over the tasks, at random."""
+        return self._add(source, stream, Grouping("shuffle"))
+
+    def fields(self, source: str, *fields: str, stream: str = "default") -> "BoltDeclarer":
+        """Tuples with equal values of ``fields`` always go to the same task."""
+        if not fields:
+            raise TopologyError(
+                f"bolt '{self._component.name}': fields grouping on '{source}' needs at least one field"
+            )
+        return self._add(source, stream, Grouping("fields", tuple(fields)))
+
+    def partial_key(self, source: str, *fields: str, stream: str = "default") -> "BoltDeclarer":
+        """Like fields grouping, but each key may go to one of two tasks, to balance skew."""
+        if not fields:
+            raise TopologyError(
+                f"bolt '{self._component.name}': partial-key grouping on '{source}' needs a field"
+            )
+        return self._add(source, stream, Grouping("partial_key", tuple(fields)))
+
+    def all(self, source: str, stream: str = "default") -> "BoltDeclarer":
+        """Every task receives every tuple."""
+        return self._add(source, stream, Grouping("all"))
+
+    def global_(self, source: str, stream: str = "default") -> "BoltDeclarer":
+        """Every tuple goes to one task (the lowest task id)."""
+        return self._add(source, stream, Grouping("global"))
+
+    def none(self, source: str, stream: str = "default") -> "BoltDeclarer":
+        """No preference (currently the same as shuffle)."""
+        return self._add(source, stream, Grouping("none"))
+
+    def direct(self, source: str, stream: str = "default") -> "BoltDeclarer":
+        """The emitter picks the task with ``emit_direct``."""
+        return self._add(source, stream, Grouping("direct"))
+
+    def local_or_shuffle(self, source: str, stream: str = "default") -> "BoltDeclarer":
+        """Shuffle among tasks in the emitter's worker if there are any, else among all."""
+        return self._add(source, stream, Grouping("local_or_shuffle"))
+
+    def custom(self, source: str, grouping: type[CustomGrouping] | CustomGrouping,
+               stream: str = "default") -> "BoltDeclarer":
+        """A :class:`CustomGrouping` subclass or instance chooses the tasks."""
+        is_cls = isinstance(grouping, type) and issubclass(grouping, CustomGrouping)
+        if not (is_cls or isinstance(grouping, CustomGrouping)):
+            raise TopologyError(
+                f"bolt '{self._component.name}': custom grouping must be a CustomGrouping "
+                f"subclass or instance, got {grouping!r}"
+            )
+        return self._add(source, stream, Grouping("custom", (), grouping))
+
+
+class Topology:
+    """A graph of spouts and bolts.
+
+    ``config`` holds topology-level settings (``topology.workers``, user keys);
+    each component may carry its own ``config`` (``topology.tick_interval``).
+    """
+
+    def __init__(self, name: str, config: Mapping[str, Any] | None = None):
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise TopologyError(
+                f"topology name {name!r} is invalid: use 1-64 letters, digits, '_' or '-', "
+                "starting with a letter"
+            )
+        self.name = name
+        self.config: dict[str, Any] = dict(config or {})
+        self.components: dict[str, ComponentDef] = {}
+
+    def _declare(self, name: str, component: Any, base: type, parallelism: int,
+                 tasks: int | None, config: Mapping[str, Any] | None) -> ComponentDef:
+        kind = "spout" if base is Spout else "bolt"
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise TopologyError(
+                f"{kind} name {name!r} is invalid: use 1-64 letters, digits, '_' or '-', "
+                "starting with a letter"
+            )
+        if name in self.components:
+            raise TopologyError(f"component name '{name}' is declared twice in topology '{self.name}'")
+        if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 1:
+            raise TopologyError(f"{kind} '{name}': parallelism must be an integer >= 1, got {parallelism!r}")
+        if tasks is None:
+            tasks = parallelism
+        if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < parallelism:
+            raise TopologyError(
+                f"{kind} '{name}': tasks must be an integer >= parallelism ({parallelism}), got {tasks!r}"
+            )
+        cls, factory = _factory_for(name, component, base)
+        outputs = normalise_outputs(cls.outputs if isinstance(component, type) else component.outputs, name)
+        cdef = ComponentDef(name, kind, cls, factory, parallelism, tasks, outputs, dict(config or {}))
+        self.components[name] = cdef
+        return cdef
+
+    def spout(self, name: str, spout: type[Spout] | Spout, parallelism: int = 1,
+              tasks: int | None = None, config: Mapping[str, Any] | None = None) -> ComponentDef:
+        """Declare a spout with ``parallelism`` executors running ``tasks`` tasks."""
+        return self._declare(name, spout, Spout, parallelism, tasks, config)
+
+    def bolt(self, name: str, bolt: type[Bolt] | Bolt, parallelism: int = 1,
+             tasks: int | None = None, config: Mapping[str, Any] | None = None) -> BoltDeclarer:
+        """Declare a bolt; subscribe it to streams with the returned declarer."""
+        return BoltDeclarer(self, self._declare(name, bolt, Bolt, parallelism, tasks, config))
+
+    # -- validation -----------------------------------------------------------------------
+
+    def validate(self) -> "Topology":
+        """Raise :class:`TopologyError` naming the first fault found; return self."""
+        from .config import Config, ConfigError
+
+        if not any(c.kind == "spout" for c in self.components.values()):
+            raise TopologyError(f"topology '{self.name}' has no spout")
+        try:
+            Config().merged(self.config, f"config of topology '{self.name}'")
+            for comp in self.components.values():
+                Config().merged(comp.config, f"config of component '{comp.name}'")
+        except ConfigError as e:
+            raise TopologyError(str(e)) from None
+        for comp in self.components.values():
+            if comp.kind == "spout" and comp.inputs:
+                raise TopologyError(f"spout '{comp.name}' cannot subscribe to streams")
+            seen = set()
+            for sub in comp.inputs:
+                self._validate_subscription(comp, sub)
+                key = (sub.source, sub.stream)
+                if key in seen:
+                    raise TopologyError(
+                        f"bolt '{comp.name}' subscribes to stream '{sub.stream}' of "
+                        f"'{sub.source}' twice"
+                    )
+                seen.add(key)
+            if comp.kind == "bolt" and not comp.inputs:
+                raise TopologyError(
+                    f"bolt '{comp.name}' subscribes to no stream; add a grouping such as "
+                    f"topology.bolt('{comp.name}', ...).shuffle('<source>')"
+                )
+        return self
+
+    def _validate_subscription(self, comp: ComponentDef, sub: Subscription) -> None:
+        source = self.components.get(sub.source)
+        if source is None:
+            known = ", ".join(f"'{n}'" for n in self.components) or "none"
+            raise TopologyError(
+                f"bolt '{comp.name}' subscribes to unknown component '{sub.source}' (components: {known})"
+            )
+        if sub.stream not in source.outputs:
+            declared = ", ".join(f"'{s}'" for s in source.outputs) or "no stream"
+            raise TopologyError(
+                f"component '{comp.name}' subscribes to stream '{sub.stream}' of '{sub.source}', "
+                f"which declares only {declared}"
+            )
+        fields = source.outputs[sub.stream]
+        for f in sub.grouping.fields:
+            if f not in fields:
+                raise TopologyError(
+                    f"bolt '{comp.name}' groups stream '{sub.stream}' of '{sub.source}' by field "
+                    f"'{f}', which is not declared (fields: {list(fields)})"
+                )
+
+    # -- derived views --------------------------------------------------------------------
+
+    def task_ids(self) -> dict[str, tuple[int, ...]]:
+        """Task ids per component: numbered from 1 in sorted component-name order.
+
+        Fixed for the topology's life, so fields grouping keeps key -> task stable
+        when executors change.
+        """
+        out: dict[str, tuple[int, ...]] = {}
+        next_id = 1
+        for name in sorted(self.components):
+            n = self.components[name].tasks
+            out[name] = tuple(range(next_id, next_id + n))
+            next_id += n
+        return out
+
+    def executors(self) -> dict[str, list[tuple[int, ...]]]:
+        """Per component, its executors as groups of task ids (tasks split evenly)."""
+        out = {}
+        for name, tasks in self.task_ids().items():
+            out[name] = split_evenly(tasks, self.components[name].parallelism)
+        return out
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON/msgpack-serialisable description (stored by nimbus, shown by the UI)."""
+        return {
+            "name": self.name,
+            "config": dict(self.config),
+            "components": {n: c.to_spec() for n, c in self.components.items()},
+        }
+
+    def subscribers(self) -> dict[tuple[str, str], list[tuple[str, Subscription]]]:
+        """(source component, stream) -> [(subscribing component, subscription)]."""
+        out: dict[tuple[str, str], list[tuple[str, Subscription]]] = {}
+        for comp in self.components.values():
+            for sub in comp.inputs:
+                out.setdefault((sub.source, sub.stream), []).append((comp.name, sub))
+        return out
+
+    def with_parallelism(self, parallelism: Mapping[str, int]) -> "Topology":
+        """A copy with some components' executor counts changed (tasks stay fixed)."""
+        clone = copy.copy(self)
+        clone.components = dict(self.components)
+        for name, p in parallelism.items():
+            comp = self.components.get(name)
+            if comp is None:
+                raise TopologyError(f"no component '{name}' in topology '{self.name}'")
+            if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= comp.tasks:
+                raise TopologyError(
+                    f"component '{name}': parallelism must be between 1 and its task count "
+                    f"({comp.tasks}), got {p!r}"
+                )
+            clone.components[name] = copy.copy(comp)
+            clone.components[name].parallelism = p
+        return clone
+
+
+def split_evenly(items: Sequence[int], parts: int) -> list[tuple[int, ...]]:
+    """Split ``items`` into ``parts`` contiguous groups whose sizes differ by at most one."""
+    n = len(items)
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(tuple(items[start:start + size]))
+        start += size
+    return out

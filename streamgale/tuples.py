@@ -1,0 +1,83 @@
+"""The tuple a bolt receives."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+DEFAULT_STREAM = "default"
+TICK_STREAM = "__tick"
+SYSTEM_COMPONENT = "__system"
+SYSTEM_TASK = -1
+
+
+class Tuple:
+    """One value list on a stream, as delivered to a bolt task.
+
+    ``tup["word"]`` or ``tup[0]`` reads a value; ``tup.values`` is the list;
+    ``tup.stream``, ``tup.source`` (component), ``tup.source_task`` say where it
+    came from. ``tup.anchors`` is the acking identity (root id -> edge id) used by
+    the tuple-tree tracker; user code treats it as opaque.
+
+    Tuples are created by the runtime only; they are cheap (slots, shared field
+    index) and must be treated as read-only.
+    """
+
+    __slots__ = ("values", "stream", "source", "source_task", "_index", "anchors")
+
+    def __init__(
+        self,
+        values: Sequence[Any],
+        stream: str,
+        source: str,
+        source_task: int,
+        index: Mapping[str, int],
+        anchors: dict[int, int] | None = None,
+    ):
+        self.values = values
+        self.stream = stream
+        self.source = source
+        self.source_task = source_task
+        self._index = index
+        self.anchors = anchors
+
+    def __getitem__(self, key: int | str) -> Any:
+        if type(key) is str:
+            try:
+                return self.values[self._index[key]]
+            except KeyError:
+                raise KeyError(
+                    f"tuple from '{self.source}' on stream '{self.stream}' has no field "
+                    f"{key!r}; its fields are {list(self._index)}"
+                ) from None
+        return self.values[key]
+
+    def get(self, field: str, default: Any = None) -> Any:
+        i = self._index.get(field)
+        return default if i is None else self.values[i]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self):
+        return iter(self.values)
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self._index)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(self._index, self.values))
+
+    @property
+    def is_tick(self) -> bool:
+        return self.stream == TICK_STREAM
+
+    def __repr__(self) -> str:
+        return f"Tuple({self.source}:{self.source_task} {self.stream} {list(self.values)!r})"
+
+
+TICK_INDEX: Mapping[str, int] = {}
+
+
+def tick_tuple() -> Tuple:
+    return Tuple((), TICK_STREAM, SYSTEM_COMPONENT, SYSTEM_TASK, TICK_INDEX)

@@ -1,0 +1,1 @@
+"""Supervisor: the per-node daemon (installed as streamgale.supervisor)."""

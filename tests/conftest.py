@@ -1,0 +1,67 @@
+"""Shared test helpers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAMGALE = [sys.executable, "-m", "streamgale.cli.main"]
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02, message="condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+class Processes:
+    """Starts subprocesses and guarantees they are gone at teardown."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, **kwargs):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("cwd", ROOT)
+        proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.communicate(timeout=10)
+            except (subprocess.TimeoutExpired, ValueError):
+                pass
+
+
+@pytest.fixture
+def processes():
+    p = Processes()
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+def run_cli(*args, timeout=60, **kwargs):
+    return subprocess.run([*STREAMGALE, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=kwargs.pop("cwd", ROOT), **kwargs)

@@ -1,0 +1,71 @@
+"""The examples run: through streamgale.testing and through the CLI."""
+
+import importlib.util
+import re
+import sys
+from collections import Counter
+
+from conftest import ROOT, run_cli
+
+from streamgale.config import Config
+from streamgale.testing import complete_topology
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_word_count_counts_exactly():
+    wc = load_example("word_count")
+    sentences = [[s] for s in wc.SENTENCES * 40]
+    result = complete_topology(wc.topology, mock_sources={"sentences": sentences})
+    expected = Counter(w for (s,) in sentences for w in s.split())
+    finals = {}
+    for word, count in result.emitted("count"):
+        finals[word] = max(count, finals.get(word, 0))
+    assert finals == expected
+
+
+def test_word_count_runs_from_the_cli_and_prints_top_words():
+    out = run_cli("local", "examples/word_count.py", "--duration", "4.5")
+    assert out.returncode == 0, out.stderr
+    tops = [l for l in out.stdout.splitlines() if l.startswith("top words: ")]
+    assert len(tops) >= 2
+    counts = dict(pair.split("=") for pair in tops[-1][len("top words: "):].split(", "))
+    assert len(counts) == 10
+    assert max(counts, key=lambda w: int(counts[w])) == "the"  # the most frequent word
+
+
+def test_sliding_window_counter_forgets_old_slots():
+    rtw = load_example("rolling_top_words")
+    c = rtw.SlidingWindowCounter(3)
+    c.increment("a")
+    c.increment("a")
+    assert c.totals_then_advance() == {"a": 2}
+    c.increment("b")
+    assert c.totals_then_advance() == {"a": 2, "b": 1}
+    assert c.totals_then_advance() == {"a": 2, "b": 1}
+    assert c.totals_then_advance() == {"b": 1}  # a's slot has rolled out of the window
+    assert c.totals_then_advance() == {}
+
+
+def test_rolling_top_words_ranks_by_frequency():
+    out = run_cli("local", "examples/rolling_top_words.py", "--duration", "4",
+                  "-c", "rolling.emit_seconds=0.5")
+    assert out.returncode == 0, out.stderr
+    tops = [l for l in out.stdout.splitlines() if l.startswith("top: ")]
+    assert tops, out.stdout
+    ranking = [re.match(r"(\w+)=(\d+)", p).groups() for p in tops[-1][5:].split(", ")]
+    assert [w for w, _ in ranking] == ["stream", "gale", "storm", "bertels", "golda"]
+    counts = [int(c) for _, c in ranking]
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_rolling_top_words_builds_from_config():
+    rtw = load_example("rolling_top_words")
+    t = rtw.build_topology(Config().merged({"rolling.emit_seconds": 1}, "test"))
+    assert t.components["counter"].config == {"topology.tick_interval": 1}

@@ -1,0 +1,1 @@
+"""Worker process: executors, routing, transport (installed as streamgale.worker)."""

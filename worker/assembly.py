@@ -1,0 +1,95 @@
+"""Build the executors a worker runs: instances, contexts, routes, sinks.
+
+Pure wiring with no I/O: given the topology, its config, which executors run
+here and how to reach a task that runs elsewhere, return ready executors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+from streamgale.components import TopologyContext
+from streamgale.config import Config
+from streamgale.groupings import DirectRouter, make_router
+from streamgale.topology import Topology
+
+from .executor import BoltExecutor, Collector, ErrorHandler, Executor, Routes, Sink, SpoutExecutor, TaskRunner
+
+Capture = Callable[[str, int, str, Sequence[Any]], None]
+
+
+def component_config(topology: Topology, config: Config, component: str) -> Config:
+    """The topology config with the component's own config layered on top."""
+    comp = topology.components[component]
+    if not comp.config:
+        return config
+    return config.merged(comp.config, f"config of component '{component}'")
+
+
+def build_executors(
+    topology: Topology,
+    config: Config,
+    local: Iterable[tuple[str, tuple[int, ...]]],
+    remote_sink: Callable[[int], Sink] | None,
+    on_error: ErrorHandler,
+    capture: Capture | None = None,
+) -> list[Executor]:
+    """Executors for the (component, task ids) groups in ``local``.
+
+    ``remote_sink(task)`` returns the sink for a task that is not local; it is
+    only consulted for tasks this worker actually emits to.
+    """
+    task_ids = topology.task_ids()
+    task_component = {t: c for c, ts in task_ids.items() for t in ts}
+    local = list(local)
+    local_tasks = frozenset(t for _, ts in local for t in ts)
+    subscribers = topology.subscribers()
+
+    runners: dict[int, TaskRunner] = {}
+    sinks: dict[int, Sink] = {}
+    index = {
+        name: {stream: {f: i for i, f in enumerate(fields)} for stream, fields in comp.outputs.items()}
+        for name, comp in topology.components.items()
+    }
+    outputs = {name: {s: tuple(f) for s, f in c.outputs.items()} for name, c in topology.components.items()}
+
+    for component, tasks in local:
+        comp = topology.components[component]
+        conf = component_config(topology, config, component)
+        for i, task in enumerate(tasks):
+            context = TopologyContext(
+                topology=topology.name, component=component, task_id=task,
+                task_index=task_ids[component].index(task), task_count=len(task_ids[component]),
+                config=conf, component_tasks=task_ids, outputs=outputs[component],
+            )
+            routes = Routes(component, task, {}, {}, index[component], sinks)
+            for stream, fields in comp.outputs.items():
+                routers = []
+                for target, sub in subscribers.get((component, stream), []):
+                    router = make_router(sub.grouping, task_ids[target], fields, task, local_tasks,
+                                         context, stream, target)
+                    if isinstance(router, DirectRouter):
+                        routes.direct[stream] = routes.direct.get(stream, frozenset()) | router.targets
+                    else:
+                        routers.append(router)
+                routes.by_stream[stream] = routers
+            runners[task] = TaskRunner(task, comp.factory(), context, Collector(routes, capture))
+
+    for task, runner in runners.items():
+        if topology.components[task_component[task]].kind == "bolt":
+            sinks[task] = runner.queue.append
+    if remote_sink is not None:
+        for task, component in task_component.items():
+            if task not in runners and topology.components[component].kind == "bolt":
+                sinks[task] = remote_sink(task)
+
+    executors: list[Executor] = []
+    for component, tasks in local:
+        comp = topology.components[component]
+        group = [runners[t] for t in tasks]
+        if comp.kind == "spout":
+            executors.append(SpoutExecutor(component, group, on_error))
+        else:
+            tick = component_config(topology, config, component)["topology.tick_interval"]
+            executors.append(BoltExecutor(component, group, on_error, tick))
+    return executors
