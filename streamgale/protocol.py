@@ -1,0 +1,414 @@
+"""Nimbus's client API on the wire: every message, typed and versioned.
+
+Frames are msgpack maps (never pickle), one ZeroMQ frame per message.
+
+A request is ``{"v": 1, "id": <int>, "op": <str>, "args": {...}}``; ``args``
+holds exactly the fields of the op's request class below (unknown fields are
+rejected, missing optional fields take their defaults). A response echoes the
+id: ``{"v": 1, "id": <id>, "ok": true, "result": ...}`` or ``{"v": 1, "id":
+<id>, "ok": false, "error": {"type": ..., "message": ..., "leader":
+"host:port" | None}}``.
+
+=============== ==================================================== =====================================
+op              args (request class)                                 result
+=============== ==================================================== =====================================
+submit          Submit(name, spec, config, entry, code, code_digest) ``{"topology_id": str}``
+kill            Kill(name, wait=None)                                ``{}``
+activate        Activate(name)                                       ``{}``
+deactivate      Deactivate(name)                                     ``{}``
+rebalance       Rebalance(name, wait=None, workers=None,             ``{}``
+                parallelism={})
+list            ListTopologies()                                     ``[{"name", "id", "status", "workers",
+                                                                     "executors", "tasks", "uptime"}, ...]``
+topology_info   TopologyInfo(name)                                   ``{"topology": TopologyRecord dict,
+                                                                     "assignment": Assignment dict | None,
+                                                                     "errors": {component: [ErrorRecord
+                                                                     dict, ...]}}``
+cluster_info    ClusterInfo()                                        ``{"leader": "host:port" | None,
+                                                                     "nimbuses": [...], "supervisors":
+                                                                     [{...}, ...], "topologies": int}``
+download_code   DownloadCode(topology_id)                            ``{"code": bytes, "digest": str}``
+ping            Ping()                                               ``{"address": "host:port",
+                                                                     "leader": bool}``
+=============== ==================================================== =====================================
+
+Error types are :data:`ERROR_TYPES`; each has an exception class here
+(:class:`NotFound`, ...), so a handler can raise one and the server turn it
+into an error reply with :func:`encode_exception`, and a client turn an error
+reply back into the same exception with :func:`error_from_reply`.
+
+Decoding validates everything and raises :class:`ProtocolError`, naming the
+field at fault and what was expected; when the request id could be read, the
+error carries it (``request_id``) so the server can answer with BadRequest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, ClassVar, Mapping
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MAX_MESSAGE_BYTES = 128 << 20  # default frame limit, either direction
+
+NOT_FOUND = "NotFound"
+ALREADY_EXISTS = "AlreadyExists"
+INVALID_TOPOLOGY = "InvalidTopology"
+NOT_LEADER = "NotLeader"
+BAD_REQUEST = "BadRequest"
+INTERNAL = "Internal"
+UNAVAILABLE = "Unavailable"
+ERROR_TYPES = (NOT_FOUND, ALREADY_EXISTS, INVALID_TOPOLOGY, NOT_LEADER, BAD_REQUEST, INTERNAL, UNAVAILABLE)
+
+
+class ProtocolError(ValueError):
+    """A frame is not a valid message; ``request_id`` is its id when that could be read."""
+
+    def __init__(self, message: str, request_id: int | None = None):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+# -- errors a client sees ------------------------------------------------------------------------
+
+
+class NimbusError(Exception):
+    """An error answered by nimbus (or raised on the way there).
+
+    ``type`` is one of :data:`ERROR_TYPES`; ``str(e)`` is the server's message;
+    ``leader`` is the leader's ``host:port`` when the server named one.
+    """
+
+    type: str = INTERNAL
+
+    def __init__(self, message: str, *, type: str | None = None, leader: str | None = None):  # noqa: A002
+        super().__init__(message)
+        if type is not None:
+            self.type = type
+        self.leader = leader
+
+
+class NimbusUnavailable(NimbusError):
+    """Nimbus could not be reached in time, or says it cannot serve now (e.g. ZooKeeper is down)."""
+
+    type = UNAVAILABLE
+
+
+class NotFound(NimbusError):
+    type = NOT_FOUND
+
+
+class AlreadyExists(NimbusError):
+    type = ALREADY_EXISTS
+
+
+class InvalidTopology(NimbusError):
+    type = INVALID_TOPOLOGY
+
+
+class BadRequest(NimbusError):
+    type = BAD_REQUEST
+
+
+class NotLeader(NimbusError):
+    """Sent by a standby nimbus for a write; ``leader`` says where to go, if known."""
+
+    type = NOT_LEADER
+
+
+_ERROR_CLASSES: dict[str, type[NimbusError]] = {
+    cls.type: cls for cls in (NimbusUnavailable, NotFound, AlreadyExists, InvalidTopology, BadRequest, NotLeader)
+}
+
+
+def error_from_reply(error: Mapping[str, Any]) -> NimbusError:
+    """The exception for a decoded error reply (``Internal`` and unknown types give :class:`NimbusError`)."""
+    cls = _ERROR_CLASSES.get(error["type"], NimbusError)
+    return cls(error["message"], type=error["type"], leader=error.get("leader"))
+
+
+# -- field checks ---------------------------------------------------------------------------------
+
+
+class _Expected(Exception):
+    """Raised by a check: the argument is what was expected instead."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Expected("a string")
+    return v
+
+
+def _binary(v: Any) -> bytes:
+    if not isinstance(v, (bytes, bytearray, memoryview)):
+        raise _Expected("bytes")
+    return bytes(v)
+
+
+def _map(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise _Expected("a map with string keys")
+    return v
+
+
+def _seconds(v: Any) -> float | None:
+    if v is None:
+        return None
+    if not (_is_int(v) or isinstance(v, float)) or not math.isfinite(v) or v < 0:
+        raise _Expected("a number of seconds >= 0, or None")
+    return float(v)
+
+
+def _count(v: Any) -> int | None:
+    if v is None:
+        return None
+    if not _is_int(v) or v < 1:
+        raise _Expected("an integer >= 1, or None")
+    return v
+
+
+def _parallelism(v: Any) -> dict[str, int]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(k, str) and _is_int(n) and n >= 1 for k, n in v.items()):
+        raise _Expected("a map of component name to an integer >= 1")
+    return dict(v)
+
+
+def _arg(check: Callable[[Any], Any], **kwargs: Any) -> Any:
+    return field(metadata={"check": check}, **kwargs)
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """Base of every request. Construction validates and normalises the fields.
+
+    ``request_id`` is the envelope's id: set by the client when it sends, and
+    by :func:`decode_request`; it takes no part in equality.
+    """
+
+    OP: ClassVar[str] = ""
+    request_id: int = field(default=0, kw_only=True, compare=False)
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.request_id) or not 0 <= self.request_id < 1 << 64:
+            raise ProtocolError(f"request id must be an integer in [0, 2**64), got {_show(self.request_id)}")
+        for f in fields(self):
+            check = f.metadata.get("check")
+            if check is None:
+                continue
+            value = getattr(self, f.name)
+            try:
+                object.__setattr__(self, f.name, check(value))
+            except _Expected as e:
+                raise ProtocolError(f"{self.OP}: field '{f.name}' must be {e}, got "
+                                    f"{type(value).__name__} {_show(value)}", self.request_id) from None
+
+    def args(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request_id"}
+
+    def encode(self, request_id: int | None = None) -> bytes:
+        rid = self.request_id if request_id is None else request_id
+        return msgpack.packb({"v": PROTOCOL_VERSION, "id": rid, "op": self.OP, "args": self.args()},
+                             use_bin_type=True)
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], request_id: int = 0) -> "Request":
+        known = {f.name: f for f in fields(cls) if f.name != "request_id"}
+        unknown = sorted(str(k) for k in args if k not in known)
+        if unknown:
+            raise ProtocolError(f"{cls.OP}: unexpected field(s) {', '.join(map(repr, unknown))} "
+                                f"(fields: {', '.join(known) or 'none'})", request_id)
+        for name, f in known.items():
+            if name not in args and f.default is MISSING and f.default_factory is MISSING:
+                raise ProtocolError(f"{cls.OP}: missing field '{name}'", request_id)
+        return cls(**args, request_id=request_id)
+
+
+
+@dataclass(frozen=True)
+class Submit(Request):
+    OP: ClassVar[str] = "submit"
+    name: str = _arg(_string)
+    spec: dict[str, Any] = _arg(_map)
+    config: dict[str, Any] = _arg(_map)
+    entry: str = _arg(_string)  # topology file name inside the code package
+    code: bytes = _arg(_binary, repr=False)
+    code_digest: str = _arg(_string)
+
+
+@dataclass(frozen=True)
+class Kill(Request):
+    OP: ClassVar[str] = "kill"
+    name: str = _arg(_string)
+    wait: float | None = _arg(_seconds, default=None)
+
+
+@dataclass(frozen=True)
+class Activate(Request):
+    OP: ClassVar[str] = "activate"
+    name: str = _arg(_string)
+
+
+@dataclass(frozen=True)
+class Deactivate(Request):
+    OP: ClassVar[str] = "deactivate"
+    name: str = _arg(_string)
+
+
+@dataclass(frozen=True)
+class Rebalance(Request):
+    OP: ClassVar[str] = "rebalance"
+    name: str = _arg(_string)
+    wait: float | None = _arg(_seconds, default=None)
+    workers: int | None = _arg(_count, default=None)
+    parallelism: dict[str, int] = _arg(_parallelism, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ListTopologies(Request):
+    OP: ClassVar[str] = "list"
+
+
+@dataclass(frozen=True)
+class TopologyInfo(Request):
+    OP: ClassVar[str] = "topology_info"
+    name: str = _arg(_string)
+
+
+@dataclass(frozen=True)
+class ClusterInfo(Request):
+    OP: ClassVar[str] = "cluster_info"
+
+
+@dataclass(frozen=True)
+class DownloadCode(Request):
+    OP: ClassVar[str] = "download_code"
+    topology_id: str = _arg(_string)
+
+
+@dataclass(frozen=True)
+class Ping(Request):
+    OP: ClassVar[str] = "ping"
+
+
+REQUESTS: dict[str, type[Request]] = {
+    cls.OP: cls for cls in (Submit, Kill, Activate, Deactivate, Rebalance, ListTopologies, TopologyInfo,
+                            ClusterInfo, DownloadCode, Ping)
+}
+
+
+# -- envelopes ------------------------------------------------------------------------------------
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+def _unpack(frame: bytes, what: str, max_bytes: int) -> Any:
+    if len(frame) > max_bytes:
+        raise ProtocolError(f"{what} is {len(frame)} bytes; the limit is {max_bytes}")
+    try:
+        # unpackb bounds every string/array/map by the frame's length, and nesting by its own stack.
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_no_ext)
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types for bad input
+        raise ProtocolError(f"{what} is not valid msgpack: {type(e).__name__}: {e}"[:200]) from None
+
+
+def _envelope_id(obj: Any) -> int | None:
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if _is_int(rid) and 0 <= rid < 1 << 64 else None
+
+
+def _check_version(obj: dict[str, Any], what: str, rid: int | None) -> None:
+    v = obj.get("v")
+    if not (_is_int(v) and v in SUPPORTED_VERSIONS):
+        supported = ", ".join(map(str, SUPPORTED_VERSIONS))
+        raise ProtocolError(f"{what} has protocol version {_show(v)}; supported version(s): {supported}", rid)
+
+
+def decode_request(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Request:
+    """Decode and validate one request frame; raise :class:`ProtocolError` on anything wrong."""
+    obj = _unpack(frame, "request", max_bytes)
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"request must be a map, got {type(obj).__name__}")
+    rid = _envelope_id(obj)
+    if rid is None:
+        raise ProtocolError(f"request has no valid 'id' (an integer in [0, 2**64)), got {_show(obj.get('id'))}")
+    _check_version(obj, "request", rid)
+    op = obj.get("op")
+    cls = REQUESTS.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown op {_show(op)} (known: {', '.join(sorted(REQUESTS))})", rid)
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise ProtocolError(f"{op}: 'args' must be a map, got {type(args).__name__}", rid)
+    return cls.from_args(args, rid)
+
+
+def encode_response(request_id: int, result: Any) -> bytes:
+    """A success reply; ``result`` must be msgpack-able (``TypeError`` otherwise)."""
+    return msgpack.packb({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result},
+                         use_bin_type=True)
+
+
+def encode_error(request_id: int, type: str, message: str, leader: str | None = None) -> bytes:  # noqa: A002
+    """An error reply; ``type`` must be one of :data:`ERROR_TYPES`."""
+    if type not in ERROR_TYPES:
+        raise ValueError(f"unknown error type {type!r} (known: {', '.join(ERROR_TYPES)})")
+    error = {"type": type, "message": str(message), "leader": leader}
+    return msgpack.packb({"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error},
+                         use_bin_type=True)
+
+
+def encode_exception(request_id: int, exc: NimbusError) -> bytes:
+    """The error reply for a :class:`NimbusError` raised by a handler."""
+    return encode_error(request_id, exc.type, str(exc), exc.leader)
+
+
+def decode_response(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[int, bool, Any]:
+    """``(request_id, ok, result or error)``; an error is ``{"type", "message", "leader"}``.
+
+    Raises :class:`ProtocolError` (with ``request_id`` when it could be read) on a malformed frame.
+    An error type this version does not know is passed through (see :func:`error_from_reply`).
+    """
+    obj = _unpack(frame, "response", max_bytes)
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"response must be a map, got {type(obj).__name__}")
+    rid = _envelope_id(obj)
+    if rid is None:
+        raise ProtocolError(f"response has no valid 'id', got {_show(obj.get('id'))}")
+    _check_version(obj, "response", rid)
+    ok = obj.get("ok")
+    if ok is True:
+        if "result" not in obj:
+            raise ProtocolError("response: 'result' is missing", rid)
+        return rid, True, obj["result"]
+    if ok is not False:
+        raise ProtocolError(f"response: field 'ok' must be a boolean, got {_show(ok)}", rid)
+    error = obj.get("error")
+    if not isinstance(error, dict):
+        raise ProtocolError(f"response: field 'error' must be a map, got {type(error).__name__}", rid)
+    for name, valid, expected in (("type", isinstance(error.get("type"), str), "a string"),
+                                  ("message", isinstance(error.get("message"), str), "a string"),
+                                  ("leader", isinstance(error.get("leader"), (str, type(None))), "a string or None")):
+        if not valid:
+            raise ProtocolError(f"response: field 'error.{name}' must be {expected}, got "
+                                f"{_show(error.get(name))}", rid)
+    return rid, False, {"type": error["type"], "message": error["message"], "leader": error.get("leader")}

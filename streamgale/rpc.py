@@ -1,0 +1,412 @@
+"""The sockets of nimbus's client API: :class:`RpcServer` (ROUTER) and :class:`NimbusClient` (DEALER).
+
+Messages are defined in :mod:`streamgale.protocol`; this module only moves
+frames. Each object owns one ZeroMQ socket and must be used by one thread
+(the thread that created it), as pyzmq requires.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+import zmq
+
+from .protocol import (
+    BAD_REQUEST,
+    INTERNAL,
+    MAX_MESSAGE_BYTES,
+    NOT_LEADER,
+    Activate,
+    AlreadyExists,
+    BadRequest,
+    ClusterInfo,
+    Deactivate,
+    DownloadCode,
+    InvalidTopology,
+    Kill,
+    ListTopologies,
+    NimbusError,
+    NimbusUnavailable,
+    NotFound,
+    NotLeader,
+    Ping,
+    ProtocolError,
+    Rebalance,
+    Request,
+    Submit,
+    TopologyInfo,
+    decode_request,
+    decode_response,
+    encode_error,
+    error_from_reply,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "BadRequest",
+    "InvalidTopology",
+    "NimbusClient",
+    "NimbusError",
+    "NimbusUnavailable",
+    "NotFound",
+    "NotLeader",
+    "ProtocolError",
+    "RpcServer",
+]
+
+log = logging.getLogger(__name__)
+
+
+class _RateLimitedWarning:
+    """Logs at most one warning per ``interval`` seconds and counts the ones it held back."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self._next = -math.inf
+        self._suppressed = 0
+
+    def __call__(self, message: str, *args: Any) -> None:
+        now = self.clock()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += " (%d similar warnings suppressed)"
+            args = (*args, self._suppressed)
+        log.warning(message, *args)
+        self._suppressed = 0
+        self._next = now + self.interval
+
+
+class RpcServer:
+    """Nimbus's end: a ROUTER socket bound on ``tcp://host:port``.
+
+    Owned by ONE thread: create it, :meth:`poll`, :meth:`reply` and :meth:`close`
+    from the same thread (nimbus's main loop). ``port`` 0 binds a free port;
+    :attr:`port` says which. Frames over ``max_message_bytes`` are dropped by
+    ZeroMQ itself (it disconnects that peer). Nothing a peer sends can make
+    :meth:`poll` raise; every reply is sent without blocking.
+    """
+
+    max_batch = 1000  # requests taken per poll, so one flood cannot starve the caller's other work
+
+    def __init__(self, context: zmq.Context, host: str, port: int,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, *, clock: Callable[[], float] = time.monotonic):
+        self.max_message_bytes = max_message_bytes
+        self.rejected = 0  # frames refused since start (answered with BadRequest or dropped)
+        self._warn = _RateLimitedWarning(clock=clock)
+        self._socket = context.socket(zmq.ROUTER)
+        endpoint = f"tcp://{host}:{port or '*'}"
+        try:
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+            self._socket.bind(endpoint)
+        except zmq.ZMQError as e:
+            self._socket.close(linger=0)
+            raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror} "
+                                   f"(is another nimbus already running there?)") from None
+        last = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.host = host
+        self.port = int(last.rsplit(":", 1)[1])
+
+    @property
+    def closed(self) -> bool:
+        return self._socket.closed
+
+    def poll(self, timeout: float | None) -> list[tuple[bytes, Request]]:
+        """Every valid request ready now, waiting up to ``timeout`` seconds (None: forever) for the first.
+
+        Returns ``(identity, request)`` pairs; answer each with :meth:`reply`
+        using ``request.request_id``. Invalid frames are handled here and never
+        returned: when their request id can be read they are answered with a
+        BadRequest error at once, otherwise dropped (with a rate-limited warning).
+        """
+        wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        if not self._socket.poll(wait_ms, zmq.POLLIN):
+            return []
+        out: list[tuple[bytes, Request]] = []
+        for _ in range(self.max_batch):
+            message = self._receive()
+            if message is None:
+                break
+            identity, payload, peer = message
+            request = self._decode(identity, payload, peer)
+            if request is not None:
+                out.append((identity, request))
+        return out
+
+    def _receive(self) -> tuple[bytes, bytes | None, str] | None:
+        """``(identity, payload or None if the message was not exactly one frame, peer address)``."""
+        try:
+            identity = self._socket.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        payload: bytes | None = None
+        peer = "unknown peer"
+        frames = 0
+        # ZeroMQ delivers a multipart message whole, so the rest is already here; read it
+        # frame by frame so a message of many frames costs no memory.
+        while self._socket.getsockopt(zmq.RCVMORE):
+            frame = self._socket.recv(copy=False)
+            frames += 1
+            if frames == 1:
+                payload = frame.bytes
+                try:
+                    peer = frame.get("Peer-Address")
+                except (zmq.ZMQError, AttributeError):
+                    pass
+        return identity, (payload if frames == 1 else None), peer
+
+    def _decode(self, identity: bytes, payload: bytes | None, peer: str) -> Request | None:
+        try:
+            if payload is None:
+                raise ProtocolError("request must be exactly one frame (is the client a DEALER?)")
+            return decode_request(payload, self.max_message_bytes)
+        except ProtocolError as e:
+            self.rejected += 1
+            if e.request_id is not None:
+                self.reply(identity, encode_error(e.request_id, BAD_REQUEST, str(e)))
+                self._warn("answered a bad request from %s with BadRequest: %s", peer, e)
+            else:
+                self._warn("dropped an unreadable request from %s: %s", peer, e)
+        except Exception:  # noqa: BLE001 - a decoder bug must not take the API down
+            self.rejected += 1
+            log.exception("dropped a request from %s that could not be decoded", peer)
+        return None
+
+    def reply(self, identity: bytes, frame: bytes) -> None:
+        """Send ``frame`` to the client ``identity``; never blocks (a gone or flooded client loses it)."""
+        try:
+            self._socket.send_multipart([identity, frame], zmq.NOBLOCK)
+        except zmq.Again:
+            self._warn("dropped a reply: the client's queue is full")
+
+    def close(self) -> None:
+        """Close the socket (idempotent); pending replies are discarded."""
+        if not self._socket.closed:
+            self._socket.close(linger=0)
+
+    def __enter__(self) -> "RpcServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _parse_address(address: str) -> str:
+    text = address.strip()
+    if text.startswith("tcp://"):
+        text = text[len("tcp://"):]
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"nimbus address {address!r} is not HOST:PORT (e.g. 'nimbus1:6627')")
+    return f"{host}:{int(port)}"
+
+
+def _leader_named(error: dict[str, Any]) -> str | None:
+    """The leader a NotLeader error points to, if it names a usable one."""
+    if error["type"] != NOT_LEADER or not error.get("leader"):
+        return None
+    try:
+        return _parse_address(error["leader"])
+    except ValueError:
+        return None
+
+
+class _NoAnswer(Exception):
+    """One nimbus address gave no reply in time; the text says how far it got."""
+
+
+class NimbusClient:
+    """A client of nimbus's API (``streamgale`` CLI, UI, supervisors).
+
+    ``address`` is ``"host:port"`` or a list of them (several nimbuses): each
+    call tries the one that answered last, then the others in turn, each for
+    up to ``timeout`` seconds. A NotLeader reply naming the leader is retried
+    once there. Errors raise :class:`NimbusError` subclasses with the
+    server's message; no reply in time raises :class:`NimbusUnavailable`.
+
+    Uses one DEALER socket, owned by the calling thread: use a client from one
+    thread only (or give each thread its own). ``context`` defaults to the
+    process's shared :meth:`zmq.Context.instance`.
+    """
+
+    def __init__(self, address: str | Sequence[str], timeout: float = 5.0, context: zmq.Context | None = None,
+                 *, max_message_bytes: int = MAX_MESSAGE_BYTES):
+        addresses = [address] if isinstance(address, str) else list(address)
+        if not addresses:
+            raise ValueError("no nimbus address given")
+        self.addresses = [_parse_address(a) for a in addresses]
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self._context = context if context is not None else zmq.Context.instance()
+        self._preferred = self.addresses[0]
+        self._socket: zmq.Socket | None = None
+        self._socket_address: str | None = None
+        self._ids = itertools.count(1)
+
+    # -- API -----------------------------------------------------------------------------------
+
+    def submit(self, name: str, spec: dict[str, Any], config: dict[str, Any], entry: str, code: bytes,
+               code_digest: str) -> str:
+        """Upload and start a topology; returns its topology id."""
+        result = self._call(Submit, name, spec, config, entry, code, code_digest)
+        if not isinstance(result, dict) or not isinstance(result.get("topology_id"), str):
+            raise self._malformed("submit", result, '{"topology_id": str}')
+        return result["topology_id"]
+
+    def kill(self, name: str, wait: float | None = None) -> None:
+        self._call(Kill, name, wait)
+
+    def activate(self, name: str) -> None:
+        self._call(Activate, name)
+
+    def deactivate(self, name: str) -> None:
+        self._call(Deactivate, name)
+
+    def rebalance(self, name: str, wait: float | None = None, workers: int | None = None,
+                  parallelism: dict[str, int] | None = None) -> None:
+        self._call(Rebalance, name, wait, workers, parallelism)
+
+    def list_topologies(self) -> list[dict[str, Any]]:
+        return self._expect(list, ListTopologies)
+
+    def topology_info(self, name: str) -> dict[str, Any]:
+        return self._expect(dict, TopologyInfo, name)
+
+    def cluster_info(self) -> dict[str, Any]:
+        return self._expect(dict, ClusterInfo)
+
+    def download_code(self, topology_id: str) -> tuple[bytes, str]:
+        """``(package bytes, digest)``; checking the digest is the caller's job."""
+        result = self._call(DownloadCode, topology_id)
+        if not (isinstance(result, dict) and isinstance(result.get("code"), bytes)
+                and isinstance(result.get("digest"), str)):
+            raise self._malformed("download_code", result, '{"code": bytes, "digest": str}')
+        return result["code"], result["digest"]
+
+    def ping(self) -> Any:
+        """The answering nimbus's ``{"address", "leader"}``; any nimbus answers, standbys too."""
+        return self._call(Ping)
+
+    def close(self) -> None:
+        """Close the socket (idempotent). The client reopens one if called again."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+            self._socket_address = None
+
+    def __enter__(self) -> "NimbusClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _expect(self, kind: type, request_class: type[Request], *args: Any) -> Any:
+        result = self._call(request_class, *args)
+        if not isinstance(result, kind):
+            raise self._malformed(request_class.OP, result, kind.__name__)
+        return result
+
+    def _malformed(self, op: str, result: Any, expected: str) -> NimbusError:
+        return NimbusError(f"nimbus at {self._socket_address or self._preferred} answered '{op}' with "
+                           f"{str(result)[:80]!r}; expected {expected}", type=INTERNAL)
+
+    def _call(self, request_class: type[Request], *args: Any) -> Any:
+        """Build the request (a bad argument raises BadRequest here), send it, return the result."""
+        try:
+            request = request_class(*args)
+        except ProtocolError as e:
+            raise BadRequest(str(e)) from None
+        order = [self._preferred] + [a for a in self.addresses if a != self._preferred]
+        failures: list[str] = []
+        for address in order:
+            try:
+                ok, payload = self._exchange(address, request)
+            except _NoAnswer as e:
+                failures.append(str(e))
+                continue
+            self._preferred = address
+            leader = _leader_named(payload) if not ok else None
+            if leader is not None:
+                try:
+                    ok, payload = self._exchange(leader, request)
+                except _NoAnswer as e:
+                    raise NimbusUnavailable(f"nimbus at {address} says the leader is {leader}, but {e}") from None
+                self._preferred = leader
+            if ok:
+                return payload
+            raise error_from_reply(payload)
+        hint = "is `streamgale nimbus` running there?"
+        if len(failures) == 1:
+            raise NimbusUnavailable(f"{failures[0]}; {hint}")
+        raise NimbusUnavailable(f"cannot reach any nimbus ({'; '.join(failures)}); {hint}")
+
+    def _exchange(self, address: str, request: Request) -> tuple[bool, Any]:
+        """Send one request to ``address`` and wait for its reply until the deadline."""
+        request_id = next(self._ids)
+        frame = replace(request, request_id=request_id).encode()
+        if len(frame) > self.max_message_bytes:
+            raise BadRequest(f"the {request.OP} request is {len(frame)} bytes; the limit is "
+                             f"{self.max_message_bytes}")
+        deadline = time.monotonic() + self.timeout
+        socket = self._socket_for(address)
+        # IMMEDIATE: the socket becomes writable only once a ZMTP peer is connected, so
+        # "nobody there" and "there but silent" can be told apart.
+        if not self._wait(socket, zmq.POLLOUT, deadline):
+            self.close()
+            raise _NoAnswer(f"cannot reach nimbus at {address} within {self.timeout:g} s")
+        socket.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+        while True:
+            if not self._wait(socket, zmq.POLLIN, deadline):
+                self.close()  # a late reply must not be read by the next call
+                raise _NoAnswer(f"nimbus at {address} accepted the connection but did not answer "
+                                f"'{request.OP}' within {self.timeout:g} s")
+            reply = socket.recv(zmq.NOBLOCK)
+            try:
+                reply_id, ok, payload = decode_response(reply, self.max_message_bytes)
+            except ProtocolError as e:
+                if e.request_id != request_id:
+                    log.warning("discarded an unreadable reply from nimbus at %s: %s", address, e)
+                    continue
+                self.close()
+                raise NimbusError(f"nimbus at {address} sent a malformed reply: {e}", type=INTERNAL) from None
+            if reply_id == request_id:
+                return ok, payload
+            log.debug("discarded a stale reply (id %d, waiting for %d) from %s", reply_id, request_id, address)
+
+    def _socket_for(self, address: str) -> zmq.Socket:
+        if self._socket is not None and self._socket_address == address:
+            return self._socket
+        self.close()
+        socket = self._context.socket(zmq.DEALER)
+        try:
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.IMMEDIATE, 1)
+            socket.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            socket.connect(f"tcp://{address}")
+        except zmq.ZMQError as e:
+            socket.close(linger=0)
+            raise NimbusUnavailable(f"cannot connect to nimbus at {address}: {e}") from None
+        self._socket, self._socket_address = socket, address
+        return socket
+
+    @staticmethod
+    def _wait(socket: zmq.Socket, event: int, deadline: float) -> bool:
+        poller = zmq.Poller()
+        poller.register(socket, event)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if poller.poll(math.ceil(remaining * 1000)):
+                return True
+
