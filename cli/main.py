@@ -26,8 +26,20 @@ def fail(message: str, code: int = 2) -> "click.exceptions.Exit":
 
 
 class State:
-    def __init__(self, config_file: str | None):
+    def __init__(self, config_file: str | None, nimbus: str | None):
         self.config_file = config_file
+        self.nimbus = nimbus
+
+    def nimbus_addresses(self, config: Config) -> list[str]:
+        """--nimbus HOST:PORT[,HOST:PORT...], else nimbus.host:nimbus.port from config."""
+        if self.nimbus:
+            return [a.strip() for a in self.nimbus.split(",") if a.strip()]
+        return [f"{config['nimbus.host']}:{config['nimbus.port']}"]
+
+    def client(self, timeout: float = 5.0):
+        from streamgale.rpc import NimbusClient
+
+        return NimbusClient(self.nimbus_addresses(self.base_config()), timeout=timeout)
 
     def base_config(self) -> Config:
         try:
@@ -53,14 +65,17 @@ class State:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_file", metavar="FILE", envvar="STREAMGALE_CONF",
               help="Config file (default: $STREAMGALE_CONF, else ./config.yaml if present).")
+@click.option("--nimbus", metavar="HOST:PORT",
+              help="Nimbus to talk to; several separated by commas (default: nimbus.host:nimbus.port).")
 @click.version_option(package_name="streamgale")
 @click.pass_context
-def cli(ctx: click.Context, config_file: str | None) -> None:
+def cli(ctx: click.Context, config_file: str | None, nimbus: str | None) -> None:
     """StreamGale: run Storm-style topologies of spouts and bolts in Python.
 
-    Try a topology on this machine with `streamgale local examples/word_count.py`.
+    Try a topology on this machine with `streamgale local examples/word_count.py`;
+    run a cluster on this machine with `streamgale dev-cluster`, then `submit`.
     """
-    ctx.obj = State(config_file)
+    ctx.obj = State(config_file, nimbus)
 
 
 @cli.command()
@@ -114,5 +129,4 @@ def main() -> None:
     cli(prog_name="streamgale")
 
 
-if __name__ == "__main__":
-    main()
+from . import client_commands, daemon_commands  # noqa: E402,F401  (register commands)

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
+from zk_fixtures import *  # noqa: F401,F403  (real ZooKeeper fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
-STREAMGALE = [sys.executable, "-m", "streamgale.cli.main"]
+STREAMGALE = [sys.executable, "-m", "streamgale.cli"]
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02, message="condition"):
@@ -65,3 +66,11 @@ def processes():
 def run_cli(*args, timeout=60, **kwargs):
     return subprocess.run([*STREAMGALE, *args], capture_output=True, text=True, timeout=timeout,
                           cwd=kwargs.pop("cwd", ROOT), **kwargs)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Expose each phase's report on the item, so fixtures can print logs on failure."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

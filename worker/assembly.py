@@ -33,11 +33,13 @@ def build_executors(
     remote_sink: Callable[[int], Sink] | None,
     on_error: ErrorHandler,
     capture: Capture | None = None,
+    sinks: dict[int, Sink] | None = None,
 ) -> list[Executor]:
     """Executors for the (component, task ids) groups in ``local``.
 
-    ``remote_sink(task)`` returns the sink for a task that is not local; it is
-    only consulted for tasks this worker actually emits to.
+    ``remote_sink(task)`` returns the sink for a bolt task that is not local.
+    ``sinks`` (task -> sink), if given, is filled in and shared by every
+    emitting task, so a worker can re-point a moved task by replacing its entry.
     """
     task_ids = topology.task_ids()
     task_component = {t: c for c, ts in task_ids.items() for t in ts}
@@ -46,7 +48,8 @@ def build_executors(
     subscribers = topology.subscribers()
 
     runners: dict[int, TaskRunner] = {}
-    sinks: dict[int, Sink] = {}
+    if sinks is None:
+        sinks = {}
     index = {
         name: {stream: {f: i for i, f in enumerate(fields)} for stream, fields in comp.outputs.items()}
         for name, comp in topology.components.items()

@@ -14,9 +14,23 @@ polls its sockets.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from .executor import BoltExecutor, Executor, SpoutExecutor
+
+
+class LoopIO(Protocol):
+    """What a cluster worker plugs into the loop: its transport and control events."""
+
+    def pump(self, idle: bool, congested: bool) -> int:
+        """Send due batches and take in what arrived; ``idle``: the turn did no local work;
+        ``congested``: local queues are full, so take in nothing new. Returns work done."""
+
+    def congested(self) -> bool:
+        """True while downstream workers refuse more tuples."""
+
+    def wait(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds for input."""
 
 BOLT_BUDGET = 256  # tuples per task per turn
 SPOUT_BUDGET = 64  # next_tuple calls per task per turn
@@ -30,13 +44,14 @@ class ExecutorLoop:
     """
 
     def __init__(self, executors: list[Executor], queue_size: int,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, io: LoopIO | None = None):
         self.executors = executors
         self.bolts = [e for e in executors if isinstance(e, BoltExecutor)]
         self.spouts = [e for e in executors if isinstance(e, SpoutExecutor)]
         self.queues = [r.queue for b in self.bolts for r in b.runners]
         self.queue_size = queue_size
         self.clock = clock
+        self.io = io
         self._ticks = [[b.tick_interval, 0.0, b] for b in self.bolts if b.tick_interval]
         self.started = False
 
@@ -74,9 +89,13 @@ class ExecutorLoop:
                     timer[1] = now + timer[0]
                     timer[2].tick()
                     work += 1
-        if not self.congested():
+        congested = self.congested()
+        io = self.io
+        if not congested and not (io is not None and io.congested()):
             for s in self.spouts:
                 work += s.step(SPOUT_BUDGET)
+        if io is not None:
+            work += io.pump(work == 0, congested)
         return work
 
     def next_timer_in(self) -> float:
@@ -85,8 +104,9 @@ class ExecutorLoop:
         now = self.clock()
         return max(0.0, min(MAX_IDLE, min(t[1] for t in self._ticks) - now))
 
-    def run(self, should_stop: Callable[[], bool], wait: Callable[[float], None] = time.sleep) -> None:
-        """Run turns until ``should_stop()``; ``wait(seconds)`` when a turn did nothing."""
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Run turns until ``should_stop()``; wait briefly when turns do nothing."""
+        wait = self.io.wait if self.io is not None else time.sleep
         idle_turns = 0
         while not should_stop():
             if self.step():

@@ -1,0 +1,312 @@
+"""The nimbus daemon: client API, topology lifecycle, scheduling.
+
+Owns: the client API socket (one thread: the main loop), a ClusterState
+session, and its place in the leader election. Any nimbus answers reads
+(list, info, code downloads); only the leader changes state, and its
+assignment writes are fenced by its election node, so a deposed leader cannot
+overwrite them. Kill and rebalance are recorded as ``pending`` actions on the
+topology record in ZooKeeper, so a restarted or standby nimbus resumes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import zmq
+
+from streamgale import protocol as p
+from streamgale.cluster_state import ClusterState, NotLeader, StaleAssignment, TopologyExists
+from streamgale.config import Config, ConfigError
+from streamgale.package import digest
+from streamgale.records import ACTIVE, INACTIVE, KILLED, REBALANCING, TopologyRecord
+from streamgale.rpc import RpcServer
+
+from .scheduler import schedule
+from .validate import SpecError, validate_spec
+
+log = logging.getLogger("streamgale.nimbus")
+
+RECONCILE_INTERVAL = 1.0
+
+
+class ApiError(Exception):
+    def __init__(self, type_: str, message: str, leader: str | None = None):
+        super().__init__(message)
+        self.type = type_
+        self.leader = leader
+
+
+class Nimbus:
+    def __init__(self, config: Config, host: str, port: int, bind_host: str = "0.0.0.0"):
+        self.config = config
+        self.address = f"{host}:{port}"
+        self.bind_host = bind_host
+        self.port = port
+        self.state = ClusterState(config["zookeeper.servers"], config["zookeeper.root"],
+                                  config["zookeeper.session_timeout"])
+        self._stop = threading.Event()
+        self._dirty = threading.Event()
+        self.leadership = None
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            p.Submit: self.submit, p.Kill: self.kill, p.Activate: self.activate,
+            p.Deactivate: self.deactivate, p.Rebalance: self.rebalance,
+            p.ListTopologies: self.list_topologies, p.TopologyInfo: self.topology_info,
+            p.ClusterInfo: self.cluster_info, p.DownloadCode: self.download_code, p.Ping: self.ping,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.server = RpcServer(zmq.Context.instance(), self.bind_host, self.port)
+        self.state.start(timeout=30)
+        self.state.register_nimbus(self.address)
+        self.leadership = self.state.elect_leader(self.address, self._on_elected, self._on_deposed)
+        self.state.watch_supervisors(lambda _: self._dirty.set())
+        log.info("nimbus listening on %s", self.address)
+
+    def _on_elected(self) -> None:
+        log.info("nimbus %s is now the leader", self.address)
+        self._dirty.set()
+
+    def _on_deposed(self) -> None:
+        log.warning("nimbus %s is no longer the leader", self.address)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leadership is not None and self.leadership.is_leader
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        next_reconcile = 0.0
+        while not self._stop.is_set():
+            for identity, request in self.server.poll(0.1):
+                self._serve(identity, request)
+            now = time.monotonic()
+            if self.is_leader and (self._dirty.is_set() or now >= next_reconcile):
+                self._dirty.clear()
+                next_reconcile = now + RECONCILE_INTERVAL
+                try:
+                    self.reconcile()
+                except Exception:  # noqa: BLE001 - keep serving; retried next round
+                    log.exception("reconcile failed")
+
+    def close(self) -> None:
+        if self.leadership is not None:
+            self.leadership.cancel()
+        self.state.close()
+        self.server.close()
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def _serve(self, identity: bytes, request: Any) -> None:
+        req_id = getattr(request, "request_id", 0)
+        handler = self._handlers.get(type(request))
+        try:
+            if handler is None:
+                raise ApiError("BadRequest", f"unsupported request {type(request).__name__}")
+            result = handler(request)
+            frame = p.encode_response(req_id, result)
+        except ApiError as e:
+            frame = p.encode_error(req_id, e.type, str(e), e.leader)
+        except Exception as e:  # noqa: BLE001 - a bug must not kill the daemon
+            log.exception("request %s failed", type(request).__name__)
+            frame = p.encode_error(req_id, "Internal", f"internal error: {type(e).__name__}: {e}")
+        self.server.reply(identity, frame)
+
+    def _require_leader(self) -> None:
+        if not self.is_leader:
+            raise ApiError("NotLeader", f"nimbus {self.address} is a standby", self.state.leader_address())
+
+    def _by_name(self, name: str) -> TopologyRecord:
+        for rec in self.state.topologies().values():
+            if rec.name == name:
+                return rec
+        raise ApiError("NotFound", f"no topology named '{name}' is running (see `streamgale list`)")
+
+    def _update(self, rec: TopologyRecord, fn: Callable[[TopologyRecord], TopologyRecord | None]) -> None:
+        self.state.update_topology(rec.id, fn)
+        self._dirty.set()
+
+    # -- write operations (leader only) -------------------------------------------------------
+
+    def submit(self, req: p.Submit) -> dict[str, Any]:
+        self._require_leader()
+        try:
+            validate_spec(req.spec, req.name)
+            config = Config().merged(req.config, "topology config")
+        except (SpecError, ConfigError) as e:
+            raise ApiError("InvalidTopology", str(e)) from None
+        if digest(req.code) != req.code_digest:
+            raise ApiError("BadRequest", "code package digest does not match its contents")
+        for rec in self.state.topologies().values():
+            if rec.name == req.name:
+                raise ApiError("AlreadyExists", f"a topology named '{req.name}' is already running "
+                                                f"(id {rec.id}); kill it first or choose another --name")
+        topology_id = f"{req.name}-{int(time.time())}"
+        comps = req.spec["components"]
+        rec = TopologyRecord(topology_id, req.name, ACTIVE, req.spec, dict(req.config), req.code_digest,
+                             req.entry, config["topology.workers"],
+                             {n: int(c["parallelism"]) for n, c in comps.items()}, time.time())
+        self.state.put_code(topology_id, req.code)
+        try:
+            self.state.create_topology(rec)
+        except TopologyExists:
+            self.state.delete_code(topology_id)
+            raise ApiError("AlreadyExists", f"a topology named '{req.name}' is already running") from None
+        log.info("submitted %s (%d components, %d workers)", topology_id, len(comps), rec.workers)
+        self._dirty.set()
+        return {"topology_id": topology_id}
+
+    def _wait(self, rec: TopologyRecord, wait: float | None) -> float:
+        if wait is None:
+            return float(Config().merged(rec.config, "topology config")["topology.message_timeout"])
+        if wait < 0:
+            raise ApiError("BadRequest", f"wait must be >= 0 seconds, got {wait}")
+        return wait
+
+    def kill(self, req: p.Kill) -> dict[str, Any]:
+        self._require_leader()
+        rec = self._by_name(req.name)
+        at = time.time() + self._wait(rec, req.wait)
+        self._update(rec, lambda r: r.with_(status=KILLED, pending={"action": "kill", "at": at}))
+        log.info("killing %s in %.1f s", rec.id, at - time.time())
+        return {}
+
+    def activate(self, req: p.Activate) -> dict[str, Any]:
+        return self._set_status(req.name, ACTIVE)
+
+    def deactivate(self, req: p.Deactivate) -> dict[str, Any]:
+        return self._set_status(req.name, INACTIVE)
+
+    def _set_status(self, name: str, status: str) -> dict[str, Any]:
+        self._require_leader()
+        rec = self._by_name(name)
+        if rec.status == KILLED:
+            raise ApiError("BadRequest", f"topology '{name}' is being killed")
+
+        def change(r: TopologyRecord) -> TopologyRecord:
+            if r.status == REBALANCING and r.pending:  # applies when the rebalance finishes
+                return r.with_(pending={**r.pending, "resume": status})
+            return r.with_(status=status)
+
+        self._update(rec, change)
+        return {}
+
+    def rebalance(self, req: p.Rebalance) -> dict[str, Any]:
+        self._require_leader()
+        rec = self._by_name(req.name)
+        if rec.status in (KILLED, REBALANCING):
+            raise ApiError("BadRequest", f"topology '{req.name}' is {rec.status.lower()}")
+        comps = rec.spec["components"]
+        for comp, n in (req.parallelism or {}).items():
+            if comp not in comps:
+                raise ApiError("BadRequest", f"no component '{comp}' in topology '{req.name}' "
+                                             f"(components: {', '.join(sorted(comps))})")
+            if not 1 <= n <= comps[comp]["tasks"]:
+                raise ApiError("BadRequest", f"parallelism of '{comp}' must be between 1 and its task "
+                                             f"count {comps[comp]['tasks']}, got {n}")
+        if req.workers is not None and req.workers < 1:
+            raise ApiError("BadRequest", f"workers must be >= 1, got {req.workers}")
+        at = time.time() + self._wait(rec, req.wait)
+        pending = {"action": "rebalance", "at": at, "workers": req.workers,
+                   "parallelism": dict(req.parallelism or {}), "resume": rec.status}
+        self._update(rec, lambda r: r.with_(status=REBALANCING, pending=pending))
+        return {}
+
+    # -- reads (any nimbus) -------------------------------------------------------------------
+
+    def ping(self, req: p.Ping) -> dict[str, Any]:
+        return {"address": self.address, "leader": self.is_leader}
+
+    def list_topologies(self, req: p.ListTopologies) -> list[dict[str, Any]]:
+        assignments = self.state.assignments()
+        out = []
+        for rec in sorted(self.state.topologies().values(), key=lambda r: r.name):
+            a = assignments.get(rec.id)
+            executors = rec.executors()
+            out.append({"name": rec.name, "id": rec.id, "status": rec.status,
+                        "workers": len(a.slots) if a else 0, "executors": len(executors),
+                        "tasks": sum(len(t) for _, t in executors),
+                        "uptime": max(0.0, time.time() - rec.submitted_at)})
+        return out
+
+    def topology_info(self, req: p.TopologyInfo) -> dict[str, Any]:
+        rec = self._by_name(req.name)
+        a = self.state.assignment(rec.id)
+        errors = self.state.errors(rec.id)
+        return {"topology": rec.to_dict(), "assignment": a.to_dict() if a else None,
+                "errors": {c: [e.to_dict() for e in es] for c, es in errors.items()}}
+
+    def cluster_info(self, req: p.ClusterInfo) -> dict[str, Any]:
+        assignments = self.state.assignments()
+        used: dict[str, int] = {}
+        for a in assignments.values():
+            for s in a.slots.values():
+                used[s.supervisor_id] = used.get(s.supervisor_id, 0) + 1
+        sups = [{"id": s.id, "host": s.host, "slots": len(s.ports), "used": used.get(s.id, 0),
+                 "cpu_count": s.cpu_count, "memory_mb": s.memory_mb,
+                 "uptime": max(0.0, time.time() - s.started_at)}
+                for s in sorted(self.state.supervisors().values(), key=lambda s: s.host + s.id)]
+        return {"leader": self.state.leader_address(), "nimbuses": self.state.nimbuses(),
+                "supervisors": sups, "topologies": len(self.state.topologies())}
+
+    def download_code(self, req: p.DownloadCode) -> dict[str, Any]:
+        rec = self.state.topology(req.topology_id)
+        if rec is None:
+            raise ApiError("NotFound", f"no topology with id '{req.topology_id}'")
+        return {"code": self.state.get_code(req.topology_id), "digest": rec.code_digest}
+
+    # -- scheduling (leader only) -------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Apply due kills and rebalances, then write the scheduler's assignments."""
+        now = time.time()
+        records = self.state.topologies()
+        for rec in list(records.values()):
+            if not rec.pending or rec.pending.get("at", 0) > now:
+                continue
+            if rec.pending["action"] == "kill":
+                self._finish_kill(rec)
+                del records[rec.id]
+            elif rec.pending["action"] == "rebalance":
+                records[rec.id] = self._finish_rebalance(rec)
+        current = self.state.assignments()
+        wanted = schedule(sorted(records.values(), key=lambda r: (r.submitted_at, r.id)),
+                          self.state.supervisors(), current, time.time())
+        for tid, assignment in wanted.items():
+            if not assignment.same_placement(current.get(tid)):
+                try:
+                    self.state.set_assignment(assignment, self.leadership)
+                    log.info("assigned %s to %d workers", tid, len(assignment.slots))
+                except (NotLeader, StaleAssignment) as e:
+                    log.warning("assignment of %s not written: %s", tid, e)
+        for tid in current:
+            if tid not in records:
+                self.state.delete_assignment(tid, self.leadership)
+
+    def _finish_kill(self, rec: TopologyRecord) -> None:
+        try:
+            self.state.delete_assignment(rec.id, self.leadership)
+        except NotLeader:
+            raise
+        except Exception:  # noqa: BLE001 - no assignment is fine
+            pass
+        self.state.delete_topology(rec.id)
+        log.info("killed %s", rec.id)
+
+    def _finish_rebalance(self, rec: TopologyRecord) -> TopologyRecord:
+        pending = rec.pending or {}
+
+        def apply(r: TopologyRecord) -> TopologyRecord:
+            return r.with_(status=pending.get("resume", ACTIVE), pending=None,
+                           workers=pending.get("workers") or r.workers,
+                           parallelism={**r.parallelism, **pending.get("parallelism", {})})
+
+        updated = self.state.update_topology(rec.id, apply)
+        log.info("rebalanced %s", rec.id)
+        return updated or apply(rec)

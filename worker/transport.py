@@ -1,0 +1,246 @@
+"""Tuples between workers: ZeroMQ PUSH/PULL with msgpack batches per destination.
+
+One :class:`Transport` per worker, owned by the worker's loop thread (no socket
+crosses threads). The worker binds a PULL socket at its slot port and connects
+one PUSH socket per remote worker it sends to. Outgoing tuples are appended to
+a per-destination batch, sent when it holds ``batch_size`` tuples, when it is
+older than ``linger`` seconds, or as soon as the loop runs out of local work.
+
+Frame format (version 1)::
+
+    msgpack [1, "T", [[dest_task, source_task, stream, values, anchors], ...]]
+
+Every frame received is decoded with limits and validated entry by entry; a
+malformed frame or entry is dropped and counted, and the worker goes on.
+ZeroMQ may drop frames across disconnects: correctness rests on acking.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, Callable, Mapping
+
+import msgpack
+import zmq
+
+from streamgale.tuples import Tuple
+
+log = logging.getLogger("streamgale.transport")
+
+FRAME_VERSION = 1
+TUPLES = "T"
+MAX_OUTBOX = 64  # refused frames kept per peer before the oldest is dropped
+
+
+class RateLimitedLog:
+    """Logs at most one message per ``interval`` seconds, counting the rest."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 5.0):
+        self.logger = logger
+        self.interval = interval
+        self.last = 0.0
+        self.suppressed = 0
+
+    def warning(self, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        extra = f" ({self.suppressed} similar messages suppressed)" if self.suppressed else ""
+        self.logger.warning(msg + extra, *args)
+        self.last, self.suppressed = now, 0
+
+
+class Inbound:
+    """How to turn a received entry into a local Tuple: what this worker accepts."""
+
+    def __init__(self, queues: Mapping[int, Callable[[Tuple], None]], task_component: Mapping[int, str],
+                 index: Mapping[str, Mapping[str, Mapping[str, int]]]):
+        self.queues = queues  # local bolt task -> deque.append
+        self.task_component = task_component  # every task of the topology -> component
+        self.index = index  # component -> stream -> field index
+
+
+class Transport:
+    """Owned by one thread: the worker loop. ``pump`` once per loop turn."""
+
+    def __init__(self, context: zmq.Context, port: int, inbound: Inbound, batch_size: int = 1000,
+                 linger: float = 0.001, max_message_bytes: int = 64 << 20, hwm: int = 100,
+                 bind_host: str = "*"):
+        self.inbound = inbound
+        self.batch_size = batch_size
+        self.linger = linger
+        self.context = context
+        self.hwm = hwm
+        self.pull = context.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.pull.setsockopt(zmq.RCVHWM, hwm)
+        self.pull.bind(f"tcp://{bind_host}:{port}")
+        self._pushes: dict[str, zmq.Socket] = {}
+        self._batches: dict[str, list[list[Any]]] = {}
+        self._batch_started: dict[str, float] = {}
+        self._outbox: dict[str, deque[bytes]] = {}  # frames a full peer refused, retried in order
+        self._bad = RateLimitedLog(log)
+        self.dropped_frames = 0
+        self.dropped_entries = 0
+        self.received = 0
+        self.sent = 0
+        self.paused = False  # set by the loop while local queues are full
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def sink(self, task: int, endpoint: str) -> Callable[[Tuple], None]:
+        """A sink that batches tuples for ``task`` running at ``endpoint`` (host:port)."""
+        batch = self._batch_for(endpoint)
+        size = self.batch_size
+        flush = self._flush
+
+        def send(tup: Tuple) -> None:
+            batch.append([task, tup.source_task, tup.stream, tup.values, tup.anchors])
+            if len(batch) >= size:
+                flush(endpoint)
+
+        return send
+
+    def _batch_for(self, endpoint: str) -> list[list[Any]]:
+        batch = self._batches.get(endpoint)
+        if batch is None:
+            sock = self.context.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, self.hwm)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on completed connections
+            sock.connect(f"tcp://{endpoint}")
+            self._pushes[endpoint] = sock
+            batch = self._batches[endpoint] = []
+        return batch
+
+    def _flush(self, endpoint: str) -> None:
+        batch = self._batches[endpoint]
+        if not batch:
+            return
+        frame = msgpack.packb([FRAME_VERSION, TUPLES, batch], use_bin_type=True)
+        self.sent += len(batch)
+        batch.clear()
+        self._batch_started.pop(endpoint, None)
+        outbox = self._outbox.get(endpoint)
+        if outbox:
+            outbox.append(frame)
+            if len(outbox) > MAX_OUTBOX:
+                # The peer is gone or stuck: drop the oldest frame; acking replays it.
+                outbox.popleft()
+                self.dropped_frames += 1
+            return
+        try:
+            self._pushes[endpoint].send(frame, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._outbox.setdefault(endpoint, deque()).append(frame)
+
+    def _retry(self, endpoint: str) -> None:
+        outbox = self._outbox[endpoint]
+        sock = self._pushes[endpoint]
+        while outbox:
+            try:
+                sock.send(outbox[0], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            outbox.popleft()
+        del self._outbox[endpoint]
+
+    def flush_all(self) -> None:
+        for endpoint, batch in self._batches.items():
+            if batch:
+                self._flush(endpoint)
+
+    def congested(self) -> bool:
+        """True while some peer refuses frames (its queue is full): stop the spouts."""
+        return bool(self._outbox)
+
+    def retarget(self, endpoints: set[str]) -> None:
+        """Close sockets to endpoints no longer used (after an assignment change)."""
+        for endpoint in list(self._pushes):
+            if endpoint not in endpoints:
+                self._pushes.pop(endpoint).close(0)
+                self._batches.pop(endpoint, None)
+                self._batch_started.pop(endpoint, None)
+                self._outbox.pop(endpoint, None)
+
+    # -- the loop's hooks ---------------------------------------------------------------------
+
+    def pump(self, idle: bool, congested: bool) -> int:
+        """Retry refused frames, flush batches that are due, receive what is waiting.
+
+        ``idle`` means the loop had no local work: flush every partial batch now.
+        ``congested`` means local queues are full: receive nothing, so the
+        peers' queues fill and they stop their spouts (backpressure across
+        workers). Returns the number of tuples received.
+        """
+        self.paused = congested
+        for endpoint in list(self._outbox):
+            self._retry(endpoint)
+        now = time.monotonic()
+        for endpoint, batch in self._batches.items():
+            if not batch:
+                continue
+            started = self._batch_started.setdefault(endpoint, now)
+            if idle or now - started >= self.linger:
+                self._flush(endpoint)
+        return 0 if self.paused else self._receive(64)
+
+    def wait(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds for incoming frames (the loop is idle)."""
+        if self.paused or self._outbox:
+            time.sleep(min(timeout, 0.001))
+            return
+        self.pull.poll(max(0, int(timeout * 1000)))
+
+    def _receive(self, max_frames: int) -> int:
+        received = 0
+        recv = self.pull.recv
+        for _ in range(max_frames):
+            try:
+                frame = recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            received += self._deliver(frame)
+        self.received += received
+        return received
+
+    def _deliver(self, frame: bytes) -> int:
+        try:
+            msg = msgpack.unpackb(frame, raw=False, use_list=True)
+            version, kind, entries = msg
+            if version != FRAME_VERSION or kind != TUPLES or type(entries) is not list:
+                raise ValueError(f"unexpected header {version!r}/{kind!r}")
+        except Exception as e:  # noqa: BLE001 - anything malformed is dropped
+            self.dropped_frames += 1
+            self._bad.warning("dropped a malformed frame of %d bytes on the worker port: %s", len(frame), e)
+            return 0
+        inbound = self.inbound
+        queues, task_component, index = inbound.queues, inbound.task_component, inbound.index
+        n = 0
+        for entry in entries:
+            try:
+                dest, src, stream, values, anchors = entry
+                sink = queues[dest]
+                component = task_component[src]
+                fields = index[component][stream]
+                if type(values) is not list or len(values) != len(fields):
+                    raise ValueError("values do not match the stream's fields")
+                if anchors is not None and type(anchors) is not dict:
+                    raise ValueError("bad anchors")
+            except Exception as e:  # noqa: BLE001
+                self.dropped_entries += 1
+                self._bad.warning("dropped a malformed tuple entry %r: %s", str(entry)[:100], e)
+                continue
+            sink(Tuple(values, stream, component, src, fields, anchors))
+            n += 1
+        return n
+
+    def close(self) -> None:
+        for sock in self._pushes.values():
+            sock.close(0)
+        self._pushes.clear()
+        self.pull.close(0)
