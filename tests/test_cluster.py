@@ -117,7 +117,7 @@ def test_rebalance_to_four_workers_keeps_keys_on_their_tasks(cluster, cluster_st
     before = wait_assigned(cluster, cluster_state, 2)
     cluster.wait(lambda: len(sink_lines(out)) > 200, timeout=60, message="output")
 
-    result = cluster.cli("rebalance", "cluster-wc", "-w", "0", "-n", "4", "-e", "count=4")
+    result = cluster.cli("rebalance", "cluster-wc", "-w", "1", "-n", "4", "-e", "count=4")
     assert result.returncode == 0, result.stderr
     after = wait_assigned(cluster, cluster_state, 4)
     count_executors = [e for s in after.slots.values() for e in s.executors if e[0] == "count"]
@@ -137,7 +137,8 @@ def test_rebalance_to_four_workers_keeps_keys_on_their_tasks(cluster, cluster_st
     for word, _, task, *_ in sink_lines(out):
         tasks_per_word.setdefault(word, set()).add(task)
     assert all(len(t) == 1 for t in tasks_per_word.values()), tasks_per_word
-    # Within one count task's lifetime (one process), a word's counts rise by exactly one.
+    # With -w, in-flight tuples drained before workers moved: within one count task's
+    # lifetime (one process), a word's counts rise by exactly one, nothing lost on the way.
     series: dict[tuple[str, int, int], list[int]] = {}
     for word, count, task, pid, _ in sink_lines(out):
         series.setdefault((word, task, pid), []).append(count)
