@@ -1,9 +1,13 @@
-"""Benchmarks that print a table. Run: `python -m benchmarks [--sentences N] [--runs K]`.
+"""Benchmarks that print a table. Run: `python -m benchmarks [--sentences N] [--runs K] [--scenarios ...]`.
 
-local-word-count: Storm's word count (sentences -> split -> count, fields
-grouping, every word emits its running count) over N sentences of 10 words
-from a fixed seed, in local mode, parallelism 4/4. Reports words per second
-(median, min, max over the runs).
+Storm's word count (sentences -> split -> count, fields grouping, every word
+emits its running count) over N sentences of 10 words from a fixed seed,
+parallelism 4/4, reported as words per second (median, min, max over the runs)
+and as a ratio to local mode measured in the same run:
+
+- local: in this process (``complete_topology``);
+- cluster-Nw: on a real cluster on this machine (ZooKeeper, nimbus, 2
+  supervisors started through the CLI), with N worker processes.
 """
 
 from __future__ import annotations
@@ -17,21 +21,13 @@ from collections import Counter
 from streamgale import Bolt, Topology
 from streamgale.testing import FixedTupleSpout, complete_topology
 
-VOCABULARY = [f"word{i}" for i in range(1000)]
+from .topologies.cluster_word_count import VOCABULARY, Split
+
 
 
 def sentences(n: int, seed: int = 42) -> list[list[str]]:
     rng = random.Random(seed)
     return [[" ".join(rng.choices(VOCABULARY, k=10))] for _ in range(n)]
-
-
-class Split(Bolt):
-    outputs = ["word"]
-
-    def process(self, tup):
-        emit = self.emit
-        for word in tup.values[0].split():
-            emit([word])
 
 
 class Count(Bolt):
@@ -64,15 +60,40 @@ def local_word_count(data: list[list[str]]) -> float:
     return words / elapsed
 
 
-def main() -> None:
+SCENARIOS = ("local", "cluster-1w", "cluster-2w", "cluster-4w")
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks")
     ap.add_argument("--sentences", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
-    args = ap.parse_args()
+    ap.add_argument("--scenarios", default="local,cluster-2w",
+                    help=f"comma-separated, from: {', '.join(SCENARIOS)} (local always runs: the reference)")
+    args = ap.parse_args(argv)
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     data = sentences(args.sentences)
-    rates = [local_word_count(data) for _ in range(args.runs)]
-    print(f"{'scenario':<22} {'words/s (median)':>17} {'min':>10} {'max':>10}")
-    print(f"{'local-word-count':<22} {statistics.median(rates):>17,.0f} {min(rates):>10,.0f} {max(rates):>10,.0f}")
+    results: dict[str, list[float]] = {"local": []}
+    cluster_runs = [s for s in chosen if s.startswith("cluster-")]
+    if cluster_runs:
+        from .cluster import BenchCluster, cluster_word_count
+
+        with BenchCluster(supervisors=2, slots=2) as cluster:
+            for _ in range(args.runs):  # interleaved, so load changes hit every scenario alike
+                results["local"].append(local_word_count(data))
+                for name in cluster_runs:
+                    workers = int(name.split("-")[1].rstrip("w"))
+                    results.setdefault(name, []).append(cluster_word_count(cluster, args.sentences, workers))
+    else:
+        results["local"] = [local_word_count(data) for _ in range(args.runs)]
+    reference = statistics.median(results["local"])
+    print(f"word count, {args.sentences:,} sentences x 10 words, {args.runs} runs")
+    print(f"{'scenario':<14} {'words/s (median)':>17} {'min':>10} {'max':>10} {'vs local':>9}")
+    for name, rates in results.items():
+        median = statistics.median(rates)
+        print(f"{name:<14} {median:>17,.0f} {min(rates):>10,.0f} {max(rates):>10,.0f} {median / reference:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -91,6 +92,16 @@ def supervisor(state: State, host: str | None, shutdown_workers: bool, overrides
                "supervisor")
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT both end the foreground wait (even where the shell ignored SIGINT)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
 @cli.command("dev-zookeeper")
 @click.option("--port", type=click.IntRange(1, 65535), default=2181, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
@@ -106,7 +117,7 @@ def dev_zookeeper(port: int, data_dir: str | None) -> None:
         fail(str(e), code=1)
     click.echo(f"ZooKeeper running at {server.address}; Ctrl-C stops it")
     try:
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        stop_on_signals()
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -152,7 +163,7 @@ def dev_cluster(state: State, supervisors: int, zookeeper_port: int, base_dir: s
                 "-c", f"network.port={port}", "-c", f"supervisor.local_dir={root / f'supervisor-{i}'}"]))
         log.info("dev cluster up: ZooKeeper %s, nimbus 127.0.0.1:%d, %d supervisors; state in %s; "
                  "Ctrl-C stops it", zk.address, config["nimbus.port"], supervisors, root)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        stop_on_signals()
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         log.error("a daemon exited; stopping the dev cluster")
@@ -167,4 +178,6 @@ def dev_cluster(state: State, supervisors: int, zookeeper_port: int, base_dir: s
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        zk.close() if not base_dir else zk.stop()
+        zk.stop()
+        if not base_dir:
+            shutil.rmtree(root, ignore_errors=True)

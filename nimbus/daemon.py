@@ -174,7 +174,7 @@ class Nimbus:
         rec = self._by_name(req.name)
         at = time.time() + self._wait(rec, req.wait)
         self._update(rec, lambda r: r.with_(status=KILLED, pending={"action": "kill", "at": at}))
-        log.info("killing %s in %.1f s", rec.id, at - time.time())
+        log.info("killing %s in %.1f s", rec.id, max(0.0, at - time.time()))
         return {}
 
     def activate(self, req: p.Activate) -> dict[str, Any]:

@@ -582,9 +582,28 @@ class ClusterState:
 
     @_translated
     def report_error(self, topology_id: str, rec: ErrorRecord) -> None:
-        """Record a component's error, keeping the newest 10 per component."""
-        folder = self._path("errors", _check_name("topology id", topology_id), quote(rec.component, safe=""))
-        self._zk.create(f"{folder}/e_", rec.encode(), sequence=True, makepath=True)
+        """Record a component's error, keeping the newest 10 per component.
+
+        An error about a topology that is gone (a worker dying as it is killed)
+        is dropped: the write is a transaction that checks the topology still
+        exists, so nothing is left under ``errors/`` after a kill.
+        """
+        topology = self._path("topologies", _check_name("topology id", topology_id))
+        base = self._path("errors", topology_id)
+        folder = f"{base}/{quote(rec.component, safe='')}"
+        if self._zk.exists(topology) is None:
+            return
+        self._retry(self._zk.ensure_path, folder)
+        txn = self._zk.transaction()
+        txn.check(topology, -1)  # any version: it only has to exist
+        txn.create(f"{folder}/e_", rec.encode(), sequence=True)
+        if any(isinstance(r, Exception) for r in txn.commit()):
+            for path in (folder, base):  # deleted meanwhile: do not leave the folders behind
+                try:
+                    self._zk.delete(path)
+                except (NoNodeError, NotEmptyError):
+                    pass
+            return
         for old in sorted(self._retry(self._zk.get_children, folder))[:-MAX_ERRORS_PER_COMPONENT]:
             try:
                 self._zk.delete(f"{folder}/{old}")

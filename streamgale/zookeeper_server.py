@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .ports import free_port, port_is_free
+
 DEBIAN_CLASSPATH = ("/etc/zookeeper/conf", "/usr/share/java/zookeeper.jar")
 # ZooKeeper's jar names only slf4j-api; with a binding its log says why it failed.
 DEBIAN_LOG_BINDING = "/usr/share/java/slf4j-simple.jar"
@@ -50,23 +52,6 @@ def find_classpath() -> str:
     if Path(DEBIAN_LOG_BINDING).is_file():
         parts.append(DEBIAN_LOG_BINDING)
     return os.pathsep.join(parts)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # as the server binds: connections of a killed predecessor in TIME_WAIT do not count
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def four_letter(host: str, port: int, command: str, timeout: float = 1.0) -> str:

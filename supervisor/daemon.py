@@ -187,8 +187,11 @@ class Supervisor:
             except ProcessLookupError:
                 pass
         elif isinstance(action, slots.ReportCrash):
-            log.warning("worker on port %d for %s died: %s", port, action.topology_id, action.reason)
             try:
+                if self.state.topology(action.topology_id) is None:  # killed: it stopped by itself
+                    log.info("worker on port %d for removed topology %s exited", port, action.topology_id)
+                    return state
+                log.warning("worker on port %d for %s died: %s", port, action.topology_id, action.reason)
                 self.state.report_error(action.topology_id, ErrorRecord(
                     "__worker", -1, self.host, port, time.time(), f"worker died: {action.reason}"))
             except Exception as e:  # noqa: BLE001

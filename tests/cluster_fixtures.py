@@ -7,9 +7,7 @@ directory in their command line).
 
 from __future__ import annotations
 
-import random
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -19,25 +17,7 @@ import yaml
 
 from conftest import ROOT, STREAMGALE, Processes, wait_for
 
-
-def free_port_range(count: int) -> int:
-    """A base port such that base .. base+count-1 are all free on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("0.0.0.0", port))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
+from streamgale.ports import free_port_range
 
 
 class Cluster:

@@ -6,16 +6,20 @@ import textwrap
 from conftest import run_cli, wait_for
 
 
+COMMANDS = ("local", "config", "submit", "list", "kill", "activate", "deactivate", "rebalance", "info",
+            "cluster", "nimbus", "supervisor", "dev-zookeeper", "dev-cluster")
+
+
 def test_help_lists_the_commands():
     out = run_cli("--help")
     assert out.returncode == 0
     assert "StreamGale: run Storm-style topologies" in out.stdout
-    for command in ("local", "config"):
-        assert command in out.stdout
+    listed = {line.split()[0] for line in out.stdout.split("Commands:")[1].splitlines() if line.strip()}
+    assert listed == set(COMMANDS)
 
 
 def test_each_command_has_help():
-    for command in ("local", "config"):
+    for command in COMMANDS:
         out = run_cli(command, "--help")
         assert out.returncode == 0, out.stderr
         assert "Usage: streamgale " + command in out.stdout

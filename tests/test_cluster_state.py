@@ -17,7 +17,8 @@ from streamgale.cluster_state import (CHUNK_SIZE, ClusterState, ClusterStateErro
                                       StaleAssignment, TopologyExists)
 from streamgale.records import (ACTIVE, INACTIVE, Assignment, ErrorRecord, SlotAssignment, SupervisorInfo,
                                 TopologyRecord)
-from streamgale.zookeeper_server import ZooKeeperServer, ZooKeeperServerError, free_port
+from streamgale.ports import free_port
+from streamgale.zookeeper_server import ZooKeeperServer, ZooKeeperServerError
 
 
 def supervisor(sid: str = "sup-1") -> SupervisorInfo:
@@ -288,6 +289,7 @@ def test_assignment_watches_see_every_change(make_cluster_state):
 
 
 def test_errors_are_trimmed_to_the_newest_ten_per_component(cluster_state):
+    cluster_state.create_topology(topology())
     for i in range(13):
         cluster_state.report_error("wc-1", ErrorRecord("split", 1, "h", 6700, float(i), f"ValueError: {i}"))
     cluster_state.report_error("wc-1", ErrorRecord("odd/name", 2, "h", 6700, 1.0, "KeyError: k"))
@@ -295,6 +297,14 @@ def test_errors_are_trimmed_to_the_newest_ten_per_component(cluster_state):
     assert [e.message for e in errors["split"]] == [f"ValueError: {i}" for i in range(3, 13)]
     assert [e.message for e in errors["odd/name"]] == ["KeyError: k"]
     assert cluster_state.errors("other") == {}
+
+
+def test_errors_about_a_deleted_topology_leave_nothing_behind(cluster_state, zk_client, zk_root):
+    cluster_state.create_topology(topology())
+    cluster_state.delete_topology("wc-1")
+    cluster_state.report_error("wc-1", ErrorRecord("__worker", -1, "h", 6700, 1.0, "worker died"))
+    assert cluster_state.errors("wc-1") == {}
+    assert zk_client.get_children(f"{zk_root}/errors") == []
 
 
 def test_malformed_znodes_are_skipped_and_never_break_watchers(make_cluster_state, zk_client, zk_root):

@@ -15,6 +15,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamgale import protocol as p
+from streamgale.ports import free_port
 from streamgale.rpc import (
     AlreadyExists,
     BadRequest,
@@ -311,12 +312,6 @@ def raw_dealer(context):
     finally:
         for s in sockets:
             s.close(linger=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def recv_within(sock: zmq.Socket, timeout: float = 5.0) -> bytes:

@@ -1,0 +1,79 @@
+"""Word count for the cluster benchmark: a fixed set of sentences, progress in files.
+
+User config keys: bench.sentences (total, split over the spout tasks),
+bench.output_dir (where progress files go). Each count task rewrites
+``count-<task>.txt`` as "<words counted> <time.time() of the last one>" on
+every tick, so the benchmark can tell when all words are counted and when.
+"""
+
+import os
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+from streamgale import Bolt, Spout, Topology
+
+VOCABULARY = [f"word{i}" for i in range(1000)]
+
+
+class Sentences(Spout):
+    outputs = ["sentence"]
+
+    def open(self, context):
+        total = int(context.config["bench.sentences"])
+        rng = random.Random(42 + context.task_index)
+        mine = len(range(context.task_index, total, context.task_count))
+        self.sentences = [" ".join(rng.choices(VOCABULARY, k=10)) for _ in range(mine)]
+        self.next = 0
+        self.out = Path(context.config["bench.output_dir"])
+        self.task = context.task_id
+
+    def next_tuple(self):
+        if self.next == 0 and self.sentences:
+            (self.out / f"start-{self.task}.txt").write_text(repr(time.time()))
+        emit, sentences = self.emit, self.sentences
+        end = min(self.next + 100, len(sentences))
+        for i in range(self.next, end):
+            emit([sentences[i]])
+        self.next = end
+
+
+class Split(Bolt):
+    outputs = ["word"]
+
+    def process(self, tup):
+        emit = self.emit
+        for word in tup.values[0].split():
+            emit([word])
+
+
+class Count(Bolt):
+    outputs = ["word", "count"]
+
+    def prepare(self, context):
+        self.counts = Counter()
+        self.total = 0
+        self.last = 0.0
+        self.file = Path(context.config["bench.output_dir"]) / f"count-{context.task_id}.txt"
+
+    def process(self, tup):
+        if tup.is_tick:
+            tmp = self.file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(f"{self.total} {self.last!r}")
+            os.replace(tmp, self.file)
+            return
+        word = tup.values[0]
+        counts = self.counts
+        counts[word] += 1
+        self.total += 1
+        self.last = time.time()
+        self.emit([word, counts[word]])
+
+
+def build_topology(config):
+    t = Topology("bench-cluster-wc", config={"topology.workers": 2})
+    t.spout("sentences", Sentences, parallelism=2)
+    t.bolt("split", Split, parallelism=4).shuffle("sentences")
+    t.bolt("count", Count, parallelism=4, config={"topology.tick_interval": 0.1}).fields("split", "word")
+    return t
