@@ -39,7 +39,10 @@ def submit(state: State, topology_file: str, name: str | None, overrides: tuple[
     """
     from streamgale.package import PackageError, digest, pack_directory
 
-    topology, _ = state.topology(topology_file, overrides)
+    from streamgale.topology import acker_count
+
+    topology, config = state.topology(topology_file, overrides)
+    topology = topology.with_ackers(acker_count(config))
     try:
         layer = {**topology.config, **dict(parse_override(o) for o in overrides)}
     except ConfigError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from streamgale.acking import ACKER
 from streamgale.groupings import KINDS
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -38,9 +39,12 @@ def validate_spec(spec: Any, name: str) -> None:
         raise SpecError(f"a topology needs 1 to {MAX_COMPONENTS} components, got {len(components)}")
     total_tasks = 0
     for cname, comp in components.items():
-        if not isinstance(cname, str) or not NAME_RE.match(cname):
+        if cname == ACKER:
+            if not isinstance(comp, dict) or comp.get("kind") != "acker" or comp.get("inputs") != []:
+                raise SpecError(f"system component '{ACKER}' must have kind 'acker' and no inputs")
+        elif not isinstance(cname, str) or not NAME_RE.match(cname):
             raise SpecError(f"component name {cname!r} is invalid")
-        if not isinstance(comp, dict) or comp.get("kind") not in ("spout", "bolt"):
+        elif not isinstance(comp, dict) or comp.get("kind") not in ("spout", "bolt"):
             raise SpecError(f"component '{cname}' must have kind 'spout' or 'bolt'")
         p = _int(comp.get("parallelism"), f"parallelism of '{cname}'")
         tasks = _int(comp.get("tasks"), f"tasks of '{cname}'")
@@ -63,7 +67,7 @@ def validate_spec(spec: Any, name: str) -> None:
             if not isinstance(sub, dict):
                 raise SpecError(f"an input of '{cname}' is not a mapping")
             source, stream, kind = sub.get("source"), sub.get("stream"), sub.get("type")
-            if source not in components:
+            if source not in components or source == ACKER:
                 raise SpecError(f"bolt '{cname}' subscribes to unknown component {source!r}")
             declared = components[source]["outputs"]
             if stream not in declared:

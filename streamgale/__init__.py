@@ -8,6 +8,7 @@ from .components import Bolt, Spout, TopologyContext
 from .config import Config, ConfigError, load_config
 from .groupings import CustomGrouping
 from .local import LocalCluster, run_local
+from .reliable import ReliableSpout
 from .topology import Topology, TopologyError
 from .tuples import Tuple
 
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigError",
     "CustomGrouping",
     "LocalCluster",
+    "ReliableSpout",
     "Spout",
     "Topology",
     "TopologyContext",

@@ -16,7 +16,7 @@ from streamgale.worker.assembly import Capture, build_executors
 from streamgale.worker.loop import ExecutorLoop
 
 from .config import Config
-from .topology import Topology
+from .topology import Topology, acker_count
 
 log = logging.getLogger("streamgale.local")
 
@@ -44,7 +44,8 @@ class LocalCluster:
 
     def __init__(self, topology: Topology, config: Config, capture: Capture | None = None,
                  on_error: Callable[[ComponentError], None] | None = None):
-        self.topology = topology.validate()
+        topology = topology.validate().with_ackers(acker_count(config))
+        self.topology = topology
         self.config = config
         self.errors: list[ComponentError] = []
         self._on_error = on_error

@@ -138,15 +138,11 @@ class TopologyRecord:
 
     def executors(self) -> list[Executor]:
         """Every executor of the topology under the current parallelism, in task order."""
-        from .topology import split_evenly
+        from .topology import layout_tasks, split_evenly
 
-        out: list[Executor] = []
-        next_id = 1
         components = self.spec["components"]
-        for name in sorted(components):
-            n = int(components[name]["tasks"])
-            tasks = tuple(range(next_id, next_id + n))
-            next_id += n
+        out: list[Executor] = []
+        for name, tasks in layout_tasks({n: int(c["tasks"]) for n, c in components.items()}).items():
             for group in split_evenly(tasks, self.parallelism.get(name, components[name]["parallelism"])):
                 out.append((name, group))
         return out

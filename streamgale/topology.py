@@ -34,7 +34,7 @@ class ComponentDef:
     """One declared component. ``factory()`` returns a fresh instance for a task."""
 
     name: str
-    kind: str  # "spout" | "bolt"
+    kind: str  # "spout" | "bolt" | "acker" (the system component added by with_ackers)
     cls: type
     factory: Callable[[], Component]
     parallelism: int
@@ -206,6 +206,8 @@ class Topology:
         except ConfigError as e:
             raise TopologyError(str(e)) from None
         for comp in self.components.values():
+            if comp.kind == "acker":
+                continue
             if comp.kind == "spout" and comp.inputs:
                 raise TopologyError(f"spout '{comp.name}' cannot subscribe to streams")
             seen = set()
@@ -249,18 +251,12 @@ class Topology:
     # -- derived views --------------------------------------------------------------------
 
     def task_ids(self) -> dict[str, tuple[int, ...]]:
-        """Task ids per component: numbered from 1 in sorted component-name order.
+        """Task ids per component (see :func:`layout_tasks`).
 
         Fixed for the topology's life, so fields grouping keeps key -> task stable
         when executors change.
         """
-        out: dict[str, tuple[int, ...]] = {}
-        next_id = 1
-        for name in sorted(self.components):
-            n = self.components[name].tasks
-            out[name] = tuple(range(next_id, next_id + n))
-            next_id += n
-        return out
+        return layout_tasks({name: c.tasks for name, c in self.components.items()})
 
     def executors(self) -> dict[str, list[tuple[int, ...]]]:
         """Per component, its executors as groups of task ids (tasks split evenly)."""
@@ -285,6 +281,22 @@ class Topology:
                 out.setdefault((sub.source, sub.stream), []).append((comp.name, sub))
         return out
 
+    def with_ackers(self, count: int) -> "Topology":
+        """A copy with ``count`` acker executors (system component ``__acker``); 0: none."""
+        from .acking import ACKER
+        from .components import Bolt
+
+        clone = copy.copy(self)
+        clone.components = {n: c for n, c in self.components.items() if c.kind != "acker"}
+        if count:
+            clone.components[ACKER] = ComponentDef(ACKER, "acker", Bolt, Bolt, count, count, {})
+        return clone
+
+    def acker_tasks(self) -> tuple[int, ...]:
+        from .acking import ACKER
+
+        return self.task_ids().get(ACKER, ())
+
     def with_parallelism(self, parallelism: Mapping[str, int]) -> "Topology":
         """A copy with some components' executor counts changed (tasks stay fixed)."""
         clone = copy.copy(self)
@@ -301,6 +313,23 @@ class Topology:
             clone.components[name] = copy.copy(comp)
             clone.components[name].parallelism = p
         return clone
+
+
+def layout_tasks(tasks: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """Task ids from component task counts: numbered from 1 in sorted name order,
+    system components (``__acker``) last, so adding ackers moves no user task."""
+    out: dict[str, tuple[int, ...]] = {}
+    next_id = 1
+    for name in sorted(tasks, key=lambda n: (n.startswith("__"), n)):
+        out[name] = tuple(range(next_id, next_id + tasks[name]))
+        next_id += tasks[name]
+    return out
+
+
+def acker_count(config: Mapping[str, Any]) -> int:
+    """Acker executors for a topology: ``topology.acker_executors``, else one per worker."""
+    n = config.get("topology.acker_executors")
+    return int(config.get("topology.workers", 1)) if n is None else int(n)
 
 
 def split_evenly(items: Sequence[int], parts: int) -> list[tuple[int, ...]]:

@@ -16,13 +16,14 @@ class Tuple:
     ``tup["word"]`` or ``tup[0]`` reads a value; ``tup.values`` is the list;
     ``tup.stream``, ``tup.source`` (component), ``tup.source_task`` say where it
     came from. ``tup.anchors`` is the acking identity (root id -> edge id) used by
-    the tuple-tree tracker; user code treats it as opaque.
+    the tuple-tree tracker, and ``ack_val`` the XOR of the edges emitted anchored
+    to this tuple; user code treats both as opaque.
 
     Tuples are created by the runtime only; they are cheap (slots, shared field
     index) and must be treated as read-only.
     """
 
-    __slots__ = ("values", "stream", "source", "source_task", "_index", "anchors")
+    __slots__ = ("values", "stream", "source", "source_task", "_index", "anchors", "ack_val")
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class Tuple:
         self.source_task = source_task
         self._index = index
         self.anchors = anchors
+        self.ack_val = 0
 
     def __getitem__(self, key: int | str) -> Any:
         if type(key) is str:

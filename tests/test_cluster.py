@@ -82,7 +82,8 @@ def test_word_count_on_two_workers_matches_local_mode(cluster, cluster_state, tm
     listing = cluster.cli("list")
     assert listing.returncode == 0, listing.stderr
     row = next(line for line in listing.stdout.splitlines() if line.startswith("cluster-wc "))
-    assert row.split()[2:6] == ["ACTIVE", "2", "8", "10"]  # status, workers, executors, tasks
+    # status, workers, executors, tasks: 8 executors (10 tasks) of the topology + 2 ackers
+    assert row.split()[2:6] == ["ACTIVE", "2", "10", "12"]
 
     killed = cluster.cli("kill", "cluster-wc", "-w", "0")
     assert killed.returncode == 0, killed.stderr

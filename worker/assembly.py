@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
+from streamgale.acking import ACK_INDEX, ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, AckBuffer
 from streamgale.components import TopologyContext
 from streamgale.config import Config
 from streamgale.groupings import DirectRouter, make_router
 from streamgale.topology import Topology
 
+from .acker import AckerExecutor
 from .executor import BoltExecutor, Collector, ErrorHandler, Executor, Routes, Sink, SpoutExecutor, TaskRunner
 
 Capture = Callable[[str, int, str, Sequence[Any]], None]
@@ -26,6 +28,19 @@ def component_config(topology: Topology, config: Config, component: str) -> Conf
     return config.merged(comp.config, f"config of component '{component}'")
 
 
+def stream_index(topology: Topology) -> dict[str, dict[str, dict[str, int]]]:
+    """component -> stream -> field name -> position, system streams included:
+    every component may send ``__ack``; the acker sends ``__ack_result``."""
+    index: dict[str, dict[str, dict[str, int]]] = {}
+    for name, comp in topology.components.items():
+        streams = {stream: {f: i for i, f in enumerate(fields)} for stream, fields in comp.outputs.items()}
+        streams[ACK_STREAM] = ACK_INDEX
+        if comp.kind == "acker":
+            streams[ACK_RESULT_STREAM] = ACK_RESULT_INDEX
+        index[name] = streams
+    return index
+
+
 def build_executors(
     topology: Topology,
     config: Config,
@@ -37,7 +52,10 @@ def build_executors(
 ) -> list[Executor]:
     """Executors for the (component, task ids) groups in ``local``.
 
-    ``remote_sink(task)`` returns the sink for a bolt task that is not local.
+    ``remote_sink(task)`` returns the sink for a task that is not local (bolts,
+    ackers, and spouts, which receive ack results). With an ``__acker``
+    component in ``topology`` (see :meth:`Topology.with_ackers`), spout tuples
+    emitted with a message id are tracked.
     ``sinks`` (task -> sink), if given, is filled in and shared by every
     emitting task, so a worker can re-point a moved task by replacing its entry.
     """
@@ -50,14 +68,14 @@ def build_executors(
     runners: dict[int, TaskRunner] = {}
     if sinks is None:
         sinks = {}
-    index = {
-        name: {stream: {f: i for i, f in enumerate(fields)} for stream, fields in comp.outputs.items()}
-        for name, comp in topology.components.items()
-    }
+    index = stream_index(topology)
+    ackers = topology.acker_tasks()
     outputs = {name: {s: tuple(f) for s, f in c.outputs.items()} for name, c in topology.components.items()}
 
     for component, tasks in local:
         comp = topology.components[component]
+        if comp.kind == "acker":
+            continue
         conf = component_config(topology, config, component)
         for i, task in enumerate(tasks):
             context = TopologyContext(
@@ -76,23 +94,28 @@ def build_executors(
                     else:
                         routers.append(router)
                 routes.by_stream[stream] = routers
-            runners[task] = TaskRunner(task, comp.factory(), context, Collector(routes, capture))
-
-    for task, runner in runners.items():
-        if topology.components[task_component[task]].kind == "bolt":
-            sinks[task] = runner.queue.append
-    if remote_sink is not None:
-        for task, component in task_component.items():
-            if task not in runners and topology.components[component].kind == "bolt":
-                sinks[task] = remote_sink(task)
+            acks = AckBuffer(ackers) if ackers else None
+            runners[task] = TaskRunner(task, comp.factory(), context, Collector(routes, capture, acks))
 
     executors: list[Executor] = []
     for component, tasks in local:
         comp = topology.components[component]
+        if comp.kind == "acker":
+            executors.append(AckerExecutor(tasks, sinks, config["topology.message_timeout"], on_error))
+            continue
         group = [runners[t] for t in tasks]
+        conf = component_config(topology, config, component)
         if comp.kind == "spout":
-            executors.append(SpoutExecutor(component, group, on_error))
+            pending = conf["topology.max_spout_pending"] if ackers else None
+            executors.append(SpoutExecutor(component, group, on_error, conf["topology.message_timeout"], pending))
         else:
-            tick = component_config(topology, config, component)["topology.tick_interval"]
-            executors.append(BoltExecutor(component, group, on_error, tick))
+            executors.append(BoltExecutor(component, group, on_error, conf["topology.tick_interval"]))
+
+    for e in executors:
+        for r in e.runners:
+            sinks[r.task] = r.queue.append
+    if remote_sink is not None:
+        for task in task_component:
+            if task not in local_tasks:
+                sinks[task] = remote_sink(task)
     return executors

@@ -21,14 +21,15 @@ from typing import Any
 import msgpack
 import zmq
 
+from streamgale.acking import ACKER
 from streamgale.cluster_state import ClusterState
 from streamgale.config import Config, load_config
 from streamgale.loader import load_topology
 from streamgale.records import ACTIVE, Assignment, ErrorRecord, TopologyRecord, slot_id
 from streamgale.topology import Topology
 
-from .assembly import build_executors
-from .executor import BoltExecutor, Sink
+from .assembly import build_executors, stream_index
+from .executor import Sink
 from .loop import ExecutorLoop
 from .transport import Inbound, Transport
 
@@ -120,16 +121,15 @@ class Worker:
             raise RuntimeError(f"slot {a.supervisor_id}:{a.port} has no executors of {a.topology_id}")
         self.record = record
         self.config = self.base_config.merged(record.config, "topology config")
-        self.topology: Topology = load_topology(a.code_dir / record.entry, self.config)
+        ackers = int(record.spec["components"].get(ACKER, {}).get("tasks", 0))
+        self.topology: Topology = load_topology(a.code_dir / record.entry, self.config).with_ackers(ackers)
         self.executor_groups = my_slot.executors
         self.endpoints = assignment.task_endpoints()
         self.assignment = assignment
 
         self.context = zmq.Context.instance()
         task_component = {t: c for c, ts in self.topology.task_ids().items() for t in ts}
-        index = {name: {s: {f: i for i, f in enumerate(fs)} for s, fs in comp.outputs.items()}
-                 for name, comp in self.topology.components.items()}
-        self.inbound = Inbound({}, task_component, index)
+        self.inbound = Inbound({}, task_component, stream_index(self.topology))
         self.transport = Transport(self.context, a.port, self.inbound, self.config["topology.batch_size"],
                                    self.config["topology.batch_linger"])
         self.sinks: dict[int, Sink] = {}
@@ -137,9 +137,7 @@ class Worker:
             self.topology, self.config, self.executor_groups,
             lambda t: self.transport.sink(t, self.endpoints[t]), self.on_error, sinks=self.sinks,
         )
-        self.inbound.queues.update(
-            {r.task: r.queue.append for e in executors if isinstance(e, BoltExecutor) for r in e.runners}
-        )
+        self.inbound.queues.update({r.task: r.queue.append for e in executors for r in e.runners})
         self.loop = ExecutorLoop(executors, self.config["topology.queue_size"], io=WorkerIO(self))
         self.loop.start()
         self.loop.set_active(record.status == ACTIVE)

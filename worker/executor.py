@@ -11,10 +11,12 @@ executors of a worker.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections import deque
 from typing import Any, Callable, Sequence
 
+from streamgale.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, new_id
 from streamgale.components import Bolt, Spout, TopologyContext
 from streamgale.tuples import DEFAULT_STREAM, Tuple, tick_tuple
 
@@ -40,7 +42,7 @@ class Routes:
         self.sinks = sinks
 
     def undeclared(self, stream: str) -> ValueError:
-        declared = ", ".join(f"'{s}'" for s in self.index) or "none"
+        declared = ", ".join(f"'{s}'" for s in self.index if not s.startswith("__")) or "none"
         return ValueError(
             f"component '{self.component}' emitted to stream '{stream}', which it does not "
             f"declare (declared: {declared}); add it to the component's outputs"
@@ -50,24 +52,33 @@ class Routes:
 class Collector:
     """The emit/ack surface of one task, installed on its component instance.
 
-    Emits are tagged with ``anchors`` for the tuple-tree tracker; with acking
-    off a spout tuple's ``msg_id`` is acked as soon as it is emitted (Storm's
-    behaviour with zero ackers).
+    With acking on (``acks`` is an :class:`AckBuffer`), a spout tuple emitted
+    with a ``msg_id`` starts a tuple tree and bolt emits are anchored (see
+    :mod:`streamgale.acking`); the buffered ack traffic goes out in
+    :meth:`flush_acks`, once per executor step. With acking off a spout
+    tuple's ``msg_id`` is acked as soon as it is emitted (Storm's behaviour
+    with zero ackers).
     """
 
-    __slots__ = ("_routes", "_component", "_task", "emitted", "current", "_spout", "acked_now",
-                 "capture")
+    __slots__ = ("_routes", "_component", "_task", "emitted", "current", "acked_now", "capture",
+                 "acks", "pending", "clock", "auto_anchor")
 
-    def __init__(self, routes: Routes, capture: Callable[[str, int, str, Sequence[Any]], None] | None):
+    def __init__(self, routes: Routes, capture: Callable[[str, int, str, Sequence[Any]], None] | None,
+                 acks: AckBuffer | None = None, clock: Callable[[], float] = time.monotonic):
         self._routes = routes
         self._component = routes.component
         self._task = routes.task
         self.emitted = 0
-        self.current: Tuple | None = None
+        self.current: Tuple | None = None  # the input being processed (auto-anchoring)
+        self.auto_anchor = True
         self.acked_now: list[Any] = []
         self.capture = capture
+        self.acks = acks
+        self.pending = PendingRoots()
+        self.clock = clock
 
-    def _send(self, values: Sequence[Any], stream: str, anchors: Any) -> tuple[int, ...]:
+    def _targets(self, values: Sequence[Any], stream: str) -> tuple[Sequence[int], Any]:
+        """Route one emit: (target tasks, field index); counts and captures it."""
         routers = self._routes.by_stream.get(stream)
         if routers is None:
             raise self._routes.undeclared(stream)
@@ -80,21 +91,14 @@ class Collector:
         self.emitted += 1
         if self.capture is not None:
             self.capture(self._component, self._task, stream, values)
-        sinks = self._routes.sinks
-        comp, task = self._component, self._task
         if len(routers) == 1:
-            tasks = routers[0].choose(values)
-            for t in tasks:
-                sinks[t](Tuple(values, stream, comp, task, fields, anchors))
-            return tasks
+            return routers[0].choose(values), fields
         out: list[int] = []
         for router in routers:
-            for t in router.choose(values):
-                sinks[t](Tuple(values, stream, comp, task, fields, anchors))
-                out.append(t)
-        return tuple(out)
+            out.extend(router.choose(values))
+        return out, fields
 
-    def _send_direct(self, target: int, values: Sequence[Any], stream: str, anchors: Any) -> None:
+    def _direct_target(self, target: int, values: Sequence[Any], stream: str) -> Any:
         targets = self._routes.direct.get(stream)
         if targets is None or target not in targets:
             raise ValueError(
@@ -102,40 +106,109 @@ class Collector:
                 f"'{stream}', but no bolt subscribed to that stream with direct grouping has "
                 f"that task (direct targets: {sorted(targets or ())})"
             )
-        fields = self._routes.index[stream]
         self.emitted += 1
         if self.capture is not None:
             self.capture(self._component, self._task, stream, values)
-        self._routes.sinks[target](Tuple(values, stream, self._component, self._task, fields, anchors))
+        return self._routes.index[stream]
+
+    def _deliver(self, tasks: Sequence[int], values: Sequence[Any], stream: str, fields: Any,
+                 anchor_to: list[Tuple] | None) -> None:
+        """Send to each task; with ``anchor_to`` (tracked inputs), each copy gets its own edge."""
+        sinks, comp, task = self._routes.sinks, self._component, self._task
+        if not anchor_to:
+            for t in tasks:
+                sinks[t](Tuple(values, stream, comp, task, fields, None))
+            return
+        if len(anchor_to) == 1:
+            a = anchor_to[0]
+            for t in tasks:
+                edge = new_id()
+                a.ack_val ^= edge
+                sinks[t](Tuple(values, stream, comp, task, fields, dict.fromkeys(a.anchors, edge)))  # type: ignore[arg-type]
+            return
+        for t in tasks:
+            # An edge per anchor: two anchors of one root (a join of a tree with
+            # itself) must not cancel each other's edges out.
+            anchors: dict[int, int] = {}
+            for a in anchor_to:
+                edge = new_id()
+                a.ack_val ^= edge
+                for root in a.anchors:  # type: ignore[union-attr]
+                    anchors[root] = anchors.get(root, 0) ^ edge
+            sinks[t](Tuple(values, stream, comp, task, fields, anchors))
 
     # -- spout side -----------------------------------------------------------------------
 
+    def _spout_send(self, tasks: Sequence[int], values: Sequence[Any], stream: str, fields: Any,
+                    msg_id: Any) -> None:
+        sinks, comp, task = self._routes.sinks, self._component, self._task
+        if msg_id is None or self.acks is None or not tasks:
+            for t in tasks:
+                sinks[t](Tuple(values, stream, comp, task, fields, None))
+            if msg_id is not None:
+                self.acked_now.append(msg_id)  # untracked, or a tree with no edges: complete now
+            return
+        root, xor = new_id(), 0
+        for t in tasks:
+            edge = new_id()
+            xor ^= edge
+            sinks[t](Tuple(values, stream, comp, task, fields, {root: edge}))
+        self.pending.add(root, msg_id, self.clock())
+        self.acks.init(root, xor, task)
+
     def spout_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, msg_id: Any = None):
-        tasks = self._send(values, stream, None)
-        if msg_id is not None:
-            self.acked_now.append(msg_id)
+        tasks, fields = self._targets(values, stream)
+        self._spout_send(tasks, values, stream, fields, msg_id)
         return tasks
 
     def spout_emit_direct(self, task: int, values: Sequence[Any], stream: str = DEFAULT_STREAM,
                           msg_id: Any = None) -> None:
-        self._send_direct(task, values, stream, None)
-        if msg_id is not None:
-            self.acked_now.append(msg_id)
+        fields = self._direct_target(task, values, stream)
+        self._spout_send((task,), values, stream, fields, msg_id)
 
     # -- bolt side ------------------------------------------------------------------------
 
+    def _anchor_to(self, anchors: Any) -> list[Tuple] | None:
+        """The tracked input tuples an emit is anchored to."""
+        if self.acks is None:
+            return None
+        if anchors is None:
+            cur = self.current
+            return [cur] if self.auto_anchor and cur is not None and cur.anchors else None
+        if isinstance(anchors, Tuple):
+            return [anchors] if anchors.anchors else None
+        return [a for a in anchors if a.anchors] or None
+
     def bolt_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, anchors: Any = None):
-        return self._send(values, stream, None)
+        tasks, fields = self._targets(values, stream)
+        self._deliver(tasks, values, stream, fields, self._anchor_to(anchors))
+        return tasks
 
     def bolt_emit_direct(self, task: int, values: Sequence[Any], stream: str = DEFAULT_STREAM,
                          anchors: Any = None) -> None:
-        self._send_direct(task, values, stream, None)
+        fields = self._direct_target(task, values, stream)
+        self._deliver((task,), values, stream, fields, self._anchor_to(anchors))
 
     def ack(self, tup: Tuple) -> None:
-        """Tuple-tree tracking is not wired yet; acks of untracked tuples are no-ops."""
+        """``tup`` and everything emitted anchored to it so far is processed."""
+        anchors, acks = tup.anchors, self.acks
+        if anchors and acks is not None:
+            val = tup.ack_val
+            for root, edge in anchors.items():
+                acks.ack(root, edge ^ val)
 
     def fail(self, tup: Tuple) -> None:
-        """See :meth:`ack`."""
+        """Fail every spout tuple ``tup`` descends from (the spouts may replay them)."""
+        anchors, acks = tup.anchors, self.acks
+        if anchors and acks is not None:
+            for root in anchors:
+                acks.fail(root)
+
+    def flush_acks(self) -> None:
+        """Send the buffered ack traffic: one ``__ack`` tuple per acker task."""
+        sinks, comp, task = self._routes.sinks, self._component, self._task
+        for acker, values in self.acks.drain():  # type: ignore[union-attr]
+            sinks[acker](Tuple(values, ACK_STREAM, comp, task, ACK_INDEX, None))
 
 
 class TaskRunner:
@@ -148,13 +221,14 @@ class TaskRunner:
         self.instance = instance
         self.context = context
         self.collector = collector
-        self.queue: deque[Tuple] = deque()
+        self.queue: deque[Tuple] = deque()  # bolts: input tuples; spouts: ack results
         instance._collector = collector
         # Bind emit straight to the collector: one call less on the hot path.
         if isinstance(instance, Spout):
             instance.emit = collector.spout_emit  # type: ignore[method-assign]
             instance.emit_direct = collector.spout_emit_direct  # type: ignore[method-assign]
         else:
+            collector.auto_anchor = bool(instance.auto_ack)
             instance.emit = collector.bolt_emit  # type: ignore[method-assign]
             instance.emit_direct = collector.bolt_emit_direct  # type: ignore[method-assign]
 
@@ -179,24 +253,52 @@ class Executor:
 
 
 class SpoutExecutor(Executor):
+    """Spout tasks: ack results and timeouts first, then ``next_tuple`` while
+    the task has fewer than ``max_pending`` tuple trees in flight."""
+
     kind = "spout"
 
-    def __init__(self, component: str, runners: list[TaskRunner], on_error: ErrorHandler):
+    def __init__(self, component: str, runners: list[TaskRunner], on_error: ErrorHandler,
+                 message_timeout: float = 30.0, max_pending: int | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         super().__init__(component, runners, on_error)
         self.active = True
+        self.message_timeout = message_timeout
+        self.max_pending = max_pending
+        self.clock = clock
+        self.acked = 0
+        self.failed = 0
+        self.timed_out = 0
+        self.complete_latency_total = 0.0  # seconds, over acked trees
 
     def start(self) -> None:
         for r in self.runners:
             r.instance.open(r.context)
 
+    def settle(self) -> int:
+        """Deliver ack results and timeouts to the spouts (also while they are throttled)."""
+        work = 0
+        for r in self.runners:
+            if r.queue:
+                work += self._results(r)
+            if r.collector.pending:
+                self._expire(r)
+        return work
+
     def step(self, budget: int) -> int:
-        """Call next_tuple on each task until it emits nothing or ``budget`` calls."""
+        """Call next_tuple up to ``budget`` times per task, while it has fewer than
+        ``max_pending`` trees in flight and emits something each call."""
         if not self.active:
             return 0
         work = 0
+        limit = self.max_pending
         for r in self.runners:
-            spout, col = r.instance, r.collector
+            col = r.collector
+            spout = r.instance
+            pending = col.pending
             for _ in range(budget):
+                if limit is not None and len(pending) >= limit:
+                    break
                 before = col.emitted
                 try:
                     spout.next_tuple()
@@ -208,15 +310,56 @@ class SpoutExecutor(Executor):
                 if col.emitted == before:
                     break
                 work += col.emitted - before
+            if col.acks is not None and col.acks.dirty:
+                col.flush_acks()
         return work
+
+    def _results(self, r: TaskRunner) -> int:
+        """Ack results from ackers: call the spout's ack/fail for the trees still pending."""
+        q, pending, spout = r.queue, r.collector.pending, r.instance
+        now = self.clock()
+        n = 0
+        while q:
+            tup = q.popleft()
+            try:
+                acked, failed = tup.values
+                for root in acked:
+                    entry = pending.pop(root)
+                    if entry is not None:
+                        n += 1
+                        self.acked += 1
+                        self.complete_latency_total += now - entry[1]
+                        self._call(r, spout.ack, entry[0], "ack")
+                for root in failed:
+                    entry = pending.pop(root)
+                    if entry is not None:
+                        n += 1
+                        self.failed += 1
+                        self._call(r, spout.fail, entry[0], "fail")
+            except (TypeError, ValueError) as exc:
+                log.warning("spout '%s' task %d dropped a malformed ack result: %s", self.component, r.task, exc)
+        return n
+
+    def _expire(self, r: TaskRunner) -> None:
+        for msg_id, _ in r.collector.pending.expired(self.clock(), self.message_timeout):
+            self.failed += 1
+            self.timed_out += 1
+            self._call(r, r.instance.fail, msg_id, "fail")
+
+    def _call(self, r: TaskRunner, method: Callable[[Any], None], msg_id: Any, name: str) -> None:
+        try:
+            method(msg_id)
+        except Exception as exc:  # noqa: BLE001 - user code
+            self._report(r, exc, f"in {name} of spout '{self.component}' task {r.task}")
+
+    def in_flight(self) -> int:
+        return sum(len(r.collector.pending) for r in self.runners)
 
     def _ack_untracked(self, r: TaskRunner) -> None:
         ids, r.collector.acked_now = r.collector.acked_now, []
+        self.acked += len(ids)
         for msg_id in ids:
-            try:
-                r.instance.ack(msg_id)
-            except Exception as exc:  # noqa: BLE001
-                self._report(r, exc, f"in ack of spout '{self.component}' task {r.task}")
+            self._call(r, r.instance.ack, msg_id, "ack")
 
     def set_active(self, active: bool) -> None:
         if active == self.active:
@@ -257,7 +400,11 @@ class BoltExecutor(Executor):
             r.queue.append(tick_tuple())
 
     def step(self, budget: int) -> int:
-        """Process up to ``budget`` queued tuples per task."""
+        """Process up to ``budget`` queued tuples per task.
+
+        Auto-ack bolts have each input acked when ``process`` returns; any bolt
+        whose ``process`` raises has that input failed (and the error reported).
+        """
         work = 0
         for r in self.runners:
             q = r.queue
@@ -269,15 +416,22 @@ class BoltExecutor(Executor):
             process = r.instance.process
             pop = q.popleft
             col = r.collector
+            auto = col.auto_anchor and col.acks is not None
             for _ in range(n):
                 tup = pop()
                 col.current = tup
                 try:
                     process(tup)
                 except Exception as exc:  # noqa: BLE001 - user code
+                    col.fail(tup)
                     self._report(r, exc, f"in process of bolt '{self.component}' task {r.task} "
                                          f"on {tup!r}")
+                    continue
+                if auto and tup.anchors:
+                    col.ack(tup)
             col.current = None
+            if col.acks is not None and col.acks.dirty:
+                col.flush_acks()
             work += n
         return work
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Protocol
 
-from .executor import BoltExecutor, Executor, SpoutExecutor
+from .executor import Executor, SpoutExecutor
 
 
 class LoopIO(Protocol):
@@ -46,9 +46,10 @@ class ExecutorLoop:
     def __init__(self, executors: list[Executor], queue_size: int,
                  clock: Callable[[], float] = time.monotonic, io: LoopIO | None = None):
         self.executors = executors
-        self.bolts = [e for e in executors if isinstance(e, BoltExecutor)]
         self.spouts = [e for e in executors if isinstance(e, SpoutExecutor)]
-        self.queues = [r.queue for b in self.bolts for r in b.runners]
+        self.bolts = [e for e in executors if not isinstance(e, SpoutExecutor)]  # bolts and ackers
+        self.queues = [r.queue for b in self.bolts for r in b.runners]  # bounded: over capacity = congested
+        self.all_queues = self.queues + [r.queue for s in self.spouts for r in s.runners]
         self.queue_size = queue_size
         self.clock = clock
         self.io = io
@@ -74,8 +75,8 @@ class ExecutorLoop:
         return False
 
     def idle(self) -> bool:
-        """True when no bolt has queued tuples."""
-        return not any(self.queues)
+        """True when no executor has queued tuples (spouts' ack results included)."""
+        return not any(self.all_queues)
 
     def step(self) -> int:
         """One turn; returns the number of tuples processed or emitted."""
@@ -89,6 +90,8 @@ class ExecutorLoop:
                     timer[1] = now + timer[0]
                     timer[2].tick()
                     work += 1
+        for s in self.spouts:
+            work += s.settle()
         congested = self.congested()
         io = self.io
         if not congested and not (io is not None and io.congested()):

@@ -210,7 +210,8 @@ class Transport:
 
     def _deliver(self, frame: bytes) -> int:
         try:
-            msg = msgpack.unpackb(frame, raw=False, use_list=True)
+            # int map keys (anchors: root -> edge) are safe: 64-bit ints cannot flood one hash
+            msg = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False)
             version, kind, entries = msg
             if version != FRAME_VERSION or kind != TUPLES or type(entries) is not list:
                 raise ValueError(f"unexpected header {version!r}/{kind!r}")
@@ -229,7 +230,8 @@ class Transport:
                 fields = index[component][stream]
                 if type(values) is not list or len(values) != len(fields):
                     raise ValueError("values do not match the stream's fields")
-                if anchors is not None and type(anchors) is not dict:
+                if anchors is not None and (type(anchors) is not dict or not all(
+                        type(r) is int and type(e) is int for r, e in anchors.items())):
                     raise ValueError("bad anchors")
             except Exception as e:  # noqa: BLE001
                 self.dropped_entries += 1

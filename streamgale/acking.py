@@ -1,0 +1,188 @@
+"""Guaranteed message processing: Storm's tuple trees, as pure logic.
+
+A spout tuple emitted with a ``msg_id`` gets a random 64-bit *root id*. Every
+tuple of its tree carries ``anchors = {root: edge id}``, one random 64-bit edge
+id per tuple sent. The spout tells the root's acker the XOR of the edges it
+sent (``init``); a bolt acking an input sends the XOR of that input's edge and
+the edges of everything it emitted anchored to it (``ack``). Every edge is
+XORed in exactly twice (created, acked), so the acker's value returns to 0
+exactly when the whole tree is processed, whatever its size: constant memory
+per spout tuple. A ``fail`` anywhere fails the root at once.
+
+Ack traffic is batched: each task buffers its inits, acks (merged per root by
+XOR) and fails per acker task and sends one ``__ack`` tuple per acker per
+executor step. Ackers answer the spout task with one ``__ack_result`` tuple per
+step: ``[acked roots, failed roots]``.
+
+Timeouts are kept on both sides: the spout fails a root that is not complete
+after ``topology.message_timeout`` (so a lost acker or a dropped frame still
+ends in ``fail``), and the acker forgets roots older than that (its memory
+stays bounded).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections import OrderedDict
+from typing import Any, Iterator
+
+ACKER = "__acker"
+ACK_STREAM = "__ack"  # any task -> acker: [inits [[root, xor, spout task]...], acks [[root, xor]...], fails [root...]]
+ACK_RESULT_STREAM = "__ack_result"  # acker -> spout task: [acked roots, failed roots]
+ACK_INDEX = {"inits": 0, "acks": 1, "fails": 2}
+ACK_RESULT_INDEX = {"acked": 0, "failed": 1}
+
+_random = random.Random(os.urandom(16))
+_getrandbits = _random.getrandbits
+
+
+def new_id() -> int:
+    """A random non-zero 64-bit id."""
+    return _getrandbits(64) or 1
+
+
+class AckBuffer:
+    """One task's pending ack traffic, per acker task, until the next flush."""
+
+    __slots__ = ("ackers", "inits", "acks", "fails", "dirty")
+
+    def __init__(self, ackers: tuple[int, ...]):
+        self.ackers = ackers
+        self.inits: dict[int, list[list[int]]] = {}
+        self.acks: dict[int, dict[int, int]] = {}
+        self.fails: dict[int, list[int]] = {}
+        self.dirty = False
+
+    def acker(self, root: int) -> int:
+        ackers = self.ackers
+        return ackers[root % len(ackers)]
+
+    def init(self, root: int, xor: int, spout_task: int) -> None:
+        self.inits.setdefault(self.acker(root), []).append([root, xor, spout_task])
+        self.dirty = True
+
+    def ack(self, root: int, xor: int) -> None:
+        acks = self.acks.get(self.acker(root))
+        if acks is None:
+            acks = self.acks[self.acker(root)] = {}
+        acks[root] = acks.get(root, 0) ^ xor
+        self.dirty = True
+
+    def fail(self, root: int) -> None:
+        self.fails.setdefault(self.acker(root), []).append(root)
+        self.dirty = True
+
+    def drain(self) -> Iterator[tuple[int, list[Any]]]:
+        """(acker task, ``__ack`` values) for every acker with buffered traffic; empties the buffer."""
+        inits, acks, fails = self.inits, self.acks, self.fails
+        self.inits, self.acks, self.fails, self.dirty = {}, {}, {}, False
+        for acker in set(inits) | set(acks) | set(fails):
+            merged = acks.get(acker)
+            yield acker, [inits.get(acker, []), [[r, v] for r, v in merged.items()] if merged else [],
+                          fails.get(acker, [])]
+
+
+class AckerTable:
+    """An acker task's state: root -> [xor, spout task (0 before the init), failed].
+
+    Roots live in rotating buckets: ``expire`` drops the oldest bucket every
+    ``timeout / (buckets - 1)`` seconds, so a root is forgotten between
+    ``timeout`` and ``timeout * buckets / (buckets - 1)`` after it was last
+    touched. The spout has already failed it by then.
+    """
+
+    def __init__(self, timeout: float, buckets: int = 3, now: float | None = None):
+        self.buckets: list[dict[int, list[Any]]] = [{} for _ in range(buckets)]
+        self.interval = timeout / (buckets - 1)
+        self.next_rotation = (time.monotonic() if now is None else now) + self.interval
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.buckets)
+
+    def _take(self, root: int) -> list[int]:
+        head = self.buckets[0]
+        entry = head.get(root)
+        if entry is not None:
+            return entry
+        for bucket in self.buckets[1:]:
+            entry = bucket.pop(root, None)
+            if entry is not None:
+                head[root] = entry
+                return entry
+        entry = head[root] = [0, 0, False]
+        return entry
+
+    def apply(self, inits: list, acks: list, fails: list,
+              acked: dict[int, list[int]], failed: dict[int, list[int]]) -> None:
+        """Apply one ``__ack`` message; completed roots are appended to ``acked[spout task]``,
+        failed ones (whose spout task is known) to ``failed[spout task]``."""
+        touched = []
+        for root, xor, spout_task in inits:
+            entry = self._take(root)
+            entry[0] ^= xor
+            entry[1] = spout_task
+            touched.append(root)
+        for root, xor in acks:
+            entry = self._take(root)
+            entry[0] ^= xor
+            touched.append(root)
+        head = self.buckets[0]
+        for root in fails:
+            entry = self._take(root)
+            if entry[1]:
+                del head[root]
+                failed.setdefault(entry[1], []).append(root)
+            else:
+                entry[2] = True  # failed before its init arrived: fail it when the init comes
+        for root in touched:
+            entry = head.get(root)
+            if entry is None or not entry[1]:
+                continue
+            if entry[2]:
+                del head[root]
+                failed.setdefault(entry[1], []).append(root)
+            elif entry[0] == 0:
+                del head[root]
+                acked.setdefault(entry[1], []).append(root)
+
+    def expire(self, now: float) -> int:
+        """Rotate buckets that are due; returns how many roots were forgotten."""
+        dropped = 0
+        while now >= self.next_rotation:
+            self.next_rotation += self.interval
+            dropped += len(self.buckets[-1])
+            self.buckets = [{}] + self.buckets[:-1]
+        return dropped
+
+
+class PendingRoots:
+    """A spout task's in-flight roots, oldest first: root -> (msg_id, emitted at)."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[int, tuple[Any, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, root: int, msg_id: Any, now: float) -> None:
+        self.entries[root] = (msg_id, now)
+
+    def pop(self, root: int) -> tuple[Any, float] | None:
+        return self.entries.pop(root, None)
+
+    def expired(self, now: float, timeout: float) -> list[tuple[Any, float]]:
+        """Remove and return the entries emitted ``timeout`` seconds ago or earlier."""
+        out = []
+        entries = self.entries
+        limit = now - timeout
+        while entries:
+            root, entry = next(iter(entries.items()))
+            if entry[1] > limit:
+                break
+            del entries[root]
+            out.append(entry)
+        return out

@@ -1,0 +1,375 @@
+"""Guaranteed message processing in local mode, and the pure acking logic."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from streamgale import Bolt, LocalCluster, ReliableSpout, Spout, Topology
+from streamgale.acking import AckBuffer, AckerTable, PendingRoots, new_id
+from streamgale.config import Config
+from streamgale.worker.acker import AckerExecutor
+
+
+def config(**kw) -> Config:
+    return Config().merged({k.replace("__", "."): v for k, v in kw.items()}, "test")
+
+
+class Numbers(ReliableSpout):
+    """Emits 0..total-1 once each (replaying failures); records what happened."""
+
+    outputs = ["n"]
+    total = 200
+    log: dict = {}
+
+    def open(self, context):
+        self.next = context.task_index
+        self.step = context.task_count
+        self.acked_ids: set = set()
+        self.failed_ids: list = []
+        self.max_in_flight = 0
+        type(self).log[context.task_id] = self
+
+    def next_message(self):
+        if self.next >= self.total:
+            return None
+        n, self.next = self.next, self.next + self.step
+        return n, [n]
+
+    def next_tuple(self):
+        super().next_tuple()
+        self.max_in_flight = max(self.max_in_flight, self.pending_count)
+
+    def on_acked(self, msg_id, values):
+        self.acked_ids.add(msg_id)
+
+    def fail(self, msg_id):
+        self.failed_ids.append(msg_id)
+        super().fail(msg_id)
+
+
+def fresh(spout: type, **attrs) -> type:
+    return type(spout.__name__, (spout,), {"log": {}, **attrs})
+
+
+def all_acked(spout: type, total: int):
+    return lambda: sum(len(s.acked_ids) for s in spout.log.values()) == total
+
+
+def run(topology, until, timeout=30, **conf) -> LocalCluster:
+    cluster = LocalCluster(topology, config(**conf))
+    result = cluster.run(duration=timeout, until=until)
+    assert until(), f"condition not reached in {timeout} s (errors: {result.errors})"
+    return cluster
+
+
+class Fanout(Bolt):
+    outputs = ["n", "k"]
+
+    def process(self, tup):
+        for k in range(3):
+            self.emit([tup["n"], k])
+
+
+class RandomFail(Bolt):
+    """Fails 10% of its inputs explicitly; counts the fails it caused, per message."""
+
+    auto_ack = False
+    fails: Counter = Counter()
+
+    def prepare(self, context):
+        self.rng = random.Random(context.task_id)
+
+    def process(self, tup):
+        if self.rng.random() < 0.1:
+            type(self).fails[tup["n"]] += 1
+            self.fail(tup)
+        else:
+            self.ack(tup)
+
+
+def test_every_message_is_acked_despite_random_failures_and_each_fail_reaches_the_spout():
+    spout = fresh(Numbers)
+    failer = type("RandomFail", (RandomFail,), {"fails": Counter()})
+    t = Topology("acks")
+    t.spout("numbers", spout, parallelism=2)
+    t.bolt("fanout", Fanout, parallelism=2).shuffle("numbers")
+    t.bolt("fail", failer, parallelism=3).fields("fanout", "k")
+    run(t, all_acked(spout, 200))
+    acked = set().union(*(s.acked_ids for s in spout.log.values()))
+    assert acked == set(range(200))
+    failed = Counter(n for s in spout.log.values() for n in s.failed_ids)
+    assert failer.fails  # the test really failed some
+    # One spout fail per failed tree attempt; a tree with two failing leaves fails once.
+    assert set(failed) == set(failer.fails)
+    assert all(1 <= failed[n] <= failer.fails[n] for n in failed)
+
+
+class Holder(Bolt):
+    """Never acks: every tree times out."""
+
+    auto_ack = False
+
+    def process(self, tup):
+        pass
+
+
+class Once(Spout):
+    outputs = ["n"]
+    log: dict = {}
+
+    def open(self, context):
+        self.sent = False
+        self.events = []
+        type(self).log[context.task_id] = self
+
+    def next_tuple(self):
+        if not self.sent:
+            self.sent = True
+            import time
+            self.at = time.monotonic()
+            self.emit([1], msg_id="m")
+
+    def ack(self, msg_id):
+        import time
+        self.events.append(("ack", msg_id, time.monotonic() - self.at))
+
+    def fail(self, msg_id):
+        import time
+        self.events.append(("fail", msg_id, time.monotonic() - self.at))
+
+
+def once_events(spout):
+    return lambda: any(s.events for s in spout.log.values())
+
+
+def test_a_tree_not_completed_in_time_fails_within_twice_the_timeout():
+    spout = fresh(Once)
+    t = Topology("timeout")
+    t.spout("once", spout)
+    t.bolt("hold", Holder).shuffle("once")
+    run(t, once_events(spout), timeout=10, topology__message_timeout=0.5)
+    [s] = spout.log.values()
+    [(kind, msg_id, after)] = s.events
+    assert (kind, msg_id) == ("fail", "m")
+    assert 0.5 <= after < 1.0
+
+
+class Pass(Bolt):
+    outputs = ["n"]
+
+    def process(self, tup):
+        self.emit([tup["n"]])
+
+
+class FailAll(Bolt):
+    auto_ack = False
+
+    def process(self, tup):
+        self.fail(tup)
+
+
+def test_an_explicit_fail_deep_in_the_tree_reaches_the_spout():
+    spout = fresh(Once)
+    t = Topology("deep")
+    t.spout("once", spout)
+    t.bolt("a", Pass).shuffle("once")
+    t.bolt("b", Pass).shuffle("a")
+    t.bolt("c", Pass).shuffle("b")
+    t.bolt("d", FailAll).shuffle("c")
+    run(t, once_events(spout), timeout=10)
+    [s] = spout.log.values()
+    assert [e[:2] for e in s.events] == [("fail", "m")]
+    assert s.events[0][2] < 0.5  # at once, not by timeout
+
+
+class Explode(Bolt):
+    outputs = ["i"]
+
+    def process(self, tup):
+        for i in range(10_000):
+            self.emit([i])
+
+
+class Sink(Bolt):
+    def process(self, tup):
+        pass
+
+
+def test_acker_memory_does_not_grow_with_the_tree():
+    spout = fresh(Once)
+    t = Topology("wide")
+    t.spout("once", spout)
+    t.bolt("explode", Explode).shuffle("once")
+    t.bolt("sink", Sink, parallelism=2).shuffle("explode")
+    cluster = LocalCluster(t, config())
+    [acker] = [e for e in cluster.executors if isinstance(e, AckerExecutor)]
+    tracked = []
+    original = acker.step
+
+    def step(budget):
+        work = original(budget)
+        tracked.append(acker.tracked())
+        return work
+    acker.step = step
+    cluster.run(duration=20, until=once_events(spout))
+    [s] = spout.log.values()
+    assert [e[:2] for e in s.events] == [("ack", "m")]
+    assert max(tracked) == 1  # one entry for the whole 10,001-tuple tree
+    assert acker.tracked() == 0
+
+
+def test_with_acking_off_spout_tuples_are_acked_at_once():
+    spout = fresh(Once)
+    t = Topology("off")
+    t.spout("once", spout)
+    t.bolt("hold", Holder).shuffle("once")
+    cluster = run(t, once_events(spout), timeout=10, topology__acker_executors=0)
+    assert not [e for e in cluster.executors if isinstance(e, AckerExecutor)]
+    [s] = spout.log.values()
+    assert [e[:2] for e in s.events] == [("ack", "m")]
+
+
+class SlowAck(Bolt):
+    """Acks each input only after the next few arrive (holds up to 3)."""
+
+    auto_ack = False
+
+    def prepare(self, context):
+        self.held = []
+
+    def process(self, tup):
+        self.held.append(tup)
+        if len(self.held) > 3 or tup.is_tick:
+            for h in self.held:
+                self.ack(h)
+            self.held = []
+
+
+def test_max_spout_pending_bounds_the_tuples_in_flight():
+    spout = fresh(Numbers, total=500)
+    t = Topology("pending")
+    t.spout("numbers", spout)
+    t.bolt("slow", SlowAck, config={"topology.tick_interval": 0.05}).shuffle("numbers")
+    run(t, all_acked(spout, 500), topology__max_spout_pending=7)
+    [s] = spout.log.values()
+    assert s.max_in_flight == 7
+
+
+class Join(Bolt):
+    """Pairs tuples n from 'left' and 'right'; emits anchored to both, then acks both."""
+
+    outputs = ["n"]
+    auto_ack = False
+
+    def prepare(self, context):
+        self.waiting = {}
+
+    def process(self, tup):
+        other = self.waiting.pop(tup["n"], None)
+        if other is None:
+            self.waiting[tup["n"]] = tup
+            return
+        self.emit([tup["n"]], anchors=[tup, other])
+        self.ack(tup)
+        self.ack(other)
+
+
+def test_multi_anchored_tuples_hold_both_trees_until_acked():
+    spout = fresh(Numbers, total=100)
+    failer = type("RandomFail", (RandomFail,), {"fails": Counter()})
+    t = Topology("join")
+    t.spout("numbers", spout)
+    t.bolt("left", Pass).shuffle("numbers")
+    t.bolt("right", Pass).shuffle("numbers")
+    t.bolt("join", Join, parallelism=2).fields("left", "n").fields("right", "n")
+    t.bolt("end", failer).shuffle("join")
+    run(t, all_acked(spout, 100))
+    [s] = spout.log.values()
+    assert set(s.failed_ids) == set(failer.fails)  # a failure after the join fails the spout tuple
+
+
+class Boom(Bolt):
+    def process(self, tup):
+        if tup["n"] % 2:
+            raise ValueError(f"odd {tup['n']}")
+
+
+def test_a_bolt_that_raises_fails_its_input_and_the_error_is_reported():
+    spout = fresh(Numbers, total=10, max_retries=0)
+    exhausted = []
+    spout.on_exhausted = lambda self, msg_id, values: exhausted.append(msg_id)
+    t = Topology("boom")
+    t.spout("numbers", spout)
+    t.bolt("boom", Boom).shuffle("numbers")
+    cluster = run(t, lambda: len(exhausted) == 5 and all_acked(spout, 5)())
+    assert sorted(exhausted) == [1, 3, 5, 7, 9]
+    assert len(cluster.errors) == 5
+    first = cluster.errors[0]
+    assert (first.component, first.task, str(first.error)) == ("boom", 1, "odd 1")
+    assert "ValueError: odd 1" in first.details  # the traceback
+
+
+# -- the pure logic --------------------------------------------------------------------------------
+
+
+def test_acker_table_completes_a_tree_whatever_the_order_of_messages():
+    rng = random.Random(7)
+    for _ in range(200):
+        root, edges = new_id(), [new_id() for _ in range(5)]
+        # spout -> e0, e1; e0's bolt emits e2, e3; e1's bolt emits e4; leaves ack
+        msgs = [("init", edges[0] ^ edges[1]), ("ack", edges[0] ^ edges[2] ^ edges[3]),
+                ("ack", edges[1] ^ edges[4]), ("ack", edges[2]), ("ack", edges[3]), ("ack", edges[4])]
+        rng.shuffle(msgs)
+        table = AckerTable(30, now=0)
+        acked: dict = {}
+        for i, (kind, val) in enumerate(msgs):
+            assert not acked, "completed early"
+            table.apply([[root, val, 9]] if kind == "init" else [], [[root, val]] if kind == "ack" else [],
+                        [], acked, {})
+        assert acked == {9: [root]} and len(table) == 0
+
+
+def test_acker_table_fails_a_root_even_when_the_fail_comes_before_the_init():
+    table = AckerTable(30, now=0)
+    failed: dict = {}
+    table.apply([], [], [5], {}, failed)
+    assert failed == {}
+    table.apply([[5, 123, 2]], [], [], {}, failed)
+    assert failed == {2: [5]} and len(table) == 0
+
+
+def test_acker_table_forgets_roots_after_the_timeout():
+    table = AckerTable(10, buckets=3, now=0)
+    table.apply([[1, 7, 2]], [], [], {}, {})
+    assert table.expire(9.9) == 0 and len(table) == 1
+    assert table.expire(15.1) == 1 and len(table) == 0
+
+
+def test_ack_buffer_merges_acks_per_root_and_batches_per_acker():
+    buf = AckBuffer((10, 11))
+    buf.init(4, 5, 1)
+    buf.ack(4, 3)
+    buf.ack(4, 3)
+    buf.ack(5, 1)
+    buf.fail(6)
+    out = dict(buf.drain())
+    assert out == {10: [[[4, 5, 1]], [[4, 0]], [6]], 11: [[], [[5, 1]], []]}
+    assert not buf.dirty and dict(buf.drain()) == {}
+
+
+def test_pending_roots_expire_oldest_first():
+    p = PendingRoots()
+    p.add(1, "a", 0.0)
+    p.add(2, "b", 1.0)
+    p.add(3, "c", 2.0)
+    assert p.pop(2) == ("b", 1.0)
+    assert p.expired(10.5, 10) == [("a", 0.0)]
+    assert len(p) == 1
+
+
+def test_new_ids_are_64_bit_and_non_zero():
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(0 < i < 2**64 for i in ids)
