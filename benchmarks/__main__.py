@@ -7,7 +7,9 @@ and as a ratio to local mode measured in the same run:
 
 - local: in this process (``complete_topology``);
 - cluster-Nw: on a real cluster on this machine (ZooKeeper, nimbus, 2
-  supervisors started through the CLI), with N worker processes.
+  supervisors started through the CLI), with N worker processes, unacked;
+- cluster-Nw-acked: the same with every sentence emitted with a message id,
+  so each tuple tree is tracked by the ackers.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def local_word_count(data: list[list[str]]) -> float:
     return words / elapsed
 
 
-SCENARIOS = ("local", "cluster-1w", "cluster-2w", "cluster-4w")
+SCENARIOS = ("local", "cluster-1w", "cluster-2w", "cluster-4w",
+             "cluster-1w-acked", "cluster-2w-acked", "cluster-4w-acked")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,15 +88,16 @@ def main(argv: list[str] | None = None) -> None:
                 results["local"].append(local_word_count(data))
                 for name in cluster_runs:
                     workers = int(name.split("-")[1].rstrip("w"))
-                    results.setdefault(name, []).append(cluster_word_count(cluster, args.sentences, workers))
+                    rate = cluster_word_count(cluster, args.sentences, workers, acked=name.endswith("-acked"))
+                    results.setdefault(name, []).append(rate)
     else:
         results["local"] = [local_word_count(data) for _ in range(args.runs)]
     reference = statistics.median(results["local"])
     print(f"word count, {args.sentences:,} sentences x 10 words, {args.runs} runs")
-    print(f"{'scenario':<14} {'words/s (median)':>17} {'min':>10} {'max':>10} {'vs local':>9}")
+    print(f"{'scenario':<18} {'words/s (median)':>17} {'min':>10} {'max':>10} {'vs local':>9}")
     for name, rates in results.items():
         median = statistics.median(rates)
-        print(f"{name:<14} {median:>17,.0f} {min(rates):>10,.0f} {max(rates):>10,.0f} {median / reference:>8.2f}x")
+        print(f"{name:<18} {median:>17,.0f} {min(rates):>10,.0f} {max(rates):>10,.0f} {median / reference:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Word count for the cluster benchmark: a fixed set of sentences, progress in files.
 
 User config keys: bench.sentences (total, split over the spout tasks),
-bench.output_dir (where progress files go). Each count task rewrites
+bench.output_dir (where progress files go), bench.acked (emit with message
+ids, so every sentence's tuple tree is tracked by the ackers). Each count task rewrites
 ``count-<task>.txt`` as "<words counted> <time.time() of the last one>" on
 every tick, so the benchmark can tell when all words are counted and when.
 """
@@ -28,14 +29,19 @@ class Sentences(Spout):
         self.next = 0
         self.out = Path(context.config["bench.output_dir"])
         self.task = context.task_id
+        self.acked = bool(context.config.get("bench.acked", False))
 
     def next_tuple(self):
         if self.next == 0 and self.sentences:
             (self.out / f"start-{self.task}.txt").write_text(repr(time.time()))
         emit, sentences = self.emit, self.sentences
         end = min(self.next + 100, len(sentences))
-        for i in range(self.next, end):
-            emit([sentences[i]])
+        if self.acked:
+            for i in range(self.next, end):
+                emit([sentences[i]], msg_id=i)
+        else:
+            for i in range(self.next, end):
+                emit([sentences[i]])
         self.next = end
 
 
