@@ -16,11 +16,12 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/streamgale local examples/word_count.py
 
-# ZooKeeper for the cluster tests: Debian's package, installed when missing.
+# System packages for the cluster and fault-injection tests, from Debian, installed
+# when missing: ZooKeeper, and iproute2/iptables for network namespaces and cuts.
 zookeeper:
-	@test -f /usr/share/java/zookeeper.jar || { \
+	@test -f /usr/share/java/zookeeper.jar && command -v ip >/dev/null && command -v iptables >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q zookeeper; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q zookeeper iproute2 iptables; }
 
 test: $(VENV)/.installed zookeeper
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -24,6 +24,7 @@ from streamgale.package import digest
 from streamgale.records import ACTIVE, INACTIVE, KILLED, REBALANCING, TopologyRecord
 from streamgale.rpc import RpcServer
 
+from .liveness import SlotLiveness
 from .scheduler import schedule
 from .validate import SpecError, validate_spec
 
@@ -50,6 +51,7 @@ class Nimbus:
         self._stop = threading.Event()
         self._dirty = threading.Event()
         self.leadership = None
+        self.liveness = SlotLiveness(config["nimbus.task_timeout"], config["nimbus.task_launch_timeout"])
         self._handlers: dict[type, Callable[[Any], Any]] = {
             p.Submit: self.submit, p.Kill: self.kill, p.Activate: self.activate,
             p.Deactivate: self.deactivate, p.Rebalance: self.rebalance,
@@ -276,8 +278,11 @@ class Nimbus:
             elif rec.pending["action"] == "rebalance":
                 records[rec.id] = self._finish_rebalance(rec)
         current = self.state.assignments()
+        beats = {tid: self.state.worker_beats(tid) for tid in current}
+        for slot in self.liveness.observe(current, beats, time.monotonic()):
+            log.warning("worker slot %s stopped heartbeating; moving its executors", slot)
         wanted = schedule(sorted(records.values(), key=lambda r: (r.submitted_at, r.id)),
-                          self.state.supervisors(), current, time.time())
+                          self.liveness.usable(self.state.supervisors()), current, time.time())
         for tid, assignment in wanted.items():
             if not assignment.same_placement(current.get(tid)):
                 try:

@@ -17,6 +17,9 @@ Znode layout, all under ``root`` (``zookeeper.root``, default ``/streamgale``)::
     code/<topology id>/chunk-NNNNN  up to 512 KiB of the code package each
     errors/<topology id>/<quoted component>/e_<seq>
                                     ErrorRecord, newest 10 per component
+    workerbeats/<topology id>/<slot id>
+                                    ephemeral, rewritten by the slot's worker every
+                                    second: nimbus watches its version change
 
 Threads and connection states follow kazoo's rules. Kazoo calls state
 listeners on its connection thread, watch callbacks on its event thread (the
@@ -54,7 +57,8 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 512 * 1024
 MAX_CODE_SIZE = 64 * 1024 * 1024
 MAX_ERRORS_PER_COMPONENT = 10
-DIRS = ("supervisors", "nimbuses", "election", "topologies", "topology-names", "assignments", "code", "errors")
+DIRS = ("supervisors", "nimbuses", "election", "topologies", "topology-names", "assignments", "code", "errors",
+        "workerbeats")
 _ELECTION_NODE = re.compile(r"^n_\d{10}$")
 
 StateListener = Callable[[str], None]
@@ -444,6 +448,38 @@ class ClusterState:
                 pass
         self._delete_tree(self._path("code", topology_id))
         self._delete_tree(self._path("errors", topology_id))
+        self._delete_tree(self._path("workerbeats", topology_id))
+
+    # -- worker heartbeats --------------------------------------------------------------------
+
+    def _beat_path(self, topology_id: str, slot: str) -> str:
+        return self._path("workerbeats", _check_name("topology id", topology_id), _check_name("slot id", slot))
+
+    def register_worker(self, topology_id: str, slot: str, data: bytes) -> None:
+        """Create the worker's heartbeat znode (ephemeral; re-created after a lost session)."""
+        self._register(self._beat_path(topology_id, slot), data)
+
+    def unregister_worker(self, topology_id: str, slot: str) -> None:
+        self._unregister(self._beat_path(topology_id, slot))
+
+    def worker_beat(self, topology_id: str, slot: str, data: bytes) -> None:
+        """Rewrite the heartbeat without waiting (safe from a loop that must not block,
+        even while ZooKeeper is unreachable: the write then fails quietly)."""
+        try:
+            self._zk.set_async(self._beat_path(topology_id, slot), data)
+        except Exception as e:  # noqa: BLE001 - closed or not connected: the next beat retries
+            log.debug("heartbeat not written: %s", e)
+
+    @_translated
+    def worker_beats(self, topology_id: str) -> dict[str, int]:
+        """slot id -> znode version of each live worker's heartbeat (it grows with every beat)."""
+        base = self._path("workerbeats", _check_name("topology id", topology_id))
+        out = {}
+        for slot in self._children(base):
+            stat = self._zk.exists(f"{base}/{slot}")
+            if stat is not None:
+                out[slot] = stat.version
+        return out
 
     @_translated
     def watch_topology(self, topology_id: str, cb: Callable[[TopologyRecord | None], None]) -> Watch:

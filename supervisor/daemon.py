@@ -62,7 +62,8 @@ class Supervisor:
         self.id = supervisor_id(self.local_dir)
         first = config["network.port"]
         self.ports = tuple(range(first, first + config["workers"]))
-        self.timing = SlotTiming()
+        self.timing = SlotTiming(start_timeout=config["supervisor.worker_start_timeout"],
+                                 worker_timeout=config["supervisor.worker_timeout"])
         self.state = ClusterState(config["zookeeper.servers"], config["zookeeper.root"],
                                   config["zookeeper.session_timeout"])
         self.slots: dict[int, SlotState] = {}

@@ -109,7 +109,8 @@ def unavailable_reason() -> str | None:
         return f"cannot create a network namespace: {exc}"
     try:
         _run(["ip", "-n", probe, "link", "add", "probebr", "type", "bridge"])
-        _run(["ip", "-n", probe, "link", "add", "probev0", "type", "veth", "peer", "name", "probev1"])
+        _run(["ip", "-n", probe, "link", "add", "probev0", "type", "veth",
+              "peer", "name", "probev1"])
         _run(["ip", "netns", "exec", probe, "iptables", "-w", "-S"])
     except (NetLabError, OSError, subprocess.SubprocessError) as exc:
         return f"network namespace is not usable: {exc}"
@@ -164,9 +165,7 @@ def _chain_is_open(chain: str) -> bool:
     proc = _run(["iptables", "-w", "-S", chain], check=False)
     if proc.returncode != 0:
         return True  # no usable iptables in the root namespace: nothing to work around
-    return proc.stdout.split("\n", 1)[0].strip() == f"-P {chain} ACCEPT" and len(
-        proc.stdout.strip().splitlines()
-    ) == 1
+    return proc.stdout.split() == ["-P", chain, "ACCEPT"]
 
 
 class Host:
@@ -222,7 +221,8 @@ class Host:
 
         The rules go first in the namespace's INPUT and OUTPUT chains, so
         established connections stop delivering data too (TCP peers see
-        silence, not resets).  Idempotent.
+        silence, not resets; TCP connects from inside the host time out).
+        UDP sends from inside the host fail fast with EPERM.  Idempotent.
         """
         if self._cut:
             return
@@ -321,7 +321,7 @@ class NetLab:
             _run(["ip", "netns", "add", ns])
             self._namespaces.append(ns)
             _run(["ip", "link", "add", veth, "type", "veth",
-                  "peer", "name", HOST_INTERFACE, "netns", ns])  # fmt: skip
+                  "peer", "name", HOST_INTERFACE, "netns", ns])
             self._veths.append(veth)
             _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
@@ -393,14 +393,11 @@ class NetLab:
                 except subprocess.TimeoutExpired:
                     errors.append(f"process {proc.pid} in {host.name} did not exit")
 
-        for veth in self._veths:
-            if _run(["ip", "link", "del", "dev", veth], check=False).returncode and _link_exists(veth):
-                errors.append(f"could not delete veth {veth}")
-        if self._bridge_created:
-            if _run(["ip", "link", "del", "dev", self.bridge], check=False).returncode and _link_exists(
-                self.bridge
-            ):
-                errors.append(f"could not delete bridge {self.bridge}")
+        links = [*self._veths, *([self.bridge] if self._bridge_created else [])]
+        for link in links:
+            failed = _run(["ip", "link", "del", "dev", link], check=False).returncode != 0
+            if failed and _link_exists(link):
+                errors.append(f"could not delete link {link}")
         for rule in self._root_rules:
             proc = _run(["iptables", "-w", "-D", *rule], check=False)
             if proc.returncode:
@@ -423,7 +420,8 @@ class NetLab:
         self.close()
 
     def __repr__(self) -> str:
-        return f"NetLab(bridge={self.bridge!r}, subnet={str(getattr(self, 'subnet', '?'))!r}, hosts={self.hosts!r})"
+        subnet = str(getattr(self, "subnet", "?"))
+        return f"NetLab(bridge={self.bridge!r}, subnet={subnet!r}, hosts={self.hosts!r})"
 
 
 def _bridge_nf_call_iptables() -> bool:

@@ -73,7 +73,7 @@ def start_echo_server(host: Host) -> tuple[subprocess.Popen[str], int]:
 
 def run_client(host: Host, address: str, port: int, message: str, timeout: float = 2.0):
     return host.run([PY, "-c", CLIENT, address, str(port), str(timeout), message],
-                    capture_output=True, text=True, timeout=timeout + 10)  # fmt: skip
+                    capture_output=True, text=True, timeout=timeout + 10)
 
 
 def echo_from_root(address: str, port: int, message: bytes, timeout: float = 2.0) -> bytes:
@@ -197,15 +197,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _output(args: list[str]) -> str:
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+
 def _lab_leftovers(base: str) -> tuple[list[str], list[str]]:
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                                check=True).stdout  # fmt: skip
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    return (
-        [line.split()[0] for line in namespaces.splitlines() if line.startswith(base)],
-        [line.split(":")[1].strip().split("@")[0] for line in links.splitlines()
-         if line.split(":")[1].strip().startswith(base)],
-    )  # fmt: skip
+    """(namespaces, root-namespace links) whose names start with ``base``."""
+    namespaces = [line.split()[0] for line in _output(["ip", "netns", "list"]).splitlines()]
+    # `ip -o link` lines look like "7: sg1a2b3cv0@if2: <BROADCAST,...> ..."
+    links = [line.split(":")[1].strip().split("@")[0]
+             for line in _output(["ip", "-o", "link"]).splitlines()]
+    return ([n for n in namespaces if n.startswith(base)],
+            [n for n in links if n.startswith(base)])
 
 
 def test_close_removes_everything_and_kills_processes() -> None:
@@ -219,12 +222,12 @@ def test_close_removes_everything_and_kills_processes() -> None:
         sleeper = lab.hosts[0].popen(["sleep", "1000"])
         # A grandchild, and a process started without Host.popen: close() must find them too.
         parent = lab.hosts[1].popen(["sh", "-c", "sleep 1000 & echo $!; wait"],
-                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+                                    stdout=subprocess.PIPE, text=True)
         grandchild = int(read_line(parent))
         foreign = subprocess.Popen(lab.hosts[1].command(["sleep", "1000"]))
-        wait_for(lambda: foreign.pid in map(int, subprocess.run(
-            ["ip", "netns", "pids", lab.hosts[1].name], capture_output=True, text=True
-        ).stdout.split()), timeout=5, message="foreign sleep to enter the namespace")  # fmt: skip
+        pids_cmd = ["ip", "netns", "pids", lab.hosts[1].name]
+        wait_for(lambda: str(foreign.pid) in _output(pids_cmd).split(), timeout=5,
+                 message="foreign sleep to enter the namespace")
         assert sleeper.poll() is None and _alive(grandchild)
     finally:
         lab.close()
@@ -279,7 +282,7 @@ def test_lab_works_under_restrictive_root_firewall() -> None:
     with NetLab(hosts=1) as outer:
         host = outer.hosts[0]
         bridge_nf = host.run(["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"],
-                             capture_output=True, text=True)  # fmt: skip
+                             capture_output=True, text=True)
         if bridge_nf.stdout.strip() != "1":
             pytest.skip("br_netfilter is not active in new namespaces")
         for chain in ("INPUT", "FORWARD", "OUTPUT"):
@@ -287,7 +290,7 @@ def test_lab_works_under_restrictive_root_firewall() -> None:
         try:
             result = host.run([PY, "-c", NESTED, str(TESTS_DIR), inner_prefix],
                               capture_output=True, text=True, timeout=30,
-                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
             assert result.stdout.strip() == "OK", result.stderr
         finally:
             # Should the nested lab have leaked (e.g. a crash), remove what it left behind.

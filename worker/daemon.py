@@ -87,6 +87,7 @@ class WorkerIO:
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + HEARTBEAT_INTERVAL
             write_heartbeat(w.args.worker_dir, w.args.topology_id, w.executor_groups)
+            w.state.worker_beat(w.args.topology_id, w.slot, b"")  # for nimbus; never blocks
         return work
 
     def congested(self) -> bool:
@@ -141,6 +142,8 @@ class Worker:
         self.loop = ExecutorLoop(executors, self.config["topology.queue_size"], io=WorkerIO(self))
         self.loop.start()
         self.loop.set_active(record.status == ACTIVE)
+        self.slot = slot_id(a.supervisor_id, a.port)
+        self.state.register_worker(a.topology_id, self.slot, b"")
         self.state.watch_topology(a.topology_id, lambda rec: self.events.put(("topology", rec)))
         self.state.watch_assignment(a.topology_id, lambda asg: self.events.put(("assignment", asg)))
         write_heartbeat(a.worker_dir, a.topology_id, self.executor_groups)
