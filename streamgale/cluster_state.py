@@ -277,7 +277,13 @@ class ClusterState:
                     if current != data:
                         self._zk.set(path, data)
                     return
-                self._zk.delete(path, version=stat.version)  # stale, from an older session
+                # Stale, from an older session (a restart within the session timeout):
+                # replace it in one transaction, so watchers never see it missing.
+                txn = self._zk.transaction()
+                txn.delete(path, version=stat.version)
+                txn.create(path, data, ephemeral=True)
+                if not any(isinstance(r, Exception) for r in txn.commit()):
+                    return
             except (NoNodeError, BadVersionError):
                 pass
         raise ClusterStateError(f"cannot claim {path}: another session keeps re-creating it")

@@ -195,7 +195,7 @@ def _launching(state: SlotState, obs: Observed, timing: SlotTiming, actions: lis
     if waited > timing.start_timeout:
         reason = f"no heartbeat within {waited:.0f} s of launch"
         actions.append(ReportCrash(state.running.topology_id, f"worker pid {state.pid}: {reason}"))
-        return _kill(_count_restart(state, obs, timing), obs, actions, reason)
+        return _kill(_count_restart(state, obs, timing), obs, actions, reason, force=True)
     return state
 
 
@@ -213,7 +213,7 @@ def _running(state: SlotState, obs: Observed, timing: SlotTiming, actions: list[
     if silent > timing.worker_timeout:
         reason = f"no heartbeat for {silent:.0f} s"
         actions.append(ReportCrash(state.running.topology_id, f"worker pid {state.pid}: {reason}"))
-        return _kill(_count_restart(state, obs, timing), obs, actions, reason)
+        return _kill(_count_restart(state, obs, timing), obs, actions, reason, force=True)
     if state.restarts and obs.now - state.launched_at >= timing.stable_after:
         state = replace(state, restarts=0, next_launch_at=0.0)
     return state
@@ -257,9 +257,10 @@ def _request_code(state: SlotState, obs: Observed, actions: list[Action]) -> Slo
     return replace(state, code_requested_at=obs.now)
 
 
-def _kill(state: SlotState, obs: Observed, actions: list[Action], reason: str) -> SlotState:
+def _kill(state: SlotState, obs: Observed, actions: list[Action], reason: str, force: bool = False) -> SlotState:
+    """SIGTERM (SIGKILL with ``force``: a worker that cannot heartbeat cannot shut down cleanly)."""
     assert state.pid is not None
-    actions.append(Kill(state.pid, False, reason))
+    actions.append(Kill(state.pid, force, reason))
     return replace(state, phase=KILLING, killed_at=obs.now)
 
 

@@ -108,7 +108,7 @@ def test_launching_without_heartbeat_is_killed_after_start_timeout():
     actions = s.step(100.5 + T.start_timeout)
     assert kinds(actions) == [ReportCrash, Kill]
     kill = actions[1]
-    assert kill.pid == 101 and not kill.force and "no heartbeat" in kill.reason
+    assert kill.pid == 101 and kill.force and "no heartbeat" in kill.reason
     assert s.state.phase == KILLING
 
 
@@ -117,7 +117,7 @@ def test_running_with_stale_heartbeat_is_killed():
     assert s.step(101.0 + T.worker_timeout) == []
     actions = s.step(102.0 + T.worker_timeout)
     assert kinds(actions) == [ReportCrash, Kill]
-    assert actions[1] == Kill(101, False, "no heartbeat for 6 s")
+    assert actions[1] == Kill(101, True, "no heartbeat for 6 s")  # SIGKILL: it cannot shut down
     assert s.state.phase == KILLING
 
 
