@@ -5,7 +5,7 @@ emits its running count) over N sentences of 10 words from a fixed seed,
 parallelism 4/4, reported as words per second (median, min, max over the runs)
 and as a ratio to local mode measured in the same run:
 
-- local: in this process (``complete_topology``);
+- local: in this process (``LocalCluster``), unacked; local-acked: acked;
 - cluster-Nw: on a real cluster on this machine (ZooKeeper, nimbus, 2
   supervisors started through the CLI), with N worker processes, unacked;
 - cluster-Nw-acked: the same with every sentence emitted with a message id,
@@ -20,8 +20,8 @@ import statistics
 import time
 from collections import Counter
 
-from streamgale import Bolt, Topology
-from streamgale.testing import FixedTupleSpout, complete_topology
+from streamgale import Bolt, Config, LocalCluster, Topology
+from streamgale.testing import FixedTupleSpout
 
 from .topologies.cluster_word_count import VOCABULARY, Split
 
@@ -34,6 +34,7 @@ def sentences(n: int, seed: int = 42) -> list[list[str]]:
 
 class Count(Bolt):
     outputs = ["word", "count"]
+    counted = 0  # words counted by every task of this process (local mode only)
 
     def prepare(self, context):
         self.counts = Counter()
@@ -42,23 +43,29 @@ class Count(Bolt):
         word = tup.values[0]
         counts = self.counts
         counts[word] += 1
+        type(self).counted += 1
         self.emit([word, counts[word]])
 
 
-def word_count_topology(parallelism: int = 4) -> Topology:
+def word_count_topology(data: list[list[str]], parallelism: int = 4) -> Topology:
     t = Topology("bench-word-count")
-    t.spout("sentences", FixedTupleSpout([], ["sentence"]))
+    t.spout("sentences", FixedTupleSpout(data, ["sentence"]))  # emits with message ids
     t.bolt("split", Split, parallelism=parallelism).shuffle("sentences")
     t.bolt("count", Count, parallelism=parallelism).fields("split", "word")
     return t
 
 
-def local_word_count(data: list[list[str]]) -> float:
+def local_word_count(data: list[list[str]], acked: bool = False) -> float:
+    """Words per second in local mode (one process), first emit to last word counted."""
+    words = 10 * len(data)
+    config = Config().merged({"topology.acker_executors": None if acked else 0}, "benchmark")
+    cluster = LocalCluster(word_count_topology(data), config)
+    Count.counted = 0
     start = time.perf_counter()
-    result = complete_topology(word_count_topology(), mock_sources={"sentences": data}, timeout=600)
+    result = cluster.run(duration=600, until=lambda: Count.counted >= words)
     elapsed = time.perf_counter() - start
-    words = len(result.emitted("split"))
-    assert words == 10 * len(data)
+    if Count.counted != words or result.errors:
+        raise RuntimeError(f"local word count counted {Count.counted} of {words} words; errors: {result.errors}")
     return words / elapsed
 
 

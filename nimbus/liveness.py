@@ -9,7 +9,9 @@ dead when
 * its heartbeat has not changed for ``task_timeout``.
 
 A dead slot is kept out of scheduling for ``blacklist`` seconds, so its
-executors move to another slot instead of straight back. A nimbus that starts
+executors move to another slot instead of straight back. After a gap in
+nimbus's own observations (ZooKeeper unreachable, leadership lost) every
+slot's clock restarts: silence nimbus could not watch proves nothing. A nimbus that starts
 (or takes over) sees every slot for the first time and so gives every worker
 the full ``launch_timeout`` before judging it.
 """
@@ -27,9 +29,11 @@ class SlotLiveness:
     task_timeout: float = 10.0
     launch_timeout: float = 30.0
     blacklist: float = 60.0
+    max_gap: float = 3.0  # observations further apart than this (nimbus reconciles every second) mean it was blind
     # (topology id, slot id) -> (last version seen or None, when it last changed / was first seen)
     seen: dict[tuple[str, str], tuple[int | None, float]] = field(default_factory=dict)
     dead: dict[str, float] = field(default_factory=dict)  # slot id -> excluded until
+    last_observed: float | None = None
 
     def observe(self, assignments: Mapping[str, Assignment], beats: Mapping[str, Mapping[str, int]],
                 now: float) -> set[str]:
@@ -37,6 +41,11 @@ class SlotLiveness:
         slot id -> version); return the slot ids that just turned dead."""
         newly: set[str] = set()
         keys = set()
+        if self.last_observed is not None and now - self.last_observed > self.max_gap:
+            # Nimbus was blind (ZooKeeper unreachable, not leader): silence it could not
+            # observe proves nothing, so every slot's clock starts again.
+            self.seen = {key: (version, now) for key, (version, _) in self.seen.items()}
+        self.last_observed = now
         for tid, assignment in assignments.items():
             for slot in assignment.slots:
                 key = (tid, slot)

@@ -64,9 +64,11 @@ class AckBuffer:
         self.dirty = True
 
     def ack(self, root: int, xor: int) -> None:
-        acks = self.acks.get(self.acker(root))
+        ackers = self.ackers
+        acker = ackers[root % len(ackers)]
+        acks = self.acks.get(acker)
         if acks is None:
-            acks = self.acks[self.acker(root)] = {}
+            acks = self.acks[acker] = {}
         acks[root] = acks.get(root, 0) ^ xor
         self.dirty = True
 

@@ -92,14 +92,32 @@ class ShuffleRouter:
 
 
 class FieldsRouter:
-    __slots__ = ("_targets", "_n", "_key")
+    """Equal keys to the same task. A single str key's target is memoised (a
+    bounded cache: hot keys skip the hash); other keys are hashed every time,
+    since 1, 1.0 and True are equal dict keys but hash differently here."""
+
+    __slots__ = ("_targets", "_n", "_key", "_single", "_cache")
+
+    CACHE_SIZE = 65536
 
     def __init__(self, targets: Sequence[int], key_indices: Sequence[int]):
         self._targets = [(t,) for t in sorted(targets)]
         self._n = len(self._targets)
         self._key: Callable[[Sequence[Any]], Any] = _key_getter(key_indices)
+        self._single = key_indices[0] if len(key_indices) == 1 else None
+        self._cache: dict[str, tuple[int, ...]] = {}
 
     def choose(self, values: Sequence[Any]) -> tuple[int, ...]:
+        if self._single is not None:
+            k = values[self._single]
+            if type(k) is str:
+                target = self._cache.get(k)
+                if target is None:
+                    cache = self._cache
+                    if len(cache) >= self.CACHE_SIZE:
+                        cache.clear()
+                    target = cache[k] = self._targets[zlib.crc32(k.encode()) % self._n]
+                return target
         return self._targets[key_hash(self._key(values)) % self._n]
 
 

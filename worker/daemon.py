@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ class Worker:
         self.stopping = False
         self.exit_reason = ""
         self._last_error: dict[str, float] = {}
+        self._errors: queue.Queue[ErrorRecord | None] = queue.Queue()
+        self._reporter = threading.Thread(target=self._report_errors, name="error-reporter", daemon=True)
+        self._reporter.start()
         self.state = ClusterState(config["zookeeper.servers"], config["zookeeper.root"],
                                   config["zookeeper.session_timeout"])
 
@@ -193,11 +197,19 @@ class Worker:
             return
         self._last_error[component] = now
         message = f"{type(exc).__name__}: {exc}\n{details}"
-        try:
-            self.state.report_error(self.args.topology_id, ErrorRecord(
-                component, task, self.args.host, self.args.port, time.time(), message[:16000]))
-        except Exception as e:  # noqa: BLE001 - ZooKeeper down must not kill the worker
-            log.warning("could not record the error in ZooKeeper: %s", e)
+        record = ErrorRecord(component, task, self.args.host, self.args.port, time.time(), message[:16000])
+        if self._errors.qsize() < 100:  # written by a thread: ZooKeeper being slow or down never stalls the loop
+            self._errors.put(record)
+
+    def _report_errors(self) -> None:
+        while True:
+            record = self._errors.get()
+            if record is None:
+                return
+            try:
+                self.state.report_error(self.args.topology_id, record)
+            except Exception as e:  # noqa: BLE001 - ZooKeeper down must not kill the worker
+                log.warning("could not record the error in ZooKeeper: %s", e)
 
     # -- run / stop ---------------------------------------------------------------------------
 
@@ -219,6 +231,8 @@ class Worker:
         if transport is not None:
             transport.flush_all()
             transport.close()
+        self._errors.put(None)
+        self._reporter.join(timeout=2)  # the last errors reach the cluster if ZooKeeper is there
         self.state.close()
 
 

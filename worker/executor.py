@@ -16,7 +16,7 @@ import traceback
 from collections import deque
 from typing import Any, Callable, Sequence
 
-from streamgale.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, new_id
+from streamgale.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, _getrandbits, new_id
 from streamgale.components import Bolt, Spout, TopologyContext
 from streamgale.tuples import DEFAULT_STREAM, Tuple, tick_tuple
 
@@ -181,6 +181,24 @@ class Collector:
 
     def bolt_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, anchors: Any = None):
         tasks, fields = self._targets(values, stream)
+        if not tasks:
+            return tasks
+        cur = self.current
+        if anchors is None and cur is not None and self.auto_anchor:
+            # The hot path: auto-anchored to the input being processed.
+            sinks, comp, task = self._routes.sinks, self._component, self._task
+            cur_anchors = cur.anchors
+            if not cur_anchors or self.acks is None:
+                for t in tasks:
+                    sinks[t](Tuple(values, stream, comp, task, fields, None))
+                return tasks
+            if len(cur_anchors) == 1:
+                for root in cur_anchors:
+                    for t in tasks:
+                        edge = _getrandbits(64) or 1
+                        cur.ack_val ^= edge
+                        sinks[t](Tuple(values, stream, comp, task, fields, {root: edge}))
+                return tasks
         self._deliver(tasks, values, stream, fields, self._anchor_to(anchors))
         return tasks
 
