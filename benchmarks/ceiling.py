@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import queue
 import time
 
 import msgpack
@@ -69,6 +70,20 @@ def _sender(sentences: int, port: int, result_q) -> None:
     ctx.term()
 
 
+def _get(q, procs, deadline: float):
+    """The next message on ``q``, failing fast if a child dies (e.g. an unguarded caller ``__main__``)."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError("zmq ceiling timed out")
+        try:
+            return q.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            for p in procs:
+                if p is not None and p.exitcode not in (None, 0):
+                    raise RuntimeError(f"zmq ceiling {p.name} exited {p.exitcode}") from None
+
+
 def zmq_ceiling(sentences: int, timeout: float = 600) -> float:
     """Words per second moved between two processes as msgpack batches over ZeroMQ."""
     ctx = multiprocessing.get_context("spawn")
@@ -77,22 +92,13 @@ def zmq_ceiling(sentences: int, timeout: float = 600) -> float:
     receiver.start()
     sender = None
     try:
-        port = port_q.get(timeout=60)
+        deadline = time.monotonic() + timeout
+        port = _get(port_q, (receiver,), deadline)
         sender = ctx.Process(target=_sender, args=(sentences, port, result_q), daemon=True)
         sender.start()
         results = {}
-        deadline = time.monotonic() + timeout
         while len(results) < 2:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"zmq ceiling did not finish within {timeout}s")
-            try:
-                msg = result_q.get(timeout=min(left, 1.0))
-            except Exception:  # queue.Empty: check the children are still alive
-                for p in (receiver, sender):
-                    if p.exitcode not in (None, 0):
-                        raise RuntimeError(f"zmq ceiling {p.name} exited {p.exitcode}")
-                continue
+            msg = _get(result_q, (receiver, sender), deadline)
             results[msg[0]] = msg[1:]
         words, last = results["received"]
         (first,) = results["sent"]
