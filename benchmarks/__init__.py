@@ -1,1 +1,1 @@
-"""StreamGale benchmarks: `python -m benchmarks` (see benchmarks/__main__.py)."""
+"""StreamGale benchmarks: `python -m benchmarks` (see benchmarks/suite.py)."""

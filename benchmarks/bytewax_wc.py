@@ -1,6 +1,6 @@
 """Reference scenario: the benchmark's word count in bytewax (``pip install -e '.[bench]'``).
 
-The same sentences as ``benchmarks.__main__.sentences(n, seed=42)`` ->
+The same sentences as ``benchmarks.wordcount.sentences(n, seed=42)`` ->
 ``flat_map`` split into words -> ``key_on`` the word (bytewax's exchange, the
 fields grouping) -> ``stateful_map`` running count per word (every word emits
 its running count) -> a sink that only counts the items it is given.
@@ -104,7 +104,7 @@ def _worker(args: argparse.Namespace) -> None:
     """One bytewax process: generate data, take our share, run, print a JSON line."""
     from bytewax.testing import cluster_main, run_main
 
-    from benchmarks.__main__ import sentences
+    from benchmarks.wordcount import sentences
 
     addresses = args.addresses.split(";") if args.addresses else []
     n = max(1, len(addresses))

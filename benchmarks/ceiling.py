@@ -1,7 +1,7 @@
 """Reference scenario: the hardware ceiling for moving the benchmark's words between processes.
 
 Two processes (``multiprocessing`` with the spawn start method) and nothing
-else: the sender splits the sentences of ``benchmarks.__main__.sentences(n)``
+else: the sender splits the sentences of ``benchmarks.wordcount.sentences(n)``
 into words and sends them as msgpack frames of 1000 words over a ZeroMQ PUSH
 socket (TCP on 127.0.0.1, as the worker transport uses); the receiver PULLs,
 unpacks each frame and counts the words, and stops on an empty end frame.
@@ -46,7 +46,7 @@ def _receiver(port_q, result_q) -> None:
 
 
 def _sender(sentences: int, port: int, result_q) -> None:
-    from benchmarks.__main__ import sentences as make_sentences
+    from benchmarks.wordcount import sentences as make_sentences
 
     data = make_sentences(sentences)
     ctx = zmq.Context()

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.__main__ import sentences
+from benchmarks.wordcount import sentences
 from benchmarks.ceiling import zmq_ceiling
 
 

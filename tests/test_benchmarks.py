@@ -1,5 +1,6 @@
 """A tiny run of the benchmark suite, so it keeps working (speed is never asserted)."""
 
+import json
 import subprocess
 import sys
 
@@ -10,18 +11,36 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_benchmark_smoke_run_prints_the_table():
-    result = subprocess.run([sys.executable, "-m", "benchmarks", "--sentences", "300", "--runs", "1",
-                             "--scenarios", "cluster-2w"], capture_output=True, text=True, cwd=ROOT, timeout=180)
+def bench(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def test_throughput_smoke_run_prints_the_table_and_writes_json(tmp_path):
+    out = tmp_path / "r.json"
+    result = bench("--groups", "throughput", "--scenarios", "local,local-acked,cluster-2w-acked,zmq-ceiling",
+                   "--sentences", "300", "--runs", "1", "--json", str(out))
     assert result.returncode == 0, result.stderr
-    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
-    assert set(rows) == {"local", "cluster-2w"}
-    assert rows["local"][-1] == "1.00x"
-    assert float(rows["cluster-2w"][1].replace(",", "")) > 0
+    rows = {line.split()[0] for line in result.stdout.splitlines() if line[:1].isalpha() and "x" in line}
+    assert {"local", "local-acked", "cluster-2w-acked", "zmq-ceiling"} <= rows
+    report = json.loads(out.read_text())
+    assert set(report["throughput"]) == {"local", "local-acked", "cluster-2w-acked", "zmq-ceiling"}
+    assert all(r["median"] > 0 for r in report["throughput"].values())
+    assert report["machine"]["cpus"] >= 1
+
+
+def test_latency_recovery_and_memory_smoke_run(tmp_path):
+    out = tmp_path / "r.json"
+    result = bench("--groups", "latency,recovery,memory", "--runs", "1", "--latency-seconds", "2",
+                   "--overload-seconds", "3", "--json", str(out))
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads(out.read_text())
+    assert set(report["latency"]["by_load"]) == {"0.1", "0.5", "0.9"}
+    assert report["recovery"]["median_s"] > 0
+    assert report["memory"]["idle_worker_mb"] > 0
 
 
 def test_unknown_scenario_is_a_clear_error():
-    result = subprocess.run([sys.executable, "-m", "benchmarks", "--scenarios", "nope"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = bench("--scenarios", "nope", timeout=60)
     assert result.returncode == 2
-    assert "unknown scenario(s) nope; choose from local, cluster-1w, cluster-2w, cluster-4w" in result.stderr
+    assert "unknown group or scenario(s) nope" in result.stderr

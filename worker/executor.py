@@ -61,7 +61,7 @@ class Collector:
     """
 
     __slots__ = ("_routes", "_component", "_task", "emitted", "current", "acked_now", "capture",
-                 "acks", "pending", "clock", "auto_anchor")
+                 "acks", "pending", "clock", "auto_anchor", "_fast", "_sinks")
 
     def __init__(self, routes: Routes, capture: Callable[[str, int, str, Sequence[Any]], None] | None,
                  acks: AckBuffer | None = None, clock: Callable[[], float] = time.monotonic):
@@ -76,6 +76,12 @@ class Collector:
         self.acks = acks
         self.pending = PendingRoots()
         self.clock = clock
+        self._sinks = routes.sinks
+        # The hot path's table: stream -> (its one router or None, field index, field count), for
+        # streams with at most one subscriber grouping, when nothing captures emits.
+        self._fast: dict[str, tuple[Any, Any, int]] = {} if capture is not None else {
+            stream: (routers[0] if routers else None, routes.index[stream], len(routes.index[stream]))
+            for stream, routers in routes.by_stream.items() if len(routers) <= 1}
 
     def _targets(self, values: Sequence[Any], stream: str) -> tuple[Sequence[int], Any]:
         """Route one emit: (target tasks, field index); counts and captures it."""
@@ -180,26 +186,37 @@ class Collector:
         return [a for a in anchors if a.anchors] or None
 
     def bolt_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, anchors: Any = None):
-        tasks, fields = self._targets(values, stream)
-        if not tasks:
-            return tasks
+        fast = self._fast.get(stream)
+        if fast is None or anchors is not None:
+            return self._bolt_emit(values, stream, anchors)
+        # The hot path: one grouping (or none), auto-anchored to the input being processed.
+        router, fields, n = fast
+        if len(values) != n:
+            return self._bolt_emit(values, stream, anchors)  # raises the full error
+        self.emitted += 1
+        if router is None:
+            return ()
+        tasks = router.choose(values)
+        sinks, comp, task = self._sinks, self._component, self._task
         cur = self.current
-        if anchors is None and cur is not None and self.auto_anchor:
-            # The hot path: auto-anchored to the input being processed.
-            sinks, comp, task = self._routes.sinks, self._component, self._task
-            cur_anchors = cur.anchors
-            if not cur_anchors or self.acks is None:
-                for t in tasks:
-                    sinks[t](Tuple(values, stream, comp, task, fields, None))
-                return tasks
-            if len(cur_anchors) == 1:
-                for root in cur_anchors:
-                    for t in tasks:
-                        edge = _getrandbits(64) or 1
-                        cur.ack_val ^= edge
-                        sinks[t](Tuple(values, stream, comp, task, fields, {root: edge}))
-                return tasks
-        self._deliver(tasks, values, stream, fields, self._anchor_to(anchors))
+        if cur is None or not cur.anchors or self.acks is None or not self.auto_anchor:
+            for t in tasks:
+                sinks[t](Tuple(values, stream, comp, task, fields, None))
+            return tasks
+        if len(cur.anchors) != 1:
+            self._deliver(tasks, values, stream, fields, [cur])
+            return tasks
+        for root in cur.anchors:
+            for t in tasks:
+                edge = _getrandbits(64) or 1
+                cur.ack_val ^= edge
+                sinks[t](Tuple(values, stream, comp, task, fields, {root: edge}))
+        return tasks
+
+    def _bolt_emit(self, values: Sequence[Any], stream: str, anchors: Any):
+        tasks, fields = self._targets(values, stream)
+        if tasks:
+            self._deliver(tasks, values, stream, fields, self._anchor_to(anchors))
         return tasks
 
     def bolt_emit_direct(self, task: int, values: Sequence[Any], stream: str = DEFAULT_STREAM,
@@ -435,6 +452,7 @@ class BoltExecutor(Executor):
             pop = q.popleft
             col = r.collector
             auto = col.auto_anchor and col.acks is not None
+            ack = col.acks.ack if auto else None  # type: ignore[union-attr]
             for _ in range(n):
                 tup = pop()
                 col.current = tup
@@ -445,8 +463,11 @@ class BoltExecutor(Executor):
                     self._report(r, exc, f"in process of bolt '{self.component}' task {r.task} "
                                          f"on {tup!r}")
                     continue
-                if auto and tup.anchors:
-                    col.ack(tup)
+                anchors = tup.anchors
+                if auto and anchors:
+                    val = tup.ack_val
+                    for root, edge in anchors.items():
+                        ack(root, edge ^ val)
             col.current = None
             if col.acks is not None and col.acks.dirty:
                 col.flush_acks()

@@ -6,9 +6,13 @@ one PUSH socket per remote worker it sends to. Outgoing tuples are appended to
 a per-destination batch, sent when it holds ``batch_size`` tuples, when it is
 older than ``linger`` seconds, or as soon as the loop runs out of local work.
 
-Frame format (version 1)::
+Frame format (version 2), tuples grouped by destination task, source task and
+stream, so each group's header is encoded and checked once::
 
-    msgpack [1, "T", [[dest_task, source_task, stream, values, anchors], ...]]
+    msgpack [2, "T", [[dest_task, source_task, stream, [values, ...], [anchors, ...] | None], ...]]
+
+``anchors`` (root id -> edge id, or None for an untracked tuple) runs parallel
+to ``values``; a group whose tuples are all untracked sends None instead.
 
 Every frame received is decoded with limits and validated entry by entry; a
 malformed frame or entry is dropped and counted, and the worker goes on.
@@ -29,7 +33,7 @@ from streamgale.tuples import Tuple
 
 log = logging.getLogger("streamgale.transport")
 
-FRAME_VERSION = 1
+FRAME_VERSION = 2
 TUPLES = "T"
 MAX_OUTBOX = 64  # refused frames kept per peer before the oldest is dropped
 
@@ -51,6 +55,37 @@ class RateLimitedLog:
         extra = f" ({self.suppressed} similar messages suppressed)" if self.suppressed else ""
         self.logger.warning(msg + extra, *args)
         self.last, self.suppressed = now, 0
+
+
+def _valid_anchors(anchors: Any) -> bool:
+    """A dict of int root id -> int edge id (one entry, the common case, checked without a loop)."""
+    if type(anchors) is not dict:
+        return False
+    if len(anchors) == 1:
+        for r, e in anchors.items():
+            return type(r) is int and type(e) is int
+    return all(type(r) is int and type(e) is int for r, e in anchors.items())
+
+
+class Batch:
+    """Tuples waiting for one peer worker, grouped by (dest task, source task, stream)."""
+
+    __slots__ = ("groups", "count")
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[int, int, str], tuple[list[Any], list[Any]]] = {}
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def entries(self) -> list[list[Any]]:
+        return [[dest, src, stream, values, anchors if any(a is not None for a in anchors) else None]
+                for (dest, src, stream), (values, anchors) in self.groups.items()]
+
+    def clear(self) -> None:
+        self.groups = {}
+        self.count = 0
 
 
 class Inbound:
@@ -80,7 +115,7 @@ class Transport:
         self.pull.setsockopt(zmq.RCVHWM, hwm)
         self.pull.bind(f"tcp://{bind_host}:{port}")
         self._pushes: dict[str, zmq.Socket] = {}
-        self._batches: dict[str, list[list[Any]]] = {}
+        self._batches: dict[str, Batch] = {}
         self._batch_started: dict[str, float] = {}
         self._outbox: dict[str, deque[bytes]] = {}  # frames a full peer refused, retried in order
         self._bad = RateLimitedLog(log)
@@ -99,13 +134,20 @@ class Transport:
         flush = self._flush
 
         def send(tup: Tuple) -> None:
-            batch.append([task, tup.source_task, tup.stream, tup.values, tup.anchors])
-            if len(batch) >= size:
+            groups = batch.groups
+            key = (task, tup.source_task, tup.stream)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = ([], [])
+            group[0].append(tup.values)
+            group[1].append(tup.anchors)
+            batch.count += 1
+            if batch.count >= size:
                 flush(endpoint)
 
         return send
 
-    def _batch_for(self, endpoint: str) -> list[list[Any]]:
+    def _batch_for(self, endpoint: str) -> Batch:
         batch = self._batches.get(endpoint)
         if batch is None:
             sock = self.context.socket(zmq.PUSH)
@@ -114,14 +156,14 @@ class Transport:
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on completed connections
             sock.connect(f"tcp://{endpoint}")
             self._pushes[endpoint] = sock
-            batch = self._batches[endpoint] = []
+            batch = self._batches[endpoint] = Batch()
         return batch
 
     def _flush(self, endpoint: str) -> None:
         batch = self._batches[endpoint]
         if not batch:
             return
-        frame = msgpack.packb([FRAME_VERSION, TUPLES, batch], use_bin_type=True)
+        frame = msgpack.packb([FRAME_VERSION, TUPLES, batch.entries()], use_bin_type=True)
         self.sent += len(batch)
         batch.clear()
         self._batch_started.pop(endpoint, None)
@@ -224,21 +266,29 @@ class Transport:
         n = 0
         for entry in entries:
             try:
-                dest, src, stream, values, anchors = entry
+                dest, src, stream, values_list, anchors_list = entry
                 sink = queues[dest]
                 component = task_component[src]
                 fields = index[component][stream]
-                if type(values) is not list or len(values) != len(fields):
-                    raise ValueError("values do not match the stream's fields")
-                if anchors is not None and (type(anchors) is not dict or not all(
-                        type(r) is int and type(e) is int for r, e in anchors.items())):
-                    raise ValueError("bad anchors")
+                if type(values_list) is not list or (
+                        anchors_list is not None and (type(anchors_list) is not list
+                                                      or len(anchors_list) != len(values_list))):
+                    raise ValueError("values and anchors must be parallel lists")
             except Exception as e:  # noqa: BLE001
                 self.dropped_entries += 1
-                self._bad.warning("dropped a malformed tuple entry %r: %s", str(entry)[:100], e)
+                self._bad.warning("dropped a malformed tuple group %r: %s", str(entry)[:100], e)
                 continue
-            sink(Tuple(values, stream, component, src, fields, anchors))
-            n += 1
+            nf = len(fields)
+            for i, values in enumerate(values_list):
+                anchors = None if anchors_list is None else anchors_list[i]
+                if type(values) is not list or len(values) != nf or (
+                        anchors is not None and not _valid_anchors(anchors)):
+                    self.dropped_entries += 1
+                    self._bad.warning("dropped a malformed tuple %r from task %r on stream %r",
+                                      str(values)[:100], src, stream)
+                    continue
+                sink(Tuple(values, stream, component, src, fields, anchors))
+                n += 1
         return n
 
     def close(self) -> None:

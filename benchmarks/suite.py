@@ -1,0 +1,180 @@
+"""The benchmark suite: ``python -m benchmarks [options]``; prints tables, writes JSON.
+
+Every figure that is compared is measured in the same run as its reference
+(runs are interleaved, so load changes on a shared machine hit every scenario
+alike) and reported as a ratio; medians of ``--runs`` runs with min and max.
+
+Groups (``--groups``):
+
+- throughput: Storm's word count (N sentences x 10 words, fixed seed): local
+  mode and a real cluster on this machine (ZooKeeper, nimbus, 2 supervisors,
+  started through the CLI) with 1, 2 and 4 workers, unacked and acked; the
+  references: bytewax single worker and 2 processes (if installed: ``pip
+  install -e '.[bench]'``), and the ceiling (two processes moving the words as
+  msgpack batches over ZeroMQ PUSH/PULL and nothing else);
+- latency: acked complete latency p50/p99/p999 on 2 workers at 10%, 50% and
+  90% of the measured maximum acked rate;
+- recovery: kill -9 of a worker under load until its tasks ack again;
+- memory: resident memory of an idle worker, and of every worker while a fast
+  spout feeds a 100x slower bolt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+from .wordcount import local_word_count, sentences
+
+GROUPS = ("throughput", "latency", "recovery", "memory")
+THROUGHPUT = ("local", "local-acked", "cluster-1w", "cluster-2w", "cluster-4w", "cluster-1w-acked",
+              "cluster-2w-acked", "cluster-4w-acked", "bytewax-1p", "bytewax-2p", "zmq-ceiling")
+DEFAULT_THROUGHPUT = ",".join(THROUGHPUT)
+
+
+def _bytewax_available() -> bool:
+    try:
+        import bytewax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def throughput(args: argparse.Namespace, cluster) -> dict[str, list[float]]:
+    data = sentences(args.sentences)
+    chosen = [s for s in args.scenarios.split(",") if s]
+    if any(s.startswith("bytewax") for s in chosen) and not _bytewax_available():
+        print("(bytewax not installed: pip install -e '.[bench]'; its rows are skipped)")
+        chosen = [s for s in chosen if not s.startswith("bytewax")]
+    runners: dict[str, Callable[[], float]] = {}
+    for name in chosen:
+        if name == "local":
+            runners[name] = lambda: local_word_count(data)
+        elif name == "local-acked":
+            runners[name] = lambda: local_word_count(data, acked=True)
+        elif name.startswith("cluster-"):
+            from .cluster import cluster_word_count
+
+            workers = int(name.split("-")[1].rstrip("w"))
+            acked = name.endswith("-acked")
+            runners[name] = lambda w=workers, a=acked: cluster_word_count(cluster, args.sentences, w, acked=a)
+        elif name.startswith("bytewax-"):
+            from .bytewax_wc import bytewax_word_count
+
+            runners[name] = lambda p=int(name.split("-")[1].rstrip("p")): bytewax_word_count(args.sentences, p)
+        elif name == "zmq-ceiling":
+            from .ceiling import zmq_ceiling
+
+            runners[name] = lambda: zmq_ceiling(args.sentences)
+    results: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.runs):
+        for name, run in runners.items():
+            results[name].append(run())
+    return results
+
+
+def print_throughput(results: dict[str, list[float]], sentences_n: int, runs: int) -> dict[str, dict]:
+    medians = {n: statistics.median(r) for n, r in results.items()}
+    bytewax = [m for n, m in medians.items() if n.startswith("bytewax")]
+    reference_name = max((n for n in medians if n.startswith("bytewax")), key=medians.get, default=None)
+    ceiling = medians.get("zmq-ceiling")
+    print(f"\nword count throughput: {sentences_n:,} sentences x 10 words, {runs} runs (words/s)")
+    ref_label = f"vs {reference_name}" if reference_name else ""
+    print(f"{'scenario':<18} {'median':>11} {'min':>11} {'max':>11} {ref_label:>18} {'vs ceiling':>11}")
+    table = {}
+    for name, rates in results.items():
+        m = medians[name]
+        vs_ref = f"{m / max(bytewax):.2f}x" if bytewax else ""
+        vs_ceiling = f"{m / ceiling:.2f}x" if ceiling else ""
+        print(f"{name:<18} {m:>11,.0f} {min(rates):>11,.0f} {max(rates):>11,.0f} {vs_ref:>18} {vs_ceiling:>11}")
+        table[name] = {"median": m, "min": min(rates), "max": max(rates), "runs": rates,
+                       "vs_bytewax_best": m / max(bytewax) if bytewax else None,
+                       "vs_ceiling": m / ceiling if ceiling else None}
+    return table
+
+
+def latency(args: argparse.Namespace, cluster) -> dict:
+    from .latency import complete_latency, max_acked_rate
+
+    top = max_acked_rate(cluster, seconds=args.latency_seconds)
+    table = complete_latency(cluster, top, seconds=args.latency_seconds)
+    print(f"\nacked complete latency, 2 workers (max acked rate {top:,.0f} sentences/s)")
+    print(f"{'load':>6} {'sentences/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'acked':>8}")
+    for fraction, row in table.items():
+        print(f"{fraction:>6.0%} {row['rate']:>12,.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+              f"{row['p999_ms']:>9.2f} {row['count']:>8,}")
+    return {"max_acked_rate": top, "by_load": {str(k): v for k, v in table.items()}}
+
+
+def recovery(args: argparse.Namespace, cluster) -> dict:
+    from .recovery import recovery_time
+
+    times = [recovery_time(cluster) for _ in range(args.runs)]
+    print(f"\nrecovery: kill -9 of a worker under load until its tasks ack again: median "
+          f"{statistics.median(times):.2f} s (min {min(times):.2f}, max {max(times):.2f})")
+    return {"median_s": statistics.median(times), "runs_s": times}
+
+
+def memory(args: argparse.Namespace, cluster) -> dict:
+    from .memory import idle_worker_rss, overload_rss
+
+    idle = idle_worker_rss(cluster)
+    over = overload_rss(cluster, seconds=args.overload_seconds)
+    print(f"\nmemory: idle worker {idle:.1f} MB resident; fast spout into a 100x slower bolt for "
+          f"{args.overload_seconds:g} s: {over}")
+    return {"idle_worker_mb": idle, "overload": over}
+
+
+def machine() -> dict:
+    import psutil
+
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, from: {', '.join(GROUPS)}")
+    ap.add_argument("--scenarios", default=DEFAULT_THROUGHPUT,
+                    help=f"throughput rows, comma-separated, from: {', '.join(THROUGHPUT)}")
+    ap.add_argument("--sentences", type=int, default=200_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--latency-seconds", type=float, default=10)
+    ap.add_argument("--overload-seconds", type=float, default=60)
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/latest.json"),
+                    help="write every figure here (default: %(default)s)")
+    args = ap.parse_args(argv)
+    groups = [g for g in args.groups.split(",") if g]
+    bad = [g for g in groups if g not in GROUPS] + [s for s in args.scenarios.split(",") if s and s not in THROUGHPUT]
+    if bad:
+        ap.error(f"unknown group or scenario(s) {', '.join(bad)}; groups: {', '.join(GROUPS)}; "
+                 f"scenarios: {', '.join(THROUGHPUT)}")
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "args": vars(args) | {
+        "json": str(args.json)}}
+    needs_cluster = any(g != "throughput" for g in groups) or any(
+        s.startswith("cluster-") for s in args.scenarios.split(","))
+    from .cluster import BenchCluster
+
+    cluster = BenchCluster(supervisors=2, slots=2) if needs_cluster else None
+    try:
+        if cluster is not None:
+            cluster.start()
+        if "throughput" in groups:
+            results = throughput(args, cluster)
+            report["throughput"] = print_throughput(results, args.sentences, args.runs)
+        for name, fn in (("latency", latency), ("recovery", recovery), ("memory", memory)):
+            if name in groups:
+                report[name] = fn(args, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\n(all figures in {args.json})")
