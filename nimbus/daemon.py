@@ -25,6 +25,7 @@ from streamgale.records import ACTIVE, INACTIVE, KILLED, REBALANCING, TopologyRe
 from streamgale.rpc import RpcServer
 
 from .liveness import SlotLiveness
+from .metrics import MetricsStore
 from .scheduler import schedule
 from .validate import SpecError, validate_spec
 
@@ -57,7 +58,9 @@ class Nimbus:
             p.Deactivate: self.deactivate, p.Rebalance: self.rebalance,
             p.ListTopologies: self.list_topologies, p.TopologyInfo: self.topology_info,
             p.ClusterInfo: self.cluster_info, p.DownloadCode: self.download_code, p.Ping: self.ping,
+            p.TopologyStats: self.topology_stats, p.PushMetrics: self.push_metrics,
         }
+        self.metrics = MetricsStore()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -257,6 +260,25 @@ class Nimbus:
         return {"leader": self.state.leader_address(), "nimbuses": self.state.nimbuses(),
                 "supervisors": sups, "topologies": len(self.state.topologies())}
 
+    def push_metrics(self, req: p.PushMetrics) -> dict[str, Any]:
+        """Workers' snapshots from a supervisor; kept by the leader, which answers stats."""
+        self._require_leader()
+        now = time.monotonic()
+        for report in req.reports:
+            try:
+                self.metrics.add(report, now)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ApiError("BadRequest", f"malformed metrics report from {req.supervisor_id}: {e}") from None
+        return {}
+
+    def topology_stats(self, req: p.TopologyStats) -> dict[str, Any]:
+        self._require_leader()
+        rec = self._by_name(req.name)
+        stats = self.metrics.stats(rec.id, time.monotonic())
+        stats["topology"] = {"id": rec.id, "name": rec.name, "status": rec.status, "workers": rec.workers,
+                             "uptime_s": round(time.time() - rec.submitted_at, 1)}
+        return stats
+
     def download_code(self, req: p.DownloadCode) -> dict[str, Any]:
         rec = self.state.topology(req.topology_id)
         if rec is None:
@@ -302,6 +324,7 @@ class Nimbus:
         except Exception:  # noqa: BLE001 - no assignment is fine
             pass
         self.state.delete_topology(rec.id)
+        self.metrics.forget(rec.id)
         log.info("killed %s", rec.id)
 
     def _finish_rebalance(self, rec: TopologyRecord) -> TopologyRecord:

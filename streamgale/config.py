@@ -127,6 +127,8 @@ SETTINGS: dict[str, Setting] = {
                 "where clients reach nimbus"),
         Setting("nimbus.port", "a port number (1-65535)", 6627, _PORT,
                 "nimbus client API port"),
+        Setting("ui.port", "a port number (1-65535)", 8080, _PORT,
+                "port of the web UI, its REST API and Prometheus /metrics (`streamgale ui`)"),
         Setting("supervisor.local_dir", "a directory path", "~/.streamgale/supervisor", _str,
                 "where a supervisor keeps code packages, worker state and logs"),
         Setting("supervisor.worker_timeout", "a number of seconds > 0", 5.0, _float(),

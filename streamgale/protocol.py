@@ -30,6 +30,10 @@ cluster_info    ClusterInfo()                                        ``{"leader"
 download_code   DownloadCode(topology_id)                            ``{"code": bytes, "digest": str}``
 ping            Ping()                                               ``{"address": "host:port",
                                                                      "leader": bool}``
+topology_stats  TopologyStats(name)                                  windowed metrics per component,
+                                                                     task and worker (see
+                                                                     ``nimbus/metrics.py``)
+push_metrics    PushMetrics(supervisor_id, reports)                  ``{}`` (leader only)
 =============== ==================================================== =====================================
 
 Error types are :data:`ERROR_TYPES`; each has an exception class here
@@ -308,9 +312,30 @@ class Ping(Request):
     OP: ClassVar[str] = "ping"
 
 
+def _list(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list, got {_show(v)}")
+    return v
+
+
+@dataclass(frozen=True)
+class TopologyStats(Request):
+    OP: ClassVar[str] = "topology_stats"
+    name: str = _arg(_string)
+
+
+@dataclass(frozen=True)
+class PushMetrics(Request):
+    """A supervisor's periodic report of its workers' metrics (leader only)."""
+
+    OP: ClassVar[str] = "push_metrics"
+    supervisor_id: str = _arg(_string)
+    reports: list = _arg(_list)
+
+
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls for cls in (Submit, Kill, Activate, Deactivate, Rebalance, ListTopologies, TopologyInfo,
-                            ClusterInfo, DownloadCode, Ping)
+                            ClusterInfo, DownloadCode, Ping, TopologyStats, PushMetrics)
 }
 
 

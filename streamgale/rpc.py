@@ -36,6 +36,8 @@ from .protocol import (
     NotLeader,
     Ping,
     ProtocolError,
+    PushMetrics,
+    TopologyStats,
     Rebalance,
     Request,
     Submit,
@@ -290,6 +292,13 @@ class NimbusClient:
                 and isinstance(result.get("digest"), str)):
             raise self._malformed("download_code", result, '{"code": bytes, "digest": str}')
         return result["code"], result["digest"]
+
+    def topology_stats(self, name: str) -> dict[str, Any]:
+        """Windowed metrics of topology ``name`` (shape: ``streamgale.nimbus.metrics``)."""
+        return self._expect(dict, TopologyStats, name)
+
+    def push_metrics(self, supervisor_id: str, reports: list[dict[str, Any]]) -> None:
+        self._call(PushMetrics, supervisor_id, reports)
 
     def ping(self) -> Any:
         """The answering nimbus's ``{"address", "leader"}``; any nimbus answers, standbys too."""

@@ -32,6 +32,7 @@ from streamgale.package import MARKER as CODE_MARKER
 from streamgale.package import PackageError, unpack
 from streamgale.records import Assignment, ErrorRecord, SupervisorInfo, slot_id
 from streamgale.rpc import NimbusClient, NimbusError
+from streamgale.worker.metrics import read_metrics
 
 from . import slot as slots
 from .slot import Desired, Heartbeat, Observed, SlotState, SlotTiming
@@ -39,6 +40,7 @@ from .slot import Desired, Heartbeat, Observed, SlotState, SlotTiming
 log = logging.getLogger("streamgale.supervisor")
 
 STEP_INTERVAL = 0.1
+METRICS_PUSH_INTERVAL = 2.0  # seconds between metrics reports to nimbus
 
 
 def supervisor_id(local_dir: Path) -> str:
@@ -103,7 +105,29 @@ class Supervisor:
         mem = psutil.virtual_memory().total // (1 << 20)
         info = SupervisorInfo(self.id, self.host, self.ports, psutil.cpu_count() or 1, mem, time.time())
         self.state.register_supervisor(info)
+        threading.Thread(target=self._push_metrics, name="metrics-push", daemon=True).start()
         log.info("supervisor %s on %s with slots %s", self.id, self.host, list(self.ports))
+
+    def _push_metrics(self) -> None:
+        """Forward the workers' metrics snapshots to nimbus every few seconds (its own
+        thread: a slow or absent nimbus never delays supervising)."""
+        client = NimbusClient(self.nimbus_addresses, timeout=5)
+        try:
+            while not self._stop.wait(METRICS_PUSH_INTERVAL):
+                now = time.time()
+                reports = []
+                for port in self.ports:
+                    report = read_metrics(self.worker_dir(port))
+                    if report is not None and now - float(report.get("time", 0)) < 3 * METRICS_PUSH_INTERVAL:
+                        reports.append(report)
+                if not reports:
+                    continue
+                try:
+                    client.push_metrics(self.id, reports)
+                except NimbusError as e:
+                    log.debug("metrics not delivered: %s", e)
+        finally:
+            client.close()
 
     def _adopt(self, port: int, now: float) -> SlotState:
         hb = self._heartbeat(port)

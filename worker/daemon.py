@@ -30,6 +30,7 @@ from streamgale.records import ACTIVE, Assignment, ErrorRecord, TopologyRecord, 
 from streamgale.topology import Topology
 
 from .assembly import build_executors, stream_index
+from .metrics import MetricsWriter
 from .executor import Sink
 from .loop import ExecutorLoop
 from .transport import Inbound, Transport
@@ -37,6 +38,7 @@ from .transport import Inbound, Transport
 log = logging.getLogger("streamgale.worker")
 
 HEARTBEAT_INTERVAL = 1.0
+METRICS_INTERVAL = 2.0  # seconds between metrics snapshots (forwarded to nimbus by the supervisor)
 ERROR_REPORT_INTERVAL = 1.0  # at most one error record per component per second
 
 
@@ -78,6 +80,7 @@ class WorkerIO:
     def __init__(self, worker: "Worker"):
         self.worker = worker
         self.next_heartbeat = 0.0
+        self.next_metrics = 0.0
 
     def pump(self, idle: bool, congested: bool) -> int:
         w = self.worker
@@ -89,6 +92,9 @@ class WorkerIO:
             self.next_heartbeat = now + HEARTBEAT_INTERVAL
             write_heartbeat(w.args.worker_dir, w.args.topology_id, w.executor_groups)
             w.state.worker_beat(w.args.topology_id, w.slot, b"")  # for nimbus; never blocks
+        if now >= self.next_metrics:
+            self.next_metrics = now + METRICS_INTERVAL
+            w.metrics.write(w.loop.executors)
         return work
 
     def congested(self) -> bool:
@@ -148,6 +154,7 @@ class Worker:
         self.loop.set_active(record.status == ACTIVE)
         self.slot = slot_id(a.supervisor_id, a.port)
         self.state.register_worker(a.topology_id, self.slot, b"")
+        self.metrics = MetricsWriter(a.worker_dir, a.topology_id, self.slot, a.host, a.port)
         self.state.watch_topology(a.topology_id, lambda rec: self.events.put(("topology", rec)))
         self.state.watch_assignment(a.topology_id, lambda asg: self.events.put(("assignment", asg)))
         write_heartbeat(a.worker_dir, a.topology_id, self.executor_groups)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from time import perf_counter
 from collections import deque
 from typing import Any, Callable, Sequence
 
@@ -61,7 +62,8 @@ class Collector:
     """
 
     __slots__ = ("_routes", "_component", "_task", "emitted", "current", "acked_now", "capture",
-                 "acks", "pending", "clock", "auto_anchor", "_fast", "_sinks")
+                 "acks", "pending", "clock", "auto_anchor", "_fast", "_sinks", "counts",
+                 "executed", "acked", "failed", "busy", "latency_total")
 
     def __init__(self, routes: Routes, capture: Callable[[str, int, str, Sequence[Any]], None] | None,
                  acks: AckBuffer | None = None, clock: Callable[[], float] = time.monotonic):
@@ -79,9 +81,22 @@ class Collector:
         self._sinks = routes.sinks
         # The hot path's table: stream -> (its one router or None, field index, field count), for
         # streams with at most one subscriber grouping, when nothing captures emits.
-        self._fast: dict[str, tuple[Any, Any, int]] = {} if capture is not None else {
-            stream: (routers[0] if routers else None, routes.index[stream], len(routes.index[stream]))
+        # Metrics: stream -> [tuples emitted, tuples transferred (one per target task)]; bolts:
+        # inputs executed, acked, failed and seconds busy in process; spouts: trees acked,
+        # failed, and the sum of their complete latencies.
+        self.counts: dict[str, list[int]] = {stream: [0, 0] for stream in routes.by_stream}
+        self.executed = self.acked = self.failed = 0
+        self.busy = self.latency_total = 0.0
+        self._fast: dict[str, tuple[Any, Any, int, list[int]]] = {} if capture is not None else {
+            stream: (routers[0] if routers else None, routes.index[stream], len(routes.index[stream]),
+                     self.counts[stream])
             for stream, routers in routes.by_stream.items() if len(routers) <= 1}
+
+    def _count(self, stream: str, targets: int) -> None:
+        self.emitted += 1
+        c = self.counts[stream]
+        c[0] += 1
+        c[1] += targets
 
     def _targets(self, values: Sequence[Any], stream: str) -> tuple[Sequence[int], Any]:
         """Route one emit: (target tasks, field index); counts and captures it."""
@@ -94,15 +109,16 @@ class Collector:
                 f"component '{self._component}' emitted {len(values)} values on stream "
                 f"'{stream}', which declares {len(fields)} fields {list(fields)}"
             )
-        self.emitted += 1
         if self.capture is not None:
             self.capture(self._component, self._task, stream, values)
         if len(routers) == 1:
-            return routers[0].choose(values), fields
-        out: list[int] = []
-        for router in routers:
-            out.extend(router.choose(values))
-        return out, fields
+            tasks = routers[0].choose(values)
+        else:
+            tasks = []
+            for router in routers:
+                tasks.extend(router.choose(values))
+        self._count(stream, len(tasks))
+        return tasks, fields
 
     def _direct_target(self, target: int, values: Sequence[Any], stream: str) -> Any:
         targets = self._routes.direct.get(stream)
@@ -112,7 +128,7 @@ class Collector:
                 f"'{stream}', but no bolt subscribed to that stream with direct grouping has "
                 f"that task (direct targets: {sorted(targets or ())})"
             )
-        self.emitted += 1
+        self._count(stream, 1)
         if self.capture is not None:
             self.capture(self._component, self._task, stream, values)
         return self._routes.index[stream]
@@ -190,13 +206,14 @@ class Collector:
         if fast is None or anchors is not None:
             return self._bolt_emit(values, stream, anchors)
         # The hot path: one grouping (or none), auto-anchored to the input being processed.
-        router, fields, n = fast
+        router, fields, n, counter = fast
         if len(values) != n:
             return self._bolt_emit(values, stream, anchors)  # raises the full error
-        self.emitted += 1
+        counter[0] += 1
         if router is None:
             return ()
         tasks = router.choose(values)
+        counter[1] += len(tasks)
         sinks, comp, task = self._sinks, self._component, self._task
         cur = self.current
         if cur is None or not cur.anchors or self.acks is None or not self.auto_anchor:
@@ -226,6 +243,7 @@ class Collector:
 
     def ack(self, tup: Tuple) -> None:
         """``tup`` and everything emitted anchored to it so far is processed."""
+        self.acked += 1
         anchors, acks = tup.anchors, self.acks
         if anchors and acks is not None:
             val = tup.ack_val
@@ -234,6 +252,7 @@ class Collector:
 
     def fail(self, tup: Tuple) -> None:
         """Fail every spout tuple ``tup`` descends from (the spouts may replay them)."""
+        self.failed += 1
         anchors, acks = tup.anchors, self.acks
         if anchors and acks is not None:
             for root in anchors:
@@ -301,10 +320,6 @@ class SpoutExecutor(Executor):
         self.message_timeout = message_timeout
         self.max_pending = max_pending
         self.clock = clock
-        self.acked = 0
-        self.failed = 0
-        self.timed_out = 0
-        self.complete_latency_total = 0.0  # seconds, over acked trees
 
     def start(self) -> None:
         for r in self.runners:
@@ -351,7 +366,8 @@ class SpoutExecutor(Executor):
 
     def _results(self, r: TaskRunner) -> int:
         """Ack results from ackers: call the spout's ack/fail for the trees still pending."""
-        q, pending, spout = r.queue, r.collector.pending, r.instance
+        col = r.collector
+        q, pending, spout = r.queue, col.pending, r.instance
         now = self.clock()
         n = 0
         while q:
@@ -362,14 +378,14 @@ class SpoutExecutor(Executor):
                     entry = pending.pop(root)
                     if entry is not None:
                         n += 1
-                        self.acked += 1
-                        self.complete_latency_total += now - entry[1]
+                        col.acked += 1
+                        col.latency_total += now - entry[1]
                         self._call(r, spout.ack, entry[0], "ack")
                 for root in failed:
                     entry = pending.pop(root)
                     if entry is not None:
                         n += 1
-                        self.failed += 1
+                        col.failed += 1
                         self._call(r, spout.fail, entry[0], "fail")
             except (TypeError, ValueError) as exc:
                 log.warning("spout '%s' task %d dropped a malformed ack result: %s", self.component, r.task, exc)
@@ -377,8 +393,7 @@ class SpoutExecutor(Executor):
 
     def _expire(self, r: TaskRunner) -> None:
         for msg_id, _ in r.collector.pending.expired(self.clock(), self.message_timeout):
-            self.failed += 1
-            self.timed_out += 1
+            r.collector.failed += 1
             self._call(r, r.instance.fail, msg_id, "fail")
 
     def _call(self, r: TaskRunner, method: Callable[[Any], None], msg_id: Any, name: str) -> None:
@@ -392,7 +407,7 @@ class SpoutExecutor(Executor):
 
     def _ack_untracked(self, r: TaskRunner) -> None:
         ids, r.collector.acked_now = r.collector.acked_now, []
-        self.acked += len(ids)
+        r.collector.acked += len(ids)
         for msg_id in ids:
             self._call(r, r.instance.ack, msg_id, "ack")
 
@@ -453,6 +468,8 @@ class BoltExecutor(Executor):
             col = r.collector
             auto = col.auto_anchor and col.acks is not None
             ack = col.acks.ack if auto else None  # type: ignore[union-attr]
+            auto_acked = n if col.auto_anchor else 0
+            started = perf_counter()
             for _ in range(n):
                 tup = pop()
                 col.current = tup
@@ -460,6 +477,8 @@ class BoltExecutor(Executor):
                     process(tup)
                 except Exception as exc:  # noqa: BLE001 - user code
                     col.fail(tup)
+                    if auto_acked:
+                        auto_acked -= 1
                     self._report(r, exc, f"in process of bolt '{self.component}' task {r.task} "
                                          f"on {tup!r}")
                     continue
@@ -468,7 +487,10 @@ class BoltExecutor(Executor):
                     val = tup.ack_val
                     for root, edge in anchors.items():
                         ack(root, edge ^ val)
+            col.busy += perf_counter() - started
             col.current = None
+            col.executed += n
+            col.acked += auto_acked
             if col.acks is not None and col.acks.dirty:
                 col.flush_acks()
             work += n

@@ -1,0 +1,73 @@
+"""Metrics end to end: worker counters -> supervisors -> nimbus -> `stats`, on a real cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from cluster_fixtures import cluster  # noqa: F401  (fixture)
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+sys.path.insert(0, str(ROOT / "tests" / "topologies"))
+import cluster_word_count as wc  # noqa: E402
+
+
+def stats(cluster, name: str) -> dict:
+    r = cluster.cli("stats", name, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def all_time(s: dict, component: str) -> dict:
+    return s["components"][component]["windows"]["all"]
+
+
+def test_stats_count_exactly_what_the_topology_did(cluster, tmp_path):
+    n = 2000
+    words = sum(wc.expected_counts(n).values())
+    r = cluster.cli("submit", str(ROOT / "tests/topologies/cluster_word_count.py"), "-c", f"test.sentences={n}",
+                    "-c", f"test.output_dir={tmp_path / 'out'}")
+    assert r.returncode == 0, r.stderr
+
+    def settled():
+        s = stats(cluster, "cluster-wc")
+        return s if "sink" in s["components"] and all_time(s, "sink")["executed"] == words \
+            and all_time(s, "sentences")["acked"] == n else None
+    s = cluster.wait(settled, timeout=60, message="stats to show every tuple")
+    spout = all_time(s, "sentences")
+    assert (spout["emitted"], spout["transferred"], spout["acked"], spout["failed"]) == (n, n, n, 0)
+    assert spout["complete_latency_ms"] > 0
+    split = all_time(s, "split")
+    assert (split["executed"], split["emitted"], split["acked"]) == (n, words, n)
+    count = all_time(s, "count")
+    assert (count["executed"], count["emitted"], count["acked"]) == (words, words, words)
+    assert count["execute_latency_ms"] > 0 and 0 <= count["capacity"] <= 1
+    assert all_time(s, "sink")["executed"] == words
+    assert sorted(s["components"]["count"]["tasks"]) == [1, 2, 3, 4]
+    assert s["streams"]["split"]["default"]["all"] == words
+    assert len(s["workers"]) == 2 and all(w["rss_mb"] > 0 for w in s["workers"])
+
+    table = cluster.cli("stats", "cluster-wc", "--window", "all")
+    assert table.returncode == 0, table.stderr
+    line = next(l for l in table.stdout.splitlines() if l.startswith("sentences "))
+    assert f"{n:,}" in line
+
+
+def test_a_bolt_error_shows_in_stats(cluster):
+    r = cluster.cli("submit", str(ROOT / "tests/topologies/faulty.py"), "-c", "test.total=200")
+    assert r.returncode == 0, r.stderr
+
+    def failed_all():
+        s = stats(cluster, "faulty")
+        return s if "boom" in s["components"] and all_time(s, "boom")["failed"] == 20 else None
+    s = cluster.wait(failed_all, timeout=60, message="20 failures in stats")
+    assert all_time(s, "boom")["acked"] == 180
+    assert all_time(s, "numbers")["failed"] == 20
+    [last, *_] = reversed(s["errors"]["boom"])
+    assert "ValueError: cannot handle" in last["message"] and last["task"] in (1, 2)
+    table = cluster.cli("stats", "faulty").stdout
+    assert "last error in boom" in table and "ValueError: cannot handle" in table

@@ -1,0 +1,44 @@
+"""Nimbus's metrics store: cumulative worker counters -> windows (pure logic)."""
+
+from streamgale.nimbus.metrics import MetricsStore
+
+
+def report(pid, executed, busy=0.0, emitted=0, slot="s:1"):
+    return {"topology_id": "t", "slot": slot, "host": "h", "port": 1, "pid": pid, "cpu_percent": 5.0,
+            "rss_mb": 40.0, "uptime_s": 1.0,
+            "tasks": {"3": {"component": "count", "kind": "bolt", "queue": 2, "executed": executed, "acked": executed,
+                            "failed": 0, "busy": busy, "latency_total": 0.0,
+                            "emitted_by_stream": {"default": emitted}, "transferred_by_stream": {"default": emitted}}}}
+
+
+def test_windows_are_differences_of_running_totals():
+    m = MetricsStore()
+    m.add(report(10, 100), now=0)
+    m.add(report(10, 700, busy=3.0), now=400)
+    m.add(report(10, 1000, busy=4.5), now=900)
+    s = m.stats("t", now=900)
+    comp = s["components"]["count"]
+    assert comp["windows"]["all"]["executed"] == 1000
+    assert comp["windows"]["600"]["executed"] == 1000 - 100  # since the checkpoint at 0 (>= 600 s ago)
+    assert comp["windows"]["all"]["execute_latency_ms"] == 4.5
+    assert comp["queue"] == 2 and comp["tasks"] == [3]
+    assert s["tasks"]["3"]["host"] == "h"
+
+
+def test_a_restarted_worker_adds_to_the_totals_instead_of_resetting_them():
+    m = MetricsStore()
+    m.add(report(10, 500, emitted=500), now=0)
+    m.add(report(11, 200, emitted=200), now=5)  # new pid: counters started again at 0
+    m.add(report(11, 300, emitted=300), now=10)
+    s = m.stats("t", now=10)
+    assert s["components"]["count"]["windows"]["all"]["executed"] == 800
+    assert s["streams"]["count"]["default"]["all"] == 800
+
+
+def test_stale_workers_drop_out_and_killed_topologies_are_forgotten():
+    m = MetricsStore()
+    m.add(report(10, 1), now=0)
+    assert len(m.stats("t", now=10)["workers"]) == 1
+    assert m.stats("t", now=100)["workers"] == []
+    m.forget("t")
+    assert m.stats("t", now=100)["components"] == {}
