@@ -59,6 +59,7 @@ class Nimbus:
             p.ListTopologies: self.list_topologies, p.TopologyInfo: self.topology_info,
             p.ClusterInfo: self.cluster_info, p.DownloadCode: self.download_code, p.Ping: self.ping,
             p.TopologyStats: self.topology_stats, p.PushMetrics: self.push_metrics,
+            p.SetLogLevel: self.set_log_level,
         }
         self.metrics = MetricsStore()
 
@@ -254,7 +255,7 @@ class Nimbus:
             for s in a.slots.values():
                 used[s.supervisor_id] = used.get(s.supervisor_id, 0) + 1
         sups = [{"id": s.id, "host": s.host, "slots": len(s.ports), "used": used.get(s.id, 0),
-                 "cpu_count": s.cpu_count, "memory_mb": s.memory_mb,
+                 "ports": list(s.ports), "log_port": s.log_port, "cpu_count": s.cpu_count, "memory_mb": s.memory_mb,
                  "uptime": max(0.0, time.time() - s.started_at)}
                 for s in sorted(self.state.supervisors().values(), key=lambda s: s.host + s.id)]
         return {"leader": self.state.leader_address(), "nimbuses": self.state.nimbuses(),
@@ -269,6 +270,13 @@ class Nimbus:
                 self.metrics.add(report, now)
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise ApiError("BadRequest", f"malformed metrics report from {req.supervisor_id}: {e}") from None
+        return {}
+
+    def set_log_level(self, req: p.SetLogLevel) -> dict[str, Any]:
+        self._require_leader()
+        rec = self._by_name(req.name)
+        self._update(rec, lambda r: r.with_(log_levels={**r.log_levels, req.logger: req.level}))
+        log.info("log level of %r in %s set to %s", req.logger or "root", rec.id, req.level)
         return {}
 
     def topology_stats(self, req: p.TopologyStats) -> dict[str, Any]:

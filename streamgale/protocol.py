@@ -34,6 +34,9 @@ topology_stats  TopologyStats(name)                                  windowed me
                                                                      task and worker (see
                                                                      ``nimbus/metrics.py``)
 push_metrics    PushMetrics(supervisor_id, reports)                  ``{}`` (leader only)
+set_log_level   SetLogLevel(name, logger, level)                     ``{}`` (leader only)
+read_log        ReadLog(topology_id, port, offset=-1,                ``{"data": bytes, "offset": int,
+                max_bytes=65536) -- served by supervisors            "size": int}``
 =============== ==================================================== =====================================
 
 Error types are :data:`ERROR_TYPES`; each has an exception class here
@@ -314,7 +317,7 @@ class Ping(Request):
 
 def _list(v: Any) -> list[Any]:
     if not isinstance(v, list):
-        raise ValueError(f"expected a list, got {_show(v)}")
+        raise _Expected("a list")
     return v
 
 
@@ -322,6 +325,41 @@ def _list(v: Any) -> list[Any]:
 class TopologyStats(Request):
     OP: ClassVar[str] = "topology_stats"
     name: str = _arg(_string)
+
+
+def _level(v: Any) -> str:
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    if not isinstance(v, str) or v.upper() not in levels:
+        raise _Expected(f"a log level ({', '.join(levels)})")
+    return v.upper()
+
+
+def _offset(v: Any) -> int:
+    if not _is_int(v):
+        raise _Expected("an integer")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class SetLogLevel(Request):
+    """Set a logger's level in every worker of the topology ("" is the root logger)."""
+
+    OP: ClassVar[str] = "set_log_level"
+    name: str = _arg(_string)
+    logger: str = _arg(_string)
+    level: str = _arg(_level)
+
+
+@dataclass(frozen=True)
+class ReadLog(Request):
+    """Served by supervisors: a chunk of the log of the worker on ``port`` (offset -1: the last
+    ``max_bytes``)."""
+
+    OP: ClassVar[str] = "read_log"
+    topology_id: str = _arg(_string)
+    port: int = _arg(_offset)
+    offset: int = _arg(_offset, default=-1)
+    max_bytes: int = _arg(_offset, default=65536)
 
 
 @dataclass(frozen=True)
@@ -335,7 +373,7 @@ class PushMetrics(Request):
 
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls for cls in (Submit, Kill, Activate, Deactivate, Rebalance, ListTopologies, TopologyInfo,
-                            ClusterInfo, DownloadCode, Ping, TopologyStats, PushMetrics)
+                            ClusterInfo, DownloadCode, Ping, TopologyStats, PushMetrics, SetLogLevel, ReadLog)
 }
 
 

@@ -64,16 +64,18 @@ class SupervisorInfo:
     cpu_count: int = 0
     memory_mb: int = 0
     started_at: float = 0.0
+    log_port: int = 0  # where the supervisor serves its workers' logs (0: not served)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "host": self.host, "ports": list(self.ports), "cpu_count": self.cpu_count,
-                "memory_mb": self.memory_mb, "started_at": self.started_at}
+                "memory_mb": self.memory_mb, "started_at": self.started_at, "log_port": self.log_port}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SupervisorInfo":
         try:
             return cls(str(d["id"]), str(d["host"]), tuple(int(p) for p in d["ports"]),
-                       int(d.get("cpu_count", 0)), int(d.get("memory_mb", 0)), float(d.get("started_at", 0.0)))
+                       int(d.get("cpu_count", 0)), int(d.get("memory_mb", 0)), float(d.get("started_at", 0.0)),
+                       int(d.get("log_port", 0)))
         except (KeyError, TypeError, ValueError) as e:
             raise RecordError(f"bad supervisor record: {e}") from None
 
@@ -106,6 +108,7 @@ class TopologyRecord:
     parallelism: dict[str, int]
     submitted_at: float
     pending: dict[str, Any] | None = None
+    log_levels: dict[str, str] = field(default_factory=dict)  # logger name -> level, applied by workers
 
     def with_(self, **changes: Any) -> "TopologyRecord":
         return replace(self, **changes)
@@ -114,7 +117,7 @@ class TopologyRecord:
         return {"id": self.id, "name": self.name, "status": self.status, "spec": self.spec,
                 "config": self.config, "code_digest": self.code_digest, "entry": self.entry,
                 "workers": self.workers, "parallelism": dict(self.parallelism),
-                "submitted_at": self.submitted_at, "pending": self.pending}
+                "submitted_at": self.submitted_at, "pending": self.pending, "log_levels": dict(self.log_levels)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TopologyRecord":
@@ -122,7 +125,8 @@ class TopologyRecord:
             rec = cls(str(d["id"]), str(d["name"]), str(d["status"]), dict(d["spec"]), dict(d["config"]),
                       str(d["code_digest"]), str(d["entry"]), int(d["workers"]),
                       {str(k): int(v) for k, v in d["parallelism"].items()}, float(d["submitted_at"]),
-                      dict(d["pending"]) if d.get("pending") else None)
+                      dict(d["pending"]) if d.get("pending") else None,
+                      {str(k): str(v) for k, v in (d.get("log_levels") or {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise RecordError(f"bad topology record: {e}") from None
         if rec.status not in STATUSES:

@@ -37,6 +37,8 @@ from .protocol import (
     Ping,
     ProtocolError,
     PushMetrics,
+    ReadLog,
+    SetLogLevel,
     TopologyStats,
     Rebalance,
     Request,
@@ -296,6 +298,13 @@ class NimbusClient:
     def topology_stats(self, name: str) -> dict[str, Any]:
         """Windowed metrics of topology ``name`` (shape: ``streamgale.nimbus.metrics``)."""
         return self._expect(dict, TopologyStats, name)
+
+    def set_log_level(self, name: str, logger: str, level: str) -> None:
+        self._call(SetLogLevel, name, logger, level)
+
+    def read_log(self, topology_id: str, port: int, offset: int = -1, max_bytes: int = 65536) -> dict[str, Any]:
+        """From a supervisor's log endpoint: ``{"data", "offset" (where to read next), "size"}``."""
+        return self._expect(dict, ReadLog, topology_id, port, offset, max_bytes)
 
     def push_metrics(self, supervisor_id: str, reports: list[dict[str, Any]]) -> None:
         self._call(PushMetrics, supervisor_id, reports)

@@ -24,14 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import zmq
 import yaml
 
+from streamgale import protocol
 from streamgale.cluster_state import ClusterState
 from streamgale.config import Config
 from streamgale.package import MARKER as CODE_MARKER
 from streamgale.package import PackageError, unpack
 from streamgale.records import Assignment, ErrorRecord, SupervisorInfo, slot_id
-from streamgale.rpc import NimbusClient, NimbusError
+from streamgale.rpc import NimbusClient, NimbusError, RpcServer
 from streamgale.worker.metrics import read_metrics
 
 from . import slot as slots
@@ -103,10 +105,44 @@ class Supervisor:
             self.slots[port] = self._adopt(port, now)
         self.state.watch_assignments(self._on_assignments)
         mem = psutil.virtual_memory().total // (1 << 20)
-        info = SupervisorInfo(self.id, self.host, self.ports, psutil.cpu_count() or 1, mem, time.time())
+        self.log_server = RpcServer(zmq.Context.instance(), "0.0.0.0", 0)  # owned by the log thread from here on
+        info = SupervisorInfo(self.id, self.host, self.ports, psutil.cpu_count() or 1, mem, time.time(),
+                              self.log_server.port)
         self.state.register_supervisor(info)
         threading.Thread(target=self._push_metrics, name="metrics-push", daemon=True).start()
+        threading.Thread(target=self._serve_logs, name="log-server", daemon=True).start()
         log.info("supervisor %s on %s with slots %s", self.id, self.host, list(self.ports))
+
+    def _serve_logs(self) -> None:
+        """Answer ``read_log`` requests (``streamgale logs``) for this node's worker logs."""
+        server = self.log_server
+        try:
+            while not self._stop.is_set():
+                for identity, request in server.poll(0.2):
+                    req_id = getattr(request, "request_id", 0)
+                    if not isinstance(request, protocol.ReadLog):
+                        server.reply(identity, protocol.encode_error(req_id, "BadRequest",
+                                                              "a supervisor only answers read_log"))
+                        continue
+                    try:
+                        result = self.read_log(request)
+                        server.reply(identity, protocol.encode_response(req_id, result))
+                    except (OSError, ValueError) as e:
+                        server.reply(identity, protocol.encode_error(req_id, "NotFound", str(e)))
+        finally:
+            server.close()
+
+    def read_log(self, req: protocol.ReadLog) -> dict[str, Any]:
+        if req.port not in self.ports:
+            raise ValueError(f"port {req.port} is not a slot of supervisor {self.id} (slots: {list(self.ports)})")
+        path = self.worker_dir(req.port) / "worker.log"
+        size = path.stat().st_size
+        count = max(0, min(req.max_bytes, 1 << 20))
+        start = max(0, size - count) if req.offset < 0 else min(req.offset, size)
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(count)
+        return {"data": data, "offset": start + len(data), "size": size}
 
     def _push_metrics(self) -> None:
         """Forward the workers' metrics snapshots to nimbus every few seconds (its own

@@ -71,3 +71,30 @@ def test_a_bolt_error_shows_in_stats(cluster):
     assert "ValueError: cannot handle" in last["message"] and last["task"] in (1, 2)
     table = cluster.cli("stats", "faulty").stdout
     assert "last error in boom" in table and "ValueError: cannot handle" in table
+
+
+def test_logs_monitor_and_set_log_level(cluster, tmp_path):
+    r = cluster.cli("submit", str(ROOT / "tests/topologies/cluster_word_count.py"), "-c", "test.sentences=1000000",
+                    "-c", "test.rate=200", "-c", f"test.output_dir={tmp_path / 'out'}")
+    assert r.returncode == 0, r.stderr
+    cluster.wait(lambda: "sink" in stats(cluster, "cluster-wc")["components"], timeout=60, message="metrics")
+
+    logs = cluster.cli("logs", "cluster-wc")
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.count("worker for cluster-wc") == 2  # one start line from each worker
+    only = cluster.cli("logs", "cluster-wc", "-m", "sentences").stdout
+    assert only.count("worker for cluster-wc") == 2  # both workers run a sentences task
+    missing = cluster.cli("logs", "cluster-wc", "-m", "nope")
+    assert missing.returncode == 1 and "no worker of 'cluster-wc' runs component 'nope'" in missing.stderr
+
+    r = cluster.cli("set-log-level", "cluster-wc", "streamgale.transport=DEBUG")
+    assert r.returncode == 0, r.stderr
+    cluster.wait(lambda: cluster.cli("logs", "cluster-wc").stdout.count(
+        "log level of 'streamgale.transport' set to DEBUG") == 2, timeout=30, message="both workers to apply it")
+    bad = cluster.cli("set-log-level", "cluster-wc", "x=LOUD")
+    assert bad.returncode == 1 and "a log level" in bad.stderr
+
+    mon = cluster.cli("monitor", "cluster-wc", "-i", "2", "-n", "2", "-m", "sentences")
+    assert mon.returncode == 0, mon.stderr
+    rates = [float(line.split("sentences ")[1].split("/s")[0].replace(",", "")) for line in mon.stdout.splitlines()]
+    assert len(rates) == 2 and max(rates) > 0

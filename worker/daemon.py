@@ -74,6 +74,15 @@ def read_heartbeat(worker_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def apply_log_levels(levels: dict[str, str]) -> None:
+    """``streamgale set-log-level``: logger name ("" for the root logger) -> level."""
+    for name, level in levels.items():
+        logger = logging.getLogger(name or None)
+        if logger.level != logging.getLevelName(level):
+            logger.setLevel(level)
+            log.info("log level of %r set to %s", name or "root", level)
+
+
 class WorkerIO:
     """The loop's I/O hook: transport, control events, heartbeats, error reports."""
 
@@ -152,6 +161,7 @@ class Worker:
         self.loop = ExecutorLoop(executors, self.config["topology.queue_size"], io=WorkerIO(self))
         self.loop.start()
         self.loop.set_active(record.status == ACTIVE)
+        apply_log_levels(record.log_levels)
         self.slot = slot_id(a.supervisor_id, a.port)
         self.state.register_worker(a.topology_id, self.slot, b"")
         self.metrics = MetricsWriter(a.worker_dir, a.topology_id, self.slot, a.host, a.port)
@@ -178,6 +188,7 @@ class Worker:
         if record is None:
             return  # deletion: the assignment watch stops us
         self.loop.set_active(record.status == ACTIVE)
+        apply_log_levels(record.log_levels)
 
     def _on_assignment(self, assignment: Assignment | None) -> None:
         a = self.args

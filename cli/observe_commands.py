@@ -1,4 +1,4 @@
-"""Metrics from the command line: `stats` (a table per component) and `monitor` (live throughput)."""
+"""Observing a running topology: `stats`, `monitor`, `logs` and `set-log-level`."""
 
 from __future__ import annotations
 
@@ -103,3 +103,82 @@ def monitor(state: State, name: str, interval: float, component: str | None, sam
             taken += 1
     except KeyboardInterrupt:
         pass
+
+
+@cli.command("set-log-level")
+@click.argument("name")
+@click.argument("setting", metavar="LOGGER=LEVEL")
+@click.pass_obj
+def set_log_level(state: State, name: str, setting: str) -> None:
+    """Set a logger's level in every worker of NAME, live (LOGGER "root" or "" for the root logger).
+
+    Example: streamgale set-log-level word-count streamgale.transport=DEBUG
+    """
+    logger, sep, level = setting.partition("=")
+    if not sep or not level:
+        raise click.UsageError(f"expected LOGGER=LEVEL, got {setting!r}")
+    logger = "" if logger.strip() in ("", "root") else logger.strip()
+    call(state, "set_log_level", name, logger, level.strip())
+    click.echo(f"log level of {logger or 'root'} in '{name}' set to {level.strip().upper()}")
+
+
+def _log_sources(state: State, name: str, component: str | None) -> list[tuple[str, str, int, str]]:
+    """(label, supervisor log endpoint, worker port, topology id) for each of NAME's workers."""
+    info = call(state, "topology_info", name)
+    assignment = info.get("assignment") or {"slots": {}}
+    supervisors = {s["id"]: s for s in call(state, "cluster_info")["supervisors"]}
+    sources = []
+    for slot in assignment["slots"].values():
+        components = {c for c, _ in slot["executors"]}
+        if component and component not in components:
+            continue
+        sup = supervisors.get(slot["supervisor_id"])
+        if sup is None or not sup.get("log_port"):
+            click.echo(f"(no log access to {slot['host']}:{slot['port']}: its supervisor is not reachable)",
+                       err=True)
+            continue
+        sources.append((f"{slot['host']}:{slot['port']}", f"{sup['host']}:{sup['log_port']}", slot["port"],
+                        info["topology"]["id"]))
+    if component and not sources:
+        raise click.ClickException(f"no worker of '{name}' runs component '{component}'")
+    return sources
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--component", "-m", help="Only the workers running this component.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@click.option("-n", "--bytes", "size", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="How much of the end of each log to show first.")
+@click.pass_obj
+def logs(state: State, name: str, component: str | None, follow: bool, size: int) -> None:
+    """Print (or follow) the logs of NAME's workers, read through their supervisors."""
+    from streamgale.rpc import NimbusClient, NimbusError
+
+    sources = _log_sources(state, name, component)
+    offsets: dict[str, int] = {}
+    clients = {endpoint: NimbusClient(endpoint, timeout=5) for _, endpoint, _, _ in sources}
+    try:
+        first = True
+        while True:
+            for label, endpoint, port, tid in sources:
+                try:
+                    chunk = clients[endpoint].read_log(tid, port, offsets.get(label, -1), size if first else 1 << 20)
+                except NimbusError as e:
+                    click.echo(f"[{label}] cannot read its log: {e}", err=True)
+                    continue
+                offsets[label] = chunk["offset"]
+                text = chunk["data"].decode(errors="replace")
+                if first and chunk["offset"] - len(chunk["data"]) > 0:
+                    text = text.split("\n", 1)[-1]  # start at a whole line
+                for line in text.splitlines():
+                    click.echo(f"[{label}] {line}")
+            first = False
+            if not follow:
+                return
+            time.sleep(1)  # follow mode polls once a second
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for client in clients.values():
+            client.close()
