@@ -87,9 +87,11 @@ def overload_rss(cluster: BenchCluster, seconds: float = 60, slow_ms: float = 1.
     sampled every second from when the bolt is processing.
 
     Returns {"start_mb", "end_mb", "max_mb": total RSS of the workers at the first
-    sample, at the last, and its maximum, and every sample ("samples_mb"); "workers": {"<role> <pid>": {"start_mb",
+    sample, at the last, and its maximum; "quarter_mb": at a quarter of the run (after
+    the buffers have filled: end_mb - quarter_mb is the growth); "workers": {"<role> <pid>": {"start_mb",
     "end_mb", "max_mb"}} (role: the components it runs); "processed": tuples the
-    bolt finished; "emitted", "acked", "failed": the spout's counts; "seconds"}.
+    bolt finished; "emitted", "acked", "failed": the spout's counts (as of its last
+    next_tuple call: a throttled spout is not called); "seconds"}.
     """
     out = _submit(cluster, "overload", f"bench.slow_ms={slow_ms}", f"bench.acked={str(acked).lower()}")
     try:
@@ -119,7 +121,8 @@ def overload_rss(cluster: BenchCluster, seconds: float = 60, slow_ms: float = 1.
     finally:
         _kill(cluster, "bench-overload")
     return {
-        "start_mb": totals[0], "end_mb": totals[-1], "max_mb": max(totals), "samples_mb": totals,
+        "start_mb": totals[0], "end_mb": totals[-1], "max_mb": max(totals),
+        "quarter_mb": totals[len(totals) // 4],
         "workers": {f"{roles[pid]} {pid}": {"start_mb": s[0], "end_mb": s[-1], "max_mb": max(s)}
                     for pid, s in samples.items()},
         "processed": processed, "processed_per_s": (processed - processed_at_start) / elapsed,

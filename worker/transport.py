@@ -35,7 +35,7 @@ log = logging.getLogger("streamgale.transport")
 
 FRAME_VERSION = 2
 TUPLES = "T"
-MAX_OUTBOX = 64  # refused frames kept per peer before the oldest is dropped
+HWM = 8  # frames queued per socket each way: with frames of up to batch_size tuples, what may wait in ZeroMQ
 
 
 class RateLimitedLog:
@@ -102,7 +102,7 @@ class Transport:
     """Owned by one thread: the worker loop. ``pump`` once per loop turn."""
 
     def __init__(self, context: zmq.Context, port: int, inbound: Inbound, batch_size: int = 1000,
-                 linger: float = 0.001, max_message_bytes: int = 64 << 20, hwm: int = 100,
+                 linger: float = 0.001, max_message_bytes: int = 64 << 20, hwm: int = HWM,
                  bind_host: str = "*"):
         self.inbound = inbound
         self.batch_size = batch_size
@@ -169,11 +169,10 @@ class Transport:
         self._batch_started.pop(endpoint, None)
         outbox = self._outbox.get(endpoint)
         if outbox:
+            # Never dropped: while any outbox is non-empty the spouts are stopped (congested),
+            # so it holds at most what local queues still emit; a peer that is gone for good
+            # has its outbox discarded when the assignment moves its tasks (retarget).
             outbox.append(frame)
-            if len(outbox) > MAX_OUTBOX:
-                # The peer is gone or stuck: drop the oldest frame; acking replays it.
-                outbox.popleft()
-                self.dropped_frames += 1
             return
         try:
             self._pushes[endpoint].send(frame, zmq.NOBLOCK, copy=False)
