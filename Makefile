@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test zookeeper clean
+.PHONY: run test system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,14 +16,15 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/streamgale local examples/word_count.py
 
-# System packages for the cluster and fault-injection tests, from Debian, installed
-# when missing: ZooKeeper, and iproute2/iptables for network namespaces and cuts.
-zookeeper:
-	@test -f /usr/share/java/zookeeper.jar && command -v ip >/dev/null && command -v iptables >/dev/null || { \
+# System packages for the tests, from Debian, installed when missing: ZooKeeper,
+# iproute2/iptables for network namespaces and cuts, Chromium for the web UI test.
+system-packages:
+	@test -f /usr/share/java/zookeeper.jar && command -v ip >/dev/null && command -v iptables >/dev/null \
+	  && test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || { \
 	  $(SUDO) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q zookeeper iproute2 iptables; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q zookeeper iproute2 iptables chromium chromium-driver; }
 
-test: $(VENV)/.installed zookeeper
+test: $(VENV)/.installed system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -126,8 +126,11 @@ def memory(args: argparse.Namespace, cluster) -> dict:
 
     idle = idle_worker_rss(cluster)
     over = overload_rss(cluster, seconds=args.overload_seconds)
-    print(f"\nmemory: idle worker {idle:.1f} MB resident; fast spout into a 100x slower bolt for "
-          f"{args.overload_seconds:g} s: {over}")
+    print(f"\nmemory: idle worker {idle:.1f} MB resident")
+    print(f"fast spout into a 100x slower bolt on another worker for {args.overload_seconds:g} s "
+          f"({over['processed']:,} tuples processed, {over['failed']} failed):")
+    for worker, mb in over["workers"].items():
+        print(f"  {worker:<14} start {mb['start_mb']:.1f} MB, end {mb['end_mb']:.1f} MB, max {mb['max_mb']:.1f} MB")
     return {"idle_worker_mb": idle, "overload": over}
 
 

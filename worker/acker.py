@@ -22,12 +22,15 @@ log = logging.getLogger("streamgale.acker")
 
 
 class AckerTask:
-    __slots__ = ("task", "queue", "table")
+    __slots__ = ("task", "queue", "table", "executed", "acked", "failed")
 
     def __init__(self, task: int, timeout: float, now: float):
         self.task = task
         self.queue: deque[Tuple] = deque()
         self.table = AckerTable(timeout, now=now)
+        self.executed = 0  # ack messages processed
+        self.acked = 0  # trees completed
+        self.failed = 0  # trees failed
 
 
 class AckerExecutor(Executor):
@@ -79,6 +82,9 @@ class AckerExecutor(Executor):
                     log.warning("acker task %d dropped a malformed ack message from task %d: %s",
                                 r.task, tup.source_task, exc)
             work += n
+            r.executed += n  # type: ignore[attr-defined]
+            r.acked += sum(map(len, acked.values()))  # type: ignore[attr-defined]
+            r.failed += sum(map(len, failed.values()))  # type: ignore[attr-defined]
             for spout_task in set(acked) | set(failed):
                 sink = self.sinks.get(spout_task)
                 if sink is None:

@@ -8,6 +8,7 @@ and only enqueue events; the loop thread applies them between turns.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
@@ -263,6 +264,11 @@ def main(args: WorkerArgs) -> int:
     signal.signal(signal.SIGINT, lambda *_: worker.stop("SIGINT"))
     try:
         worker.start()
+        # Everything loaded so far (modules, topology, executors) lives as long as the
+        # process: keep it out of the collector's full passes, which would otherwise
+        # walk it again and again while tuples churn.
+        gc.collect()
+        gc.freeze()
         worker.run()
     except Exception:
         log.error("worker failed:\n%s", traceback.format_exc())

@@ -28,7 +28,8 @@ def task_counters(executors: Sequence[Executor]) -> dict[str, dict[str, Any]]:
         if isinstance(e, AckerExecutor):
             for r in e.runners:
                 out[str(r.task)] = {"component": e.component, "kind": "acker", "queue": len(r.queue),
-                               "tracked": len(r.table)}  # type: ignore[attr-defined]
+                                    "tracked": len(r.table), "executed": r.executed,  # type: ignore[attr-defined]
+                                    "acked": r.acked, "failed": r.failed}  # type: ignore[attr-defined]
             continue
         for r in e.runners:
             c = r.collector

@@ -1,0 +1,246 @@
+"""The UI's REST responses, built from nimbus's answers by pure functions (no I/O).
+
+Every function here takes what :class:`streamgale.rpc.NimbusClient` returned
+(``cluster_info``, ``list_topologies``, ``topology_info``, ``topology_stats``)
+and returns the JSON-ready dict one endpoint sends. ``stats`` is ``None`` when
+nimbus could not give metrics; counts then read 0 and latencies ``None``.
+The HTTP shell is :mod:`streamgale.ui.server`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from streamgale.topology import layout_tasks
+
+WINDOWS = ("600", "10800", "86400", "all")
+DEFAULT_WINDOW = "all"
+MAX_ERRORS = 10
+# nimbus's snake_case metric names -> the API's camelCase ones
+COUNT_FIELDS = {"emitted": "emitted", "transferred": "transferred", "executed": "executed", "acked": "acked",
+                "failed": "failed", "execute_latency_ms": "executeLatencyMs", "capacity": "capacity",
+                "complete_latency_ms": "completeLatencyMs"}
+LATENCY_FIELDS = ("execute_latency_ms", "capacity", "complete_latency_ms")  # None when nothing was measured
+KIND_ORDER = {"spout": 0, "bolt": 1, "acker": 2}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status`` and a message for the JSON body."""
+
+    def __init__(self, status: int, message: str, type_: str = "BadRequest"):
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+
+
+def parse_window(value: str | None) -> str:
+    if value is None or value == "":
+        return DEFAULT_WINDOW
+    if value not in WINDOWS:
+        raise ApiError(400, f"window must be one of {', '.join(WINDOWS)}, got {value!r}")
+    return value
+
+
+def counts(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One window's COUNTS from nimbus (or nothing) in the API's names."""
+    raw = raw or {}
+    out: dict[str, Any] = {}
+    for key, name in COUNT_FIELDS.items():
+        value = raw.get(key)
+        out[name] = value if key in LATENCY_FIELDS else int(value or 0)
+    return out
+
+
+# -- cluster ----------------------------------------------------------------------------------
+
+
+def cluster_summary(cluster: Mapping[str, Any]) -> dict[str, Any]:
+    sups = cluster.get("supervisors") or []
+    total = sum(int(s.get("slots", 0)) for s in sups)
+    used = sum(int(s.get("used", 0)) for s in sups)
+    return {"leader": cluster.get("leader"), "nimbuses": list(cluster.get("nimbuses") or []),
+            "supervisors": len(sups), "slotsTotal": total, "slotsUsed": used, "slotsFree": max(0, total - used),
+            "topologies": int(cluster.get("topologies") or 0)}
+
+
+def supervisor_summary(cluster: Mapping[str, Any]) -> dict[str, Any]:
+    out = []
+    for s in cluster.get("supervisors") or []:
+        total, used = int(s.get("slots", 0)), int(s.get("used", 0))
+        out.append({"id": s.get("id"), "host": s.get("host"), "slotsTotal": total, "slotsUsed": used,
+                    "slotsFree": max(0, total - used), "ports": s.get("ports"), "cpus": s.get("cpu_count"),
+                    "memoryMb": s.get("memory_mb"), "uptimeSeconds": _seconds(s.get("uptime"))})
+    return {"supervisors": out}
+
+
+def topology_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "name": row["name"], "status": row["status"], "workers": row.get("workers", 0),
+            "executors": row.get("executors", 0), "tasks": row.get("tasks", 0),
+            "uptimeSeconds": _seconds(row.get("uptime"))}
+
+
+def topology_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {"topologies": [topology_row(r) for r in rows]}
+
+
+def find_topology(rows: Sequence[Mapping[str, Any]], key: str) -> Mapping[str, Any]:
+    """The ``list_topologies`` row whose id or name is ``key``; 404 if none."""
+    for row in rows:
+        if key in (row.get("id"), row.get("name")):
+            return row
+    raise ApiError(404, f"no topology with id or name '{key}' is running", "NotFound")
+
+
+# -- one topology -----------------------------------------------------------------------------
+
+
+def _components(info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return dict(info["topology"]["spec"]["components"])
+
+
+def _ordered(components: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Spouts, then bolts, then system components; by name within each."""
+    return sorted(components, key=lambda n: (KIND_ORDER.get(components[n].get("kind"), 1), n))
+
+
+def _error(e: Mapping[str, Any]) -> dict[str, Any]:
+    return {"time": e.get("time"), "task": e.get("task"), "host": e.get("host"), "port": e.get("port"),
+            "message": e.get("message")}
+
+
+def graph(components: Mapping[str, Mapping[str, Any]], parallelism: Mapping[str, int] | None = None
+          ) -> dict[str, Any]:
+    """Nodes (user components, with their depth: longest path from a spout) and edges (subscriptions).
+
+    ``parallelism``: executors now in force (after rebalances), else the spec's."""
+    names = [n for n in _ordered(components) if not n.startswith("__")]
+    edges = []
+    for name in names:
+        for sub in components[name].get("inputs") or []:
+            if sub.get("source") in components and not str(sub["source"]).startswith("__"):
+                edges.append({"from": sub["source"], "to": name, "stream": sub.get("stream", "default"),
+                              "grouping": sub.get("type", "?"), "fields": list(sub.get("fields") or [])})
+    depth = {n: 0 for n in names}
+    for _ in range(len(names)):  # longest path by relaxation; the bound stops a cycle growing forever
+        changed = False
+        for e in edges:
+            if e["from"] != e["to"] and depth[e["to"]] < depth[e["from"]] + 1 <= len(names):
+                depth[e["to"]] = depth[e["from"]] + 1
+                changed = True
+        if not changed:
+            break
+    parallelism = parallelism or {}
+    nodes = [{"id": n, "kind": components[n].get("kind"), "depth": depth[n],
+              "executors": parallelism.get(n, components[n].get("parallelism")), "tasks": components[n].get("tasks")}
+             for n in sorted(names, key=lambda n: depth[n])]
+    return {"nodes": nodes, "edges": edges}
+
+
+def task_ids(info: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return layout_tasks({n: int(c.get("tasks", 0)) for n, c in _components(info).items()})
+
+
+def workers(info: Mapping[str, Any], stats: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The assignment's worker slots, with each worker's process metrics when nimbus has them."""
+    reported = {(str(w.get("host")), int(w.get("port") or 0)): w for w in (stats or {}).get("workers") or []}
+    slots = ((info.get("assignment") or {}).get("slots") or {}).values()
+    out = []
+    for slot in sorted(slots, key=lambda s: (s["host"], s["port"])):
+        tasks = sorted(t for _, ts in slot["executors"] for t in ts)
+        w = reported.get((str(slot["host"]), int(slot["port"])), {})
+        out.append({"host": slot["host"], "port": slot["port"], "supervisor": slot.get("supervisor_id"),
+                    "components": sorted({c for c, _ in slot["executors"]}), "executors": len(slot["executors"]),
+                    "tasks": tasks, "pid": w.get("pid"), "cpuPercent": w.get("cpu_percent"),
+                    "rssMb": w.get("rss_mb"), "uptimeSeconds": _seconds(w.get("uptime_s")), "reportAgeSeconds": w.get("age_s")})
+    return out
+
+
+def topology_detail(row: Mapping[str, Any], info: Mapping[str, Any], stats: Mapping[str, Any] | None,
+                    window: str = DEFAULT_WINDOW) -> dict[str, Any]:
+    comps = _components(info)
+    parallelism = info["topology"].get("parallelism") or {}
+    stat_comps = (stats or {}).get("components") or {}
+    errors = info.get("errors") or {}
+    g = graph(comps, parallelism)
+    depth = {n["id"]: n["depth"] for n in g["nodes"]}
+    components = []
+    for name in sorted(comps, key=lambda n: (KIND_ORDER.get(comps[n].get("kind"), 1), depth.get(n, 0), n)):
+        spec = comps[name]
+        last = (errors.get(name) or [None])[-1]
+        components.append({
+            "id": name, "kind": spec.get("kind"), "executors": parallelism.get(name, spec.get("parallelism")),
+            "tasks": spec.get("tasks"), **counts(((stat_comps.get(name) or {}).get("windows") or {}).get(window)),
+            "queue": (stat_comps.get(name) or {}).get("queue"), "lastError": _error(last) if last else None})
+    return {**topology_row(row), "window": window, "windows": list(WINDOWS), "statsAvailable": stats is not None,
+            "components": components, "graph": g, "workerList": workers(info, stats)}
+
+
+def component_detail(row: Mapping[str, Any], info: Mapping[str, Any], stats: Mapping[str, Any] | None,
+                     component: str, window: str = DEFAULT_WINDOW) -> dict[str, Any]:
+    comps = _components(info)
+    if component not in comps:
+        raise ApiError(404, f"topology '{row['name']}' has no component '{component}' "
+                            f"(components: {', '.join(_ordered(comps))})", "NotFound")
+    spec = comps[component]
+    available, stats = stats is not None, stats or {}
+    comp_stats = (stats.get("components") or {}).get(component) or {}
+    task_stats = stats.get("tasks") or {}
+    endpoints = {}
+    for slot in ((info.get("assignment") or {}).get("slots") or {}).values():
+        for _, ts in slot["executors"]:
+            for t in ts:
+                endpoints[t] = (slot["host"], slot["port"])
+    tasks = []
+    for task in task_ids(info).get(component, ()):
+        ts = task_stats.get(str(task)) or {}
+        host, port = endpoints.get(task, (ts.get("host") or None, ts.get("port") or None))
+        tasks.append({"task": task, "host": host, "port": port, **counts((ts.get("windows") or {}).get(window)),
+                      "queue": ts.get("queue")})
+    errors = [_error(e) for e in reversed((info.get("errors") or {}).get(component) or [])][:MAX_ERRORS]
+    return {"id": component, "topology": row["name"], "topologyId": row["id"], "kind": spec.get("kind"),
+            "executors": (info["topology"].get("parallelism") or {}).get(component, spec.get("parallelism")),
+            "taskCount": spec.get("tasks"), "window": window, "statsAvailable": available,
+            "windows": {w: counts((comp_stats.get("windows") or {}).get(w)) for w in WINDOWS},
+            "streams": (stats.get("streams") or {}).get(component) or {},
+            "inputs": list(spec.get("inputs") or []), "outputs": dict(spec.get("outputs") or {}),
+            "tasks": tasks, "errors": errors}
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+def _number(body: Mapping[str, Any], key: str, minimum: float, integer: bool = False) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        what = "an integer" if integer else "a number"
+        raise ApiError(400, f"'{key}' must be {what} >= {minimum:g}, got {value!r}")
+    return value
+
+
+def action_args(action: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for the NimbusClient method of ``action``, from the POSTed JSON body."""
+    if not isinstance(body, Mapping):
+        raise ApiError(400, "the request body must be a JSON object")
+    if action in ("activate", "deactivate"):
+        return {}
+    wait = _number(body, "wait", 0)
+    if action == "kill":
+        return {"wait": wait}
+    if action == "rebalance":
+        workers = _number(body, "workers", 1, integer=True)
+        executors = body.get("executors") or {}
+        if not isinstance(executors, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                for k, v in executors.items()):
+            raise ApiError(400, "'executors' must map component names to integers >= 1")
+        if workers is None and not executors:
+            raise ApiError(400, "nothing to change: give 'workers' and/or 'executors'")
+        return {"wait": wait, "workers": workers, "parallelism": dict(executors)}
+    raise ApiError(404, f"unknown action '{action}' (activate, deactivate, rebalance, kill)", "NotFound")
+
+
+def _seconds(value: Any) -> int | None:
+    return None if value is None else int(value)
