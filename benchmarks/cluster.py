@@ -111,13 +111,13 @@ TOPOLOGY = Path(__file__).resolve().parent / "topologies" / "cluster_word_count.
 
 
 def cluster_word_count(cluster: BenchCluster, sentences: int, workers: int, acked: bool = False,
-                       timeout: float = 600) -> float:
+                       timeout: float = 600, config: tuple[str, ...] = ()) -> float:
     """Words per second of the cluster word count: first spout emit to last word counted."""
     out = cluster.dir / f"out-{time.monotonic_ns()}"
     out.mkdir()
     cluster.cli("submit", str(TOPOLOGY), "-c", f"topology.workers={workers}",
                 "-c", f"bench.sentences={sentences}", "-c", f"bench.output_dir={out}",
-                "-c", f"bench.acked={str(acked).lower()}")
+                "-c", f"bench.acked={str(acked).lower()}", *(arg for kv in config for arg in ("-c", kv)))
     words = 10 * sentences
     deadline = time.monotonic() + timeout
     try:

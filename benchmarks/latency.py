@@ -53,13 +53,14 @@ def _acking(out: Path) -> bool:
     return len(tasks) >= SPOUT_TASKS
 
 
-def _run(cluster: BenchCluster, rate: float, seconds: float, record: bool) -> tuple[Path, float, float]:
+def _run(cluster: BenchCluster, rate: float, seconds: float, record: bool,
+         extra: tuple[str, ...] = ()) -> tuple[Path, float, float]:
     """Submit at ``rate`` (0: unpaced), wait for steady acking, hold a window of
     ``seconds``; kill the topology (its spouts flush in close) and return (out, t0, t1)."""
     out = cluster.dir / f"latency-{time.monotonic_ns()}"
     out.mkdir()
     cluster.cli("submit", str(TOPOLOGY), "-c", "topology.workers=2", "-c", f"bench.output_dir={out}",
-                "-c", f"bench.rate={rate}", "-c", f"bench.record_latency={str(record).lower()}")
+                "-c", f"bench.rate={rate}", "-c", f"bench.record_latency={str(record).lower()}", *extra)
     try:
         _wait(lambda: _acking(out), 120, "both spout tasks to ack", cluster)
         time.sleep(SETTLE)
@@ -94,7 +95,7 @@ def max_acked_rate(cluster: BenchCluster, seconds: float = 10) -> float:
 
 
 def complete_latency(cluster: BenchCluster, max_rate: float, fractions=(0.1, 0.5, 0.9),
-                     seconds: float = 10) -> dict[float, dict]:
+                     seconds: float = 10, config: tuple[str, ...] = ()) -> dict[float, dict]:
     """Per fraction of ``max_rate`` (sentences/s, all spout tasks together): the complete
     latency of the sentences emitted during a ``seconds`` window, in ms.
 
@@ -104,7 +105,8 @@ def complete_latency(cluster: BenchCluster, max_rate: float, fractions=(0.1, 0.5
     results = {}
     for fraction in fractions:
         rate = fraction * max_rate
-        out, t0, t1 = _run(cluster, rate, seconds, record=True)
+        extra = tuple(arg for kv in config for arg in ("-c", kv))
+        out, t0, t1 = _run(cluster, rate, seconds, record=True, extra=extra)
         latencies = []
         for f in out.glob("latency-*.txt"):
             for line in _lines(f):

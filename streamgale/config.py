@@ -153,7 +153,7 @@ SETTINGS: dict[str, Setting] = {
                 "capacity of each executor's input queue, in tuples"),
         Setting("topology.batch_size", "an integer >= 1", 1000, _int(1),
                 "tuples per message between workers"),
-        Setting("topology.batch_linger", "a number of seconds >= 0", 0.001, _float(allow_zero=True),
+        Setting("topology.batch_linger", "a number of seconds >= 0", 0.0005, _float(allow_zero=True),
                 "longest a partial batch waits before it is sent"),
     ]
 }

@@ -102,7 +102,7 @@ class Transport:
     """Owned by one thread: the worker loop. ``pump`` once per loop turn."""
 
     def __init__(self, context: zmq.Context, port: int, inbound: Inbound, batch_size: int = 1000,
-                 linger: float = 0.001, max_message_bytes: int = 64 << 20, hwm: int = HWM,
+                 linger: float = 0.0005, max_message_bytes: int = 64 << 20, hwm: int = HWM,
                  bind_host: str = "*"):
         self.inbound = inbound
         self.batch_size = batch_size
