@@ -75,29 +75,21 @@ def measure(n: int) -> dict[str, float]:
     q: deque = deque()
     results: dict[str, float] = {}
 
-    col = collector(q.append, None)
-
     chunks = [ws[i:i + 1000] for i in range(0, len(ws), 1000)]  # queues stay short, as in a worker
 
-    def emit():
-        e = col.bolt_emit
-        for chunk in chunks:
-            for v in chunk:
-                e(v)
-            q.clear()
-    results["emit"] = timed(emit, n)
+    def emitting(col: Collector, current: Tuple | None) -> Callable[[], None]:
+        def emit():
+            col.current = current
+            e = col.bolt_emit
+            for chunk in chunks:
+                for v in chunk:
+                    e(v)
+                q.clear()
+        return emit
 
-    acol = collector(q.append, AckBuffer((9,)))
+    results["emit"] = timed(emitting(collector(q.append, None), None), n)
     tracked = Tuple(["x"], "default", "spout", 7, INDEX, {new_id(): new_id()})
-
-    def emit_anchored():
-        acol.current = tracked
-        e = acol.bolt_emit
-        for chunk in chunks:
-            for v in chunk:
-                e(v)
-            q.clear()
-    results["emit anchored"] = timed(emit_anchored, n)
+    results["emit anchored"] = timed(emitting(collector(q.append, AckBuffer((9,))), tracked), n)
 
     router = FieldsRouter([2, 3, 4, 5], [0])
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 from streamgale.cluster_state import ClusterState
@@ -73,25 +74,28 @@ class BenchCluster:
             raise RuntimeError(f"streamgale {' '.join(args)} failed: {r.stderr.strip()}")
         return r.stdout
 
+    def wait(self, condition, timeout: float, what: str):
+        """Poll ``condition`` until it returns something truthy (returned), or fail naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while not (result := condition()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}; logs in {self.dir}")
+            time.sleep(0.1)
+        return result
+
     def wait_gone(self, name: str, timeout: float = 60) -> None:
         """Until a killed topology's workers have all exited (before the next run starts)."""
-        deadline = time.monotonic() + timeout
-        while name in self.cli("list") or self.workers():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topology {name} did not go away")
-            time.sleep(0.1)
+        self.wait(lambda: name not in self.cli("list") and not self.worker_processes(), timeout,
+                  f"topology {name} to go away")
 
-    def workers(self) -> list[int]:
-        import psutil
-
-        pids = []
-        for p in self.procs:
-            try:
-                pids += [c.pid for c in psutil.Process(p.pid).children()
-                         if "streamgale.worker" in " ".join(c.cmdline())]
-            except psutil.Error:
-                pass
-        return pids
+    def worker_processes(self) -> list[psutil.Process]:
+        """This cluster's worker processes: ``streamgale.worker`` with a path under its directory."""
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or ())
+            if "streamgale.worker" in cmd and str(self.dir) in cmd:
+                found.append(p)
+        return found
 
     def close(self) -> None:
         for p in reversed(self.procs):

@@ -25,12 +25,6 @@ SETTLE = 2.0   # seconds of steady acking before the window opens
 GRACE = 2.0    # seconds after the window for its last sentences to be acked
 
 
-def _wait(condition, timeout: float, what: str, cluster: BenchCluster) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}; logs in {cluster.dir}")
-        time.sleep(0.1)
 
 
 def _progress(out: Path) -> dict[str, list[tuple[float, int, int, int]]]:
@@ -62,7 +56,7 @@ def _run(cluster: BenchCluster, rate: float, seconds: float, record: bool,
     cluster.cli("submit", str(TOPOLOGY), "-c", "topology.workers=2", "-c", f"bench.output_dir={out}",
                 "-c", f"bench.rate={rate}", "-c", f"bench.record_latency={str(record).lower()}", *extra)
     try:
-        _wait(lambda: _acking(out), 120, "both spout tasks to ack", cluster)
+        cluster.wait(lambda: _acking(out), 120, "both spout tasks to ack")
         time.sleep(SETTLE)
         t0 = time.time()
         time.sleep(seconds)

@@ -12,7 +12,6 @@ import argparse
 import time
 from pathlib import Path
 
-import psutil
 
 from .cluster import BenchCluster
 
@@ -20,22 +19,8 @@ TOPOLOGY = Path(__file__).resolve().parent / "topologies" / "memory.py"
 MB = 2**20
 
 
-def worker_processes(cluster: BenchCluster) -> list[psutil.Process]:
-    """This cluster's worker processes: ``streamgale.worker`` with a path under cluster.dir."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or ())
-        if "streamgale.worker" in cmd and str(cluster.dir) in cmd:
-            found.append(p)
-    return found
 
 
-def _wait(condition, timeout: float, what: str, cluster: BenchCluster) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}; logs in {cluster.dir}")
-        time.sleep(0.1)
 
 
 def _submit(cluster: BenchCluster, mode: str, *conf: str) -> Path:
@@ -63,10 +48,10 @@ def idle_worker_rss(cluster: BenchCluster) -> float:
     3 s after all its tasks have started."""
     out = _submit(cluster, "idle")
     try:
-        _wait(lambda: len(list(out.glob("ready-*.txt"))) == 4 and len(_pids(out, "ready")) == 2
-              and len(worker_processes(cluster)) == 2, 120, "the idle topology's 2 workers", cluster)
+        cluster.wait(lambda: len(list(out.glob("ready-*.txt"))) == 4 and len(_pids(out, "ready")) == 2
+                     and len(cluster.worker_processes()) == 2, 120, "the idle topology's 2 workers")
         time.sleep(3)
-        return max(p.memory_info().rss for p in worker_processes(cluster)) / MB
+        return max(p.memory_info().rss for p in cluster.worker_processes()) / MB
     finally:
         _kill(cluster, "bench-idle")
 
@@ -95,9 +80,9 @@ def overload_rss(cluster: BenchCluster, seconds: float = 60, slow_ms: float = 1.
     """
     out = _submit(cluster, "overload", f"bench.slow_ms={slow_ms}", f"bench.acked={str(acked).lower()}")
     try:
-        _wait(lambda: _read_numbers(out, "slow") and len(worker_processes(cluster)) == 2, 120,
-              "the slow bolt to process", cluster)
-        workers = worker_processes(cluster)
+        cluster.wait(lambda: _read_numbers(out, "slow") and len(cluster.worker_processes()) == 2, 120,
+                     "the slow bolt to process")
+        workers = cluster.worker_processes()
         fast, slow = _pids(out, "fast"), _pids(out, "slow")
         roles = {p.pid: "+".join(r for r, pids in (("spout", fast), ("bolt", slow)) if p.pid in pids) or "ackers"
                  for p in workers}

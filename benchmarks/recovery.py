@@ -16,7 +16,6 @@ import argparse
 import time
 from pathlib import Path
 
-import psutil
 
 from .cluster import BenchCluster
 
@@ -39,23 +38,8 @@ def _acks(out: Path) -> list[tuple[float, str]]:
     return [(float(t), msg) for f in out.glob("acks-*.txt") for t, msg in _lines(f)]
 
 
-def worker_processes(cluster: BenchCluster) -> list[psutil.Process]:
-    """This cluster's worker processes: ``streamgale.worker`` with a path under cluster.dir."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or ())
-        if "streamgale.worker" in cmd and str(cluster.dir) in cmd:
-            found.append(p)
-    return found
 
 
-def _wait(condition, timeout: float, what: str, cluster: BenchCluster):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}; logs in {cluster.dir}")
-        time.sleep(0.05)
-    return result
 
 
 def recovery_time(cluster: BenchCluster, rate: float = 500) -> float:
@@ -70,11 +54,11 @@ def recovery_time(cluster: BenchCluster, rate: float = 500) -> float:
             work = _work(out)
             pids = {pid for _, _, pid, _ in work}
             tasks = {task for _, task, _, _ in work}
-            return len(pids) == 2 and len(tasks) == 4 and len(worker_processes(cluster)) == 2 and _acks(out)
-        _wait(running, 120, "the topology to run on 2 workers", cluster)
+            return len(pids) == 2 and len(tasks) == 4 and len(cluster.worker_processes()) == 2 and _acks(out)
+        cluster.wait(running, 120, "the topology to run on 2 workers")
         time.sleep(STEADY)
 
-        workers = {p.pid: p for p in worker_processes(cluster)}
+        workers = {p.pid: p for p in cluster.worker_processes()}
         work = _work(out)
         victim = min(pid for _, _, pid, _ in work if pid in workers)
         tasks = {task for _, task, pid, _ in work if pid == victim}
@@ -85,7 +69,7 @@ def recovery_time(cluster: BenchCluster, rate: float = 500) -> float:
             again = {msg for t, task, pid, msg in _work(out) if task in tasks and pid != victim and t > at}
             acked = [t for t, msg in _acks(out) if t > at and msg in again]
             return min(acked) if acked else None
-        return _wait(recovered, 120, "the killed worker's tasks to ack again", cluster) - at
+        return cluster.wait(recovered, 120, "the killed worker's tasks to ack again") - at
     finally:
         cluster.cli("kill", NAME, "-w", "0")
         cluster.wait_gone(NAME)

@@ -34,13 +34,6 @@ log = logging.getLogger("streamgale.nimbus")
 RECONCILE_INTERVAL = 1.0
 
 
-class ApiError(Exception):
-    def __init__(self, type_: str, message: str, leader: str | None = None):
-        super().__init__(message)
-        self.type = type_
-        self.leader = leader
-
-
 class Nimbus:
     def __init__(self, config: Config, host: str, port: int, bind_host: str = "0.0.0.0"):
         self.config = config
@@ -114,11 +107,11 @@ class Nimbus:
         handler = self._handlers.get(type(request))
         try:
             if handler is None:
-                raise ApiError("BadRequest", f"unsupported request {type(request).__name__}")
+                raise p.BadRequest(f"unsupported request {type(request).__name__}")
             result = handler(request)
             frame = p.encode_response(req_id, result)
-        except ApiError as e:
-            frame = p.encode_error(req_id, e.type, str(e), e.leader)
+        except p.NimbusError as e:
+            frame = p.encode_exception(req_id, e)
         except Exception as e:  # noqa: BLE001 - a bug must not kill the daemon
             log.exception("request %s failed", type(request).__name__)
             frame = p.encode_error(req_id, "Internal", f"internal error: {type(e).__name__}: {e}")
@@ -126,13 +119,13 @@ class Nimbus:
 
     def _require_leader(self) -> None:
         if not self.is_leader:
-            raise ApiError("NotLeader", f"nimbus {self.address} is a standby", self.state.leader_address())
+            raise p.NotLeader(f"nimbus {self.address} is a standby", leader=self.state.leader_address())
 
     def _by_name(self, name: str) -> TopologyRecord:
         for rec in self.state.topologies().values():
             if rec.name == name:
                 return rec
-        raise ApiError("NotFound", f"no topology named '{name}' is running (see `streamgale list`)")
+        raise p.NotFound(f"no topology named '{name}' is running (see `streamgale list`)")
 
     def _update(self, rec: TopologyRecord, fn: Callable[[TopologyRecord], TopologyRecord | None]) -> None:
         self.state.update_topology(rec.id, fn)
@@ -146,12 +139,12 @@ class Nimbus:
             validate_spec(req.spec, req.name)
             config = Config().merged(req.config, "topology config")
         except (SpecError, ConfigError) as e:
-            raise ApiError("InvalidTopology", str(e)) from None
+            raise p.InvalidTopology(str(e)) from None
         if digest(req.code) != req.code_digest:
-            raise ApiError("BadRequest", "code package digest does not match its contents")
+            raise p.BadRequest("code package digest does not match its contents")
         for rec in self.state.topologies().values():
             if rec.name == req.name:
-                raise ApiError("AlreadyExists", f"a topology named '{req.name}' is already running "
+                raise p.AlreadyExists(f"a topology named '{req.name}' is already running "
                                                 f"(id {rec.id}); kill it first or choose another --name")
         topology_id = f"{req.name}-{int(time.time())}"
         comps = req.spec["components"]
@@ -163,7 +156,7 @@ class Nimbus:
             self.state.create_topology(rec)
         except TopologyExists:
             self.state.delete_code(topology_id)
-            raise ApiError("AlreadyExists", f"a topology named '{req.name}' is already running") from None
+            raise p.AlreadyExists(f"a topology named '{req.name}' is already running") from None
         log.info("submitted %s (%d components, %d workers)", topology_id, len(comps), rec.workers)
         self._dirty.set()
         return {"topology_id": topology_id}
@@ -172,7 +165,7 @@ class Nimbus:
         if wait is None:
             return float(Config().merged(rec.config, "topology config")["topology.message_timeout"])
         if wait < 0:
-            raise ApiError("BadRequest", f"wait must be >= 0 seconds, got {wait}")
+            raise p.BadRequest(f"wait must be >= 0 seconds, got {wait}")
         return wait
 
     def kill(self, req: p.Kill) -> dict[str, Any]:
@@ -193,7 +186,7 @@ class Nimbus:
         self._require_leader()
         rec = self._by_name(name)
         if rec.status == KILLED:
-            raise ApiError("BadRequest", f"topology '{name}' is being killed")
+            raise p.BadRequest(f"topology '{name}' is being killed")
 
         def change(r: TopologyRecord) -> TopologyRecord:
             if r.status == REBALANCING and r.pending:  # applies when the rebalance finishes
@@ -207,17 +200,17 @@ class Nimbus:
         self._require_leader()
         rec = self._by_name(req.name)
         if rec.status in (KILLED, REBALANCING):
-            raise ApiError("BadRequest", f"topology '{req.name}' is {rec.status.lower()}")
+            raise p.BadRequest(f"topology '{req.name}' is {rec.status.lower()}")
         comps = rec.spec["components"]
         for comp, n in (req.parallelism or {}).items():
             if comp not in comps:
-                raise ApiError("BadRequest", f"no component '{comp}' in topology '{req.name}' "
+                raise p.BadRequest(f"no component '{comp}' in topology '{req.name}' "
                                              f"(components: {', '.join(sorted(comps))})")
             if not 1 <= n <= comps[comp]["tasks"]:
-                raise ApiError("BadRequest", f"parallelism of '{comp}' must be between 1 and its task "
+                raise p.BadRequest(f"parallelism of '{comp}' must be between 1 and its task "
                                              f"count {comps[comp]['tasks']}, got {n}")
         if req.workers is not None and req.workers < 1:
-            raise ApiError("BadRequest", f"workers must be >= 1, got {req.workers}")
+            raise p.BadRequest(f"workers must be >= 1, got {req.workers}")
         at = time.time() + self._wait(rec, req.wait)
         pending = {"action": "rebalance", "at": at, "workers": req.workers,
                    "parallelism": dict(req.parallelism or {}), "resume": rec.status}
@@ -269,7 +262,7 @@ class Nimbus:
             try:
                 self.metrics.add(report, now)
             except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise ApiError("BadRequest", f"malformed metrics report from {req.supervisor_id}: {e}") from None
+                raise p.BadRequest(f"malformed metrics report from {req.supervisor_id}: {e}") from None
         return {}
 
     def set_log_level(self, req: p.SetLogLevel) -> dict[str, Any]:
@@ -290,7 +283,7 @@ class Nimbus:
     def download_code(self, req: p.DownloadCode) -> dict[str, Any]:
         rec = self.state.topology(req.topology_id)
         if rec is None:
-            raise ApiError("NotFound", f"no topology with id '{req.topology_id}'")
+            raise p.NotFound(f"no topology with id '{req.topology_id}'")
         return {"code": self.state.get_code(req.topology_id), "digest": rec.code_digest}
 
     # -- scheduling (leader only) -------------------------------------------------------------

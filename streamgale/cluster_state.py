@@ -465,9 +465,6 @@ class ClusterState:
         """Create the worker's heartbeat znode (ephemeral; re-created after a lost session)."""
         self._register(self._beat_path(topology_id, slot), data)
 
-    def unregister_worker(self, topology_id: str, slot: str) -> None:
-        self._unregister(self._beat_path(topology_id, slot))
-
     def worker_beat(self, topology_id: str, slot: str, data: bytes) -> None:
         """Rewrite the heartbeat without waiting (safe from a loop that must not block,
         even while ZooKeeper is unreachable: the write then fails quietly)."""

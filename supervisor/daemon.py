@@ -120,15 +120,15 @@ class Supervisor:
             while not self._stop.is_set():
                 for identity, request in server.poll(0.2):
                     req_id = getattr(request, "request_id", 0)
-                    if not isinstance(request, protocol.ReadLog):
-                        server.reply(identity, protocol.encode_error(req_id, "BadRequest",
-                                                              "a supervisor only answers read_log"))
-                        continue
                     try:
-                        result = self.read_log(request)
-                        server.reply(identity, protocol.encode_response(req_id, result))
+                        if not isinstance(request, protocol.ReadLog):
+                            raise protocol.BadRequest("a supervisor only answers read_log")
+                        frame = protocol.encode_response(req_id, self.read_log(request))
+                    except protocol.NimbusError as e:
+                        frame = protocol.encode_exception(req_id, e)
                     except (OSError, ValueError) as e:
-                        server.reply(identity, protocol.encode_error(req_id, "NotFound", str(e)))
+                        frame = protocol.encode_exception(req_id, protocol.NotFound(str(e)))
+                    server.reply(identity, frame)
         finally:
             server.close()
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import ROOT, STREAMGALE, Processes, wait_for
+from conftest import ROOT, STREAMGALE, Processes, daemon_logs, wait_for, worker_processes
 
 from streamgale.ports import free_port_range
 
@@ -84,20 +84,10 @@ class Cluster:
         self.wait(lambda: self.cli("list").returncode == 0, message="nimbus to answer")
 
     def worker_processes(self) -> list[psutil.Process]:
-        marker = str(self.dir)
-        out = []
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = p.info["cmdline"] or []
-            if "streamgale.worker" in cmd and any(marker in a for a in cmd):
-                out.append(p)
-        return out
+        return [p for p, _ in worker_processes(self.dir)]
 
     def logs(self) -> str:
-        parts = []
-        for f in sorted(self.dir.glob("*.log")) + sorted(self.dir.glob("supervisor-*/workers/*/worker.log")):
-            text = f.read_text(errors="replace")
-            parts.append(f"===== {f.relative_to(self.dir)} =====\n{text[-4000:]}")
-        return "\n".join(parts)
+        return daemon_logs(self.dir)
 
     def stop(self) -> None:
         for proc in list(self.nimbus_procs.values()) + list(self.supervisor_procs.values()):

@@ -54,6 +54,29 @@ class Processes:
                 pass
 
 
+def worker_processes(directory: Path) -> list[tuple["psutil.Process", list[str]]]:
+    """Live ``streamgale.worker`` processes whose command line names ``directory`` (a test's
+    cluster directory), with their command lines. Workers run in their own sessions, so this is
+    how a test finds (and cleans up) the ones its supervisors started."""
+    import psutil
+
+    marker = str(directory)
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        if "streamgale.worker" in cmd and any(marker in a for a in cmd) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append((p, cmd))
+    return found
+
+
+def daemon_logs(directory: Path, tail: int = 4000) -> str:
+    """The end of every daemon and worker log under a test's cluster directory."""
+    parts = []
+    for f in sorted(directory.glob("*.log")) + sorted(directory.glob("supervisor-*/workers/*/worker.log")):
+        parts.append(f"===== {f.relative_to(directory)} =====\n{f.read_text(errors='replace')[-tail:]}")
+    return "\n".join(parts)
+
+
 @pytest.fixture
 def processes():
     p = Processes()

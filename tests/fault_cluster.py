@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
 import yaml
 
-from conftest import ROOT, STREAMGALE, Processes, wait_for
+from conftest import ROOT, STREAMGALE, Processes, daemon_logs, wait_for, worker_processes
 from netns import NetLab, unavailable_reason
 
 from streamgale.cluster_state import ClusterState
@@ -123,24 +122,15 @@ class FaultCluster:
 
     def workers(self) -> list[tuple[psutil.Process, str, int]]:
         """Live worker processes of this test: (process, supervisor id, port)."""
-        marker = str(self.dir)
-        out = []
-        for p in psutil.process_iter(["cmdline", "status"]):
-            cmd = p.info["cmdline"] or []
-            if "streamgale.worker" in cmd and any(marker in a for a in cmd) \
-                    and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append((p, cmd[cmd.index("--supervisor-id") + 1], int(cmd[cmd.index("--port") + 1])))
-        return out
+        return [(p, cmd[cmd.index("--supervisor-id") + 1], int(cmd[cmd.index("--port") + 1]))
+                for p, cmd in worker_processes(self.dir)]
 
     def assignment(self):
         assignments = self.state.assignments()
         return next(iter(assignments.values()), None)
 
     def logs(self) -> str:
-        parts = []
-        for f in sorted(self.dir.glob("*.log")) + sorted(self.dir.glob("supervisor-*/workers/*/worker.log")):
-            parts.append(f"===== {f.relative_to(self.dir)} =====\n{f.read_text(errors='replace')[-3000:]}")
-        return "\n".join(parts)
+        return daemon_logs(self.dir, tail=3000)
 
     # -- faults ---------------------------------------------------------------------------------
 

@@ -57,6 +57,25 @@ def victim(c: FaultCluster):
     raise AssertionError("no worker runs a work task")
 
 
+def busy_node(c: FaultCluster) -> tuple[int, str, set[int]]:
+    """A node running part of the topology: (index, supervisor id, the 'work' tasks it runs)."""
+    a = c.assignment()
+    index = next(i for i in range(3) if any(s.supervisor_id == c.supervisor_id(i) for s in a.slots.values()))
+    sid = c.supervisor_id(index)
+    tasks = {t for s in a.slots.values() if s.supervisor_id == sid for comp, ts in s.executors
+             if comp == "work" for t in ts}
+    return index, sid, tasks
+
+
+def wait_moved_away(c: FaultCluster, out, sid: str, at: float, tasks: set[int], old: set[int],
+                    timeout: float, what: str) -> None:
+    """Until nothing is assigned to node ``sid`` and its work tasks process again in new processes."""
+    c.wait(lambda: c.assignment() is not None and all(s.supervisor_id != sid for s in c.assignment().slots.values()),
+           timeout=timeout, message=f"reassignment away from the {what} node")
+    c.wait(lambda: any(t > at and (not tasks or task in tasks) and pid not in old
+                       for t, task, pid, _ in work_records(out)), timeout=timeout, message="moved tasks to process")
+
+
 def test_kill_9_of_a_worker(fault_cluster, tmp_path):
     c, out = fault_cluster, tmp_path / "out"
     running(c, out)
@@ -100,17 +119,10 @@ def test_kill_9_of_a_supervisor_then_restart_adopts_its_workers(fault_cluster, t
 def test_kill_9_of_a_whole_node(fault_cluster, tmp_path):
     c, out = fault_cluster, tmp_path / "out"
     running(c, out)
-    a = c.assignment()
-    index = next(i for i in range(3) if any(s.supervisor_id == c.supervisor_id(i) for s in a.slots.values()))
-    sid = c.supervisor_id(index)
-    tasks = {t for s in a.slots.values() if s.supervisor_id == sid for comp, ts in s.executors
-             if comp == "work" for t in ts}
+    index, sid, tasks = busy_node(c)
     at = time.time()
     pids = c.kill_node(index)
-    c.wait(lambda: c.assignment() is not None and all(s.supervisor_id != sid for s in c.assignment().slots.values()),
-           timeout=30, message="reassignment away from the dead node")
-    c.wait(lambda: any(t > at and (not tasks or task in tasks) and pid not in pids
-                       for t, task, pid, _ in work_records(out)), timeout=30, message="moved tasks to process")
+    wait_moved_away(c, out, sid, at, tasks, set(pids), timeout=30, what="dead")
     report("node kill -9 (supervisor + workers)", recovery_after(out, at, tasks or None, set(pids)))
     assert_healthy_end(c, out, TOTAL)
 
@@ -140,18 +152,11 @@ def test_network_cut_isolating_a_node(fault_cluster, tmp_path):
     if c.lab is None:
         pytest.skip(f"network namespaces unavailable: {c.netns_reason}")
     running(c, out)
-    a = c.assignment()
-    index = next(i for i in range(3) if any(s.supervisor_id == c.supervisor_id(i) for s in a.slots.values()))
-    sid = c.supervisor_id(index)
-    tasks = {t for s in a.slots.values() if s.supervisor_id == sid for comp, ts in s.executors
-             if comp == "work" for t in ts}
+    index, sid, tasks = busy_node(c)
     old = {p.pid for p, s, _ in c.workers() if s == sid}
     at = time.time()
     c.lab.hosts[index].cut()
-    c.wait(lambda: c.assignment() is not None and all(s.supervisor_id != sid for s in c.assignment().slots.values()),
-           timeout=40, message="reassignment away from the cut node")
-    c.wait(lambda: any(t > at and (not tasks or task in tasks) and pid not in old
-                       for t, task, pid, _ in work_records(out)), timeout=40, message="moved tasks to process")
+    wait_moved_away(c, out, sid, at, tasks, old, timeout=40, what="cut")
     report("network cut of a node", recovery_after(out, at, tasks or None, old))
     c.lab.hosts[index].heal()
     c.wait(lambda: not any(s == sid for _, s, _ in c.workers()), timeout=40,

@@ -51,9 +51,6 @@ class AckerExecutor(Executor):
     def stop(self) -> None:
         pass
 
-    def pending(self) -> int:
-        return sum(len(r.queue) for r in self.runners)
-
     def tracked(self) -> int:
         """Tuple trees currently tracked (for metrics and tests)."""
         return sum(len(r.table) for r in self.runners)  # type: ignore[attr-defined]

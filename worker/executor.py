@@ -402,9 +402,6 @@ class SpoutExecutor(Executor):
         except Exception as exc:  # noqa: BLE001 - user code
             self._report(r, exc, f"in {name} of spout '{self.component}' task {r.task}")
 
-    def in_flight(self) -> int:
-        return sum(len(r.collector.pending) for r in self.runners)
-
     def _ack_untracked(self, r: TaskRunner) -> None:
         ids, r.collector.acked_now = r.collector.acked_now, []
         r.collector.acked += len(ids)
@@ -441,9 +438,6 @@ class BoltExecutor(Executor):
     def start(self) -> None:
         for r in self.runners:
             r.instance.prepare(r.context)
-
-    def pending(self) -> int:
-        return sum(len(r.queue) for r in self.runners)
 
     def tick(self) -> None:
         for r in self.runners:

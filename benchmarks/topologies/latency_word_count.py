@@ -22,9 +22,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from cluster_word_count import VOCABULARY, Split  # its neighbour in this directory (packed with it)
+
 from streamgale import Bolt, Spout, Topology
 
-VOCABULARY = [f"word{i}" for i in range(1000)]
 WARM_UP = 1.0       # seconds after the first next_tuple whose sentences are not recorded
 FLUSH_EVERY = 0.5   # seconds between file appends
 MAX_DEBT = 0.1      # a paced spout that fell behind catches up at most this many seconds' worth
@@ -94,15 +95,6 @@ class Sentences(Spout):
 
     def close(self):
         self.flush(time.perf_counter())
-
-
-class Split(Bolt):
-    outputs = ["word"]
-
-    def process(self, tup):
-        emit = self.emit
-        for word in tup.values[0].split():
-            emit([word])
 
 
 class Count(Bolt):
