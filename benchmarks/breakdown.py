@@ -28,11 +28,11 @@ import msgpack
 import zmq
 
 from streamgale import Bolt
-from streamgale.acking import AckBuffer, AckerTable, new_id
+from streamgale.runtime.acking import AckBuffer, AckerTable, new_id
 from streamgale.components import TopologyContext
 from streamgale.groupings import FieldsRouter
 from streamgale.tuples import Tuple
-from streamgale.worker.executor import BoltExecutor, Collector, Routes, TaskRunner
+from streamgale.runtime.executor import BoltExecutor, Collector, Routes, TaskRunner
 from streamgale.worker.transport import FRAME_VERSION, TUPLES, Batch, Inbound, Transport
 
 from .wordcount import sentences

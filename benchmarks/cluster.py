@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import yaml
 
-from streamgale.cluster_state import ClusterState
-from streamgale.ports import free_port, free_port_range
-from streamgale.zookeeper_server import ZooKeeperServer
+from streamgale.cluster.state import ClusterState
+from streamgale.dev.ports import free_port, free_port_range
+from streamgale.dev.zookeeper_server import ZooKeeperServer
 
 CLI = [sys.executable, "-m", "streamgale.cli"]
 

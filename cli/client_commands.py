@@ -16,7 +16,7 @@ WAIT_HELP = "Seconds to wait, spouts deactivated, before acting (default: the to
 
 def call(state: State, method: str, *args, timeout: float = 5.0, **kwargs):
     """Call one client method; exit with one clear line on any nimbus error."""
-    from streamgale.rpc import NimbusError
+    from streamgale.wire.rpc import NimbusError
 
     try:
         with state.client(timeout) as client:
@@ -37,7 +37,7 @@ def submit(state: State, topology_file: str, name: str | None, overrides: tuple[
     every worker runs with it on sys.path. Set the number of worker processes
     with -c topology.workers=N.
     """
-    from streamgale.package import PackageError, digest, pack_directory
+    from streamgale.cluster.package import PackageError, digest, pack_directory
 
     from streamgale.topology import acker_count
 

@@ -108,7 +108,7 @@ def stop_on_signals() -> None:
               help="Keep data here (default: a temporary directory, deleted on exit).")
 def dev_zookeeper(port: int, data_dir: str | None) -> None:
     """Run a standalone ZooKeeper from the installed distribution, for development. Ctrl-C stops it."""
-    from streamgale.zookeeper_server import ZooKeeperServer
+    from streamgale.dev.zookeeper_server import ZooKeeperServer
 
     server = ZooKeeperServer(port=port, data_dir=Path(data_dir) if data_dir else None)
     try:
@@ -138,7 +138,7 @@ def dev_cluster(state: State, supervisors: int, zookeeper_port: int, base_dir: s
     Supervisor i uses slot ports network.port + i*workers onwards. Submit to it
     with `streamgale submit FILE` (nimbus at nimbus.host:nimbus.port).
     """
-    from streamgale.zookeeper_server import ZooKeeperServer
+    from streamgale.dev.zookeeper_server import ZooKeeperServer
 
     config = daemon_config(state, ())
     setup_logging(config)

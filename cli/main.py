@@ -8,7 +8,7 @@ import sys
 import click
 
 from streamgale.config import Config, ConfigError, load_config, topology_config
-from streamgale.loader import TopologyFileError, load_topology
+from streamgale.runtime.loader import TopologyFileError, load_topology
 from streamgale.topology import TopologyError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -37,7 +37,7 @@ class State:
         return [f"{config['nimbus.host']}:{config['nimbus.port']}"]
 
     def client(self, timeout: float = 5.0):
-        from streamgale.rpc import NimbusClient
+        from streamgale.wire.rpc import NimbusClient
 
         return NimbusClient(self.nimbus_addresses(self.base_config()), timeout=timeout)
 

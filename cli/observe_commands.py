@@ -153,7 +153,7 @@ def _log_sources(state: State, name: str, component: str | None) -> list[tuple[s
 @click.pass_obj
 def logs(state: State, name: str, component: str | None, follow: bool, size: int) -> None:
     """Print (or follow) the logs of NAME's workers, read through their supervisors."""
-    from streamgale.rpc import NimbusClient, NimbusError
+    from streamgale.wire.rpc import NimbusClient, NimbusError
 
     sources = _log_sources(state, name, component)
     offsets: dict[str, int] = {}

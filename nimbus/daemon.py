@@ -17,12 +17,12 @@ from typing import Any, Callable
 
 import zmq
 
-from streamgale import protocol as p
-from streamgale.cluster_state import ClusterState, NotLeader, StaleAssignment, TopologyExists
+from streamgale.wire import protocol as p
+from streamgale.cluster.state import ClusterState, NotLeader, StaleAssignment, TopologyExists
 from streamgale.config import Config, ConfigError
-from streamgale.package import digest
-from streamgale.records import ACTIVE, INACTIVE, KILLED, REBALANCING, TopologyRecord
-from streamgale.rpc import RpcServer
+from streamgale.cluster.package import digest
+from streamgale.cluster.records import ACTIVE, INACTIVE, KILLED, REBALANCING, TopologyRecord
+from streamgale.wire.rpc import RpcServer
 
 from .liveness import SlotLiveness
 from .metrics import MetricsStore

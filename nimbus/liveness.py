@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from streamgale.records import Assignment, SupervisorInfo, slot_id
+from streamgale.cluster.records import Assignment, SupervisorInfo, slot_id
 
 
 @dataclass

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Mapping, Sequence
 
-from streamgale.records import Assignment, Executor, SlotAssignment, SupervisorInfo, TopologyRecord, slot_id
+from streamgale.cluster.records import Assignment, Executor, SlotAssignment, SupervisorInfo, TopologyRecord, slot_id
 
 Slot = tuple[str, int]  # (supervisor id, port); sorts by supervisor id, then port
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from streamgale.acking import ACKER
+from streamgale.runtime.acking import ACKER
 from streamgale.groupings import KINDS
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from streamgale.worker.assembly import Capture, build_executors
-from streamgale.worker.loop import ExecutorLoop
+from streamgale.runtime.assembly import Capture, build_executors
+from streamgale.runtime.loop import ExecutorLoop
 
 from .config import Config
 from .topology import Topology, acker_count

@@ -283,7 +283,7 @@ class Topology:
 
     def with_ackers(self, count: int) -> "Topology":
         """A copy with ``count`` acker executors (system component ``__acker``); 0: none."""
-        from .acking import ACKER
+        from .runtime.acking import ACKER
         from .components import Bolt
 
         clone = copy.copy(self)
@@ -293,7 +293,7 @@ class Topology:
         return clone
 
     def acker_tasks(self) -> tuple[int, ...]:
-        from .acking import ACKER
+        from .runtime.acking import ACKER
 
         return self.task_ids().get(ACKER, ())
 

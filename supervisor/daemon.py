@@ -27,13 +27,13 @@ import psutil
 import zmq
 import yaml
 
-from streamgale import protocol
-from streamgale.cluster_state import ClusterState
+from streamgale.wire import protocol
+from streamgale.cluster.state import ClusterState
 from streamgale.config import Config
-from streamgale.package import MARKER as CODE_MARKER
-from streamgale.package import PackageError, unpack
-from streamgale.records import Assignment, ErrorRecord, SupervisorInfo, slot_id
-from streamgale.rpc import NimbusClient, NimbusError, RpcServer
+from streamgale.cluster.package import MARKER as CODE_MARKER
+from streamgale.cluster.package import PackageError, unpack
+from streamgale.cluster.records import Assignment, ErrorRecord, SupervisorInfo, slot_id
+from streamgale.wire.rpc import NimbusClient, NimbusError, RpcServer
 from streamgale.worker.metrics import read_metrics
 
 from . import slot as slots

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from streamgale.records import Executor
+from streamgale.cluster.records import Executor
 
 EMPTY, WAITING_FOR_CODE, LAUNCHING, RUNNING, KILLING = (
     "EMPTY", "WAITING_FOR_CODE", "LAUNCHING", "RUNNING", "KILLING")

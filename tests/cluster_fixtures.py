@@ -17,7 +17,7 @@ import yaml
 
 from conftest import ROOT, STREAMGALE, Processes, daemon_logs, wait_for, worker_processes
 
-from streamgale.ports import free_port_range
+from streamgale.dev.ports import free_port_range
 
 
 class Cluster:

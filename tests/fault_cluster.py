@@ -24,9 +24,9 @@ import yaml
 from conftest import ROOT, STREAMGALE, Processes, daemon_logs, wait_for, worker_processes
 from netns import NetLab, unavailable_reason
 
-from streamgale.cluster_state import ClusterState
-from streamgale.ports import free_port, free_port_range
-from streamgale.zookeeper_server import ZooKeeperServer
+from streamgale.cluster.state import ClusterState
+from streamgale.dev.ports import free_port, free_port_range
+from streamgale.dev.zookeeper_server import ZooKeeperServer
 
 TOPOLOGY = str(ROOT / "tests" / "topologies" / "durable.py")
 SLOT_BASE = 6700  # inside namespaces every host has its own ports

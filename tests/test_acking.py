@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 
 from streamgale import Bolt, LocalCluster, ReliableSpout, Spout, Topology
-from streamgale.acking import AckBuffer, AckerTable, PendingRoots, new_id
+from streamgale.runtime.acking import AckBuffer, AckerTable, PendingRoots, new_id
 from streamgale.config import Config
-from streamgale.worker.acker import AckerExecutor
+from streamgale.runtime.acker import AckerExecutor
 
 
 def config(**kw) -> Config:

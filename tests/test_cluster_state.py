@@ -13,12 +13,12 @@ import pytest
 from conftest import wait_for
 from zk_fixtures import drop_connection, expire_session
 
-from streamgale.cluster_state import (CHUNK_SIZE, ClusterState, ClusterStateError, NotLeader,
+from streamgale.cluster.state import (CHUNK_SIZE, ClusterState, ClusterStateError, NotLeader,
                                       StaleAssignment, TopologyExists)
-from streamgale.records import (ACTIVE, INACTIVE, Assignment, ErrorRecord, SlotAssignment, SupervisorInfo,
+from streamgale.cluster.records import (ACTIVE, INACTIVE, Assignment, ErrorRecord, SlotAssignment, SupervisorInfo,
                                 TopologyRecord)
-from streamgale.ports import free_port
-from streamgale.zookeeper_server import ZooKeeperServer, ZooKeeperServerError
+from streamgale.dev.ports import free_port
+from streamgale.dev.zookeeper_server import ZooKeeperServer, ZooKeeperServerError
 
 
 def supervisor(sid: str = "sup-1") -> SupervisorInfo:

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import ROOT, STREAMGALE, wait_for
 
-from streamgale.ports import free_port_range
+from streamgale.dev.ports import free_port_range
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Nimbus's judgement of dead worker slots (pure logic, its own clock)."""
 
-from streamgale.records import Assignment, SlotAssignment, SupervisorInfo
+from streamgale.cluster.records import Assignment, SlotAssignment, SupervisorInfo
 from streamgale.nimbus.liveness import SlotLiveness
 
 

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from streamgale.package import MARKER, PackageError, digest, pack_directory, unpack
+from streamgale.cluster.package import MARKER, PackageError, digest, pack_directory, unpack
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from streamgale import protocol as p
-from streamgale.ports import free_port
-from streamgale.rpc import (
+from streamgale.wire import protocol as p
+from streamgale.dev.ports import free_port
+from streamgale.wire.rpc import (
     AlreadyExists,
     BadRequest,
     InvalidTopology,

@@ -3,7 +3,7 @@
 from collections import Counter
 
 from streamgale.nimbus.scheduler import schedule
-from streamgale.records import ACTIVE, Assignment, SupervisorInfo, TopologyRecord
+from streamgale.cluster.records import ACTIVE, Assignment, SupervisorInfo, TopologyRecord
 
 
 def topology(tid="wc-1", workers=4, submitted_at=1.0, digest="d1", **parallelism):

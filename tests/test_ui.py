@@ -18,7 +18,7 @@ import pytest
 from cluster_fixtures import cluster  # noqa: F401  (fixture)
 from conftest import ROOT, STREAMGALE, wait_for
 
-from streamgale.ports import free_port
+from streamgale.dev.ports import free_port
 from streamgale.ui import api, prometheus
 
 TOPOLOGY = str(ROOT / "tests" / "topologies" / "cluster_word_count.py")
@@ -199,7 +199,7 @@ class FakeClient:
         return INFO
 
     def topology_stats(self, name):
-        from streamgale.protocol import BadRequest
+        from streamgale.wire.protocol import BadRequest
         raise BadRequest("unsupported request TopologyStats")  # an older nimbus
 
     def deactivate(self, name):
@@ -209,7 +209,7 @@ class FakeClient:
 def test_http_shell_routes_maps_nimbus_errors_and_survives_missing_stats():
     import threading
 
-    from streamgale.protocol import NimbusUnavailable
+    from streamgale.wire.protocol import NimbusUnavailable
     from streamgale.ui.server import UiServer
 
     fail = {"now": None}

@@ -4,7 +4,7 @@ Like kazoo's own harness, every test gets its own namespace (``zk_root``) on a
 shared server and every client is closed at teardown, pass or fail. The
 fault injectors (:func:`expire_session`, :func:`drop_connection`) reach into
 the ClusterState's kazoo client; test code is the only place outside
-``streamgale.cluster_state`` that touches kazoo.
+``streamgale.cluster.state`` that touches kazoo.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NotEmptyError
 from kazoo.protocol.connection import _CONNECTION_DROP
 
-from streamgale.cluster_state import ClusterState
-from streamgale.zookeeper_server import ZooKeeperServer, ZooKeeperServerError, find_classpath
+from streamgale.cluster.state import ClusterState
+from streamgale.dev.zookeeper_server import ZooKeeperServer, ZooKeeperServerError, find_classpath
 
 __all__ = ["zookeeper", "zk_root", "zk_client", "cluster_state", "make_cluster_state", "expire_session",
            "drop_connection", "TEST_SESSION_TIMEOUT"]

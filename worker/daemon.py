@@ -23,17 +23,17 @@ from typing import Any
 import msgpack
 import zmq
 
-from streamgale.acking import ACKER
-from streamgale.cluster_state import ClusterState
+from streamgale.runtime.acking import ACKER
+from streamgale.cluster.state import ClusterState
 from streamgale.config import Config, load_config
-from streamgale.loader import load_topology
-from streamgale.records import ACTIVE, Assignment, ErrorRecord, TopologyRecord, slot_id
+from streamgale.runtime.loader import load_topology
+from streamgale.cluster.records import ACTIVE, Assignment, ErrorRecord, TopologyRecord, slot_id
 from streamgale.topology import Topology
 
-from .assembly import build_executors, stream_index
+from streamgale.runtime.assembly import build_executors, stream_index
 from .metrics import MetricsWriter
-from .executor import Sink
-from .loop import ExecutorLoop
+from streamgale.runtime.executor import Sink
+from streamgale.runtime.loop import ExecutorLoop
 from .transport import Inbound, Transport
 
 log = logging.getLogger("streamgale.worker")

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import msgpack
 import psutil
 
-from .acker import AckerExecutor
-from .executor import Executor
+from streamgale.runtime.acker import AckerExecutor
+from streamgale.runtime.executor import Executor
 
 METRICS_FILE = "metrics"
 

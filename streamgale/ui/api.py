@@ -1,6 +1,6 @@
 """The UI's REST responses, built from nimbus's answers by pure functions (no I/O).
 
-Every function here takes what :class:`streamgale.rpc.NimbusClient` returned
+Every function here takes what :class:`streamgale.wire.rpc.NimbusClient` returned
 (``cluster_info``, ``list_topologies``, ``topology_info``, ``topology_stats``)
 and returns the JSON-ready dict one endpoint sends. ``stats`` is ``None`` when
 nimbus could not give metrics; counts then read 0 and latencies ``None``.

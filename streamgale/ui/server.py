@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from streamgale.protocol import NimbusError
-from streamgale.rpc import NimbusClient
+from streamgale.wire.protocol import NimbusError
+from streamgale.wire.rpc import NimbusClient
 
 from . import api, prometheus
 from .api import ApiError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
-from streamgale.acking import ACK_INDEX, ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, AckBuffer
+from streamgale.runtime.acking import ACK_INDEX, ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, AckBuffer
 from streamgale.components import TopologyContext
 from streamgale.config import Config
 from streamgale.groupings import DirectRouter, make_router

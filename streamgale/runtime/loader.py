@@ -8,8 +8,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from .config import Config
-from .topology import Topology, TopologyError
+from streamgale.config import Config
+from streamgale.topology import Topology, TopologyError
 
 
 class TopologyFileError(Exception):

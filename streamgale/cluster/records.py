@@ -142,7 +142,7 @@ class TopologyRecord:
 
     def executors(self) -> list[Executor]:
         """Every executor of the topology under the current parallelism, in task order."""
-        from .topology import layout_tasks, split_evenly
+        from streamgale.topology import layout_tasks, split_evenly
 
         components = self.spec["components"]
         out: list[Executor] = []

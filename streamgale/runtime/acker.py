@@ -1,6 +1,6 @@
 """The acker executor: tracks tuple trees for the spouts (Storm's ``__acker`` bolt).
 
-Each acker task owns an :class:`~streamgale.acking.AckerTable`. It reads
+Each acker task owns an :class:`~streamgale.runtime.acking.AckerTable`. It reads
 ``__ack`` tuples (batched inits, acks and fails from any task), and answers
 each spout task once per step with one ``__ack_result`` tuple listing the roots
 that completed or failed.
@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from streamgale.acking import ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, ACKER, AckerTable
+from streamgale.runtime.acking import ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, ACKER, AckerTable
 from streamgale.tuples import Tuple
 
 from .executor import ErrorHandler, Executor, Sink

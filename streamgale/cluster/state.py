@@ -1,7 +1,7 @@
 """The cluster's shared state in ZooKeeper: the one module that talks to kazoo.
 
 Every other module uses the typed methods of :class:`ClusterState`; records are
-the msgpack types of :mod:`streamgale.records`.
+the msgpack types of :mod:`streamgale.cluster.records`.
 
 Znode layout, all under ``root`` (``zookeeper.root``, default ``/streamgale``)::
 

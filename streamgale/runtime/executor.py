@@ -17,7 +17,7 @@ from time import perf_counter
 from collections import deque
 from typing import Any, Callable, Sequence
 
-from streamgale.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, _getrandbits, new_id
+from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, _getrandbits, new_id
 from streamgale.components import Bolt, Spout, TopologyContext
 from streamgale.tuples import DEFAULT_STREAM, Tuple, tick_tuple
 
@@ -55,7 +55,7 @@ class Collector:
 
     With acking on (``acks`` is an :class:`AckBuffer`), a spout tuple emitted
     with a ``msg_id`` starts a tuple tree and bolt emits are anchored (see
-    :mod:`streamgale.acking`); the buffered ack traffic goes out in
+    :mod:`streamgale.runtime.acking`); the buffered ack traffic goes out in
     :meth:`flush_acks`, once per executor step. With acking off a spout
     tuple's ``msg_id`` is acked as soon as it is emitted (Storm's behaviour
     with zero ackers).

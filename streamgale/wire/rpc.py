@@ -1,6 +1,6 @@
 """The sockets of nimbus's client API: :class:`RpcServer` (ROUTER) and :class:`NimbusClient` (DEALER).
 
-Messages are defined in :mod:`streamgale.protocol`; this module only moves
+Messages are defined in :mod:`streamgale.wire.protocol`; this module only moves
 frames. Each object owns one ZeroMQ socket and must be used by one thread
 (the thread that created it), as pyzmq requires.
 """
