@@ -1,35 +1,29 @@
 """A real cluster for benchmarks: ZooKeeper, nimbus and supervisors on localhost.
 
-The daemons are started through the CLI, exactly as an operator would, in a
-temporary directory that is removed afterwards together with every process.
+The daemons are started through the CLI, exactly as an operator would
+(``streamgale.dev.cluster.ProcessCluster``), in a temporary directory that is
+removed afterwards together with every process.
 """
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
-import yaml
 
-from streamgale.cluster.state import ClusterState
-from streamgale.dev.ports import free_port, free_port_range
-from streamgale.dev.zookeeper_server import ZooKeeperServer
+from streamgale.dev.cluster import ProcessCluster
 
-CLI = [sys.executable, "-m", "streamgale.cli"]
+STOP_GRACE = 20.0  # seconds the daemons get to stop their workers before they are killed
 
 
 class BenchCluster:
     def __init__(self, supervisors: int = 2, slots: int = 2):
         self.supervisors, self.slots = supervisors, slots
-        self.dir = Path(tempfile.mkdtemp(prefix="streamgale-bench-"))
-        self.procs: list[subprocess.Popen] = []
-        self.zk = ZooKeeperServer(port=free_port(), data_dir=self.dir / "zookeeper")
+        self.cluster = ProcessCluster(supervisors=supervisors, slots=slots, logging_level="WARNING",
+                                      shutdown_workers=True, temp_prefix="streamgale-bench-")
+        self.dir = self.cluster.dir
+        self.config_file = self.cluster.config_file
 
     def __enter__(self) -> "BenchCluster":
         try:
@@ -43,45 +37,18 @@ class BenchCluster:
         self.close()
 
     def start(self) -> None:
-        self.zk.start()
-        nimbus_port = free_port()
-        slots = free_port_range(self.supervisors * self.slots)
-        self.config_file = self.dir / "cluster.yaml"
-        self.config_file.write_text(yaml.safe_dump({
-            "zookeeper.servers": [self.zk.address], "nimbus.host": "127.0.0.1", "nimbus.port": nimbus_port,
-            "workers": self.slots, "logging_level": "WARNING"}))
-        self._spawn("nimbus", "--host", "127.0.0.1")
-        for i in range(self.supervisors):
-            self._spawn("supervisor", "--host", "127.0.0.1", "--shutdown-workers",
-                        "-c", f"network.port={slots + i * self.slots}",
-                        "-c", f"supervisor.local_dir={self.dir / f'supervisor-{i}'}")
-        with ClusterState([self.zk.address]) as state:
-            deadline = time.monotonic() + 60
-            while len(state.supervisors()) < self.supervisors:
-                if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
-                    raise RuntimeError(f"the benchmark cluster did not come up; logs in {self.dir}")
-                time.sleep(0.05)
-
-    def _spawn(self, *args: str) -> None:
-        log = open(self.dir / f"{args[0]}-{len(self.procs)}.log", "ab")
-        self.procs.append(subprocess.Popen([*CLI, "--config", str(self.config_file), *args],
-                                           stdout=log, stderr=subprocess.STDOUT))
+        self.cluster.start()
 
     def cli(self, *args: str) -> str:
-        r = subprocess.run([*CLI, "--config", str(self.config_file), *args], capture_output=True,
-                           text=True, timeout=120)
+        r = self.cluster.cli(*args, timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"streamgale {' '.join(args)} failed: {r.stderr.strip()}")
         return r.stdout
 
     def wait(self, condition, timeout: float, what: str):
-        """Poll ``condition`` until it returns something truthy (returned), or fail naming ``what``."""
-        deadline = time.monotonic() + timeout
-        while not (result := condition()):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}; logs in {self.dir}")
-            time.sleep(0.1)
-        return result
+        """Poll ``condition`` until it returns something truthy (returned), or fail naming ``what``
+        (at once if a daemon died)."""
+        return self.cluster.wait(condition, timeout=timeout, message=what, interval=0.1)
 
     def wait_gone(self, name: str, timeout: float = 60) -> None:
         """Until a killed topology's workers have all exited (before the next run starts)."""
@@ -89,26 +56,11 @@ class BenchCluster:
                   f"topology {name} to go away")
 
     def worker_processes(self) -> list[psutil.Process]:
-        """This cluster's worker processes: ``streamgale.worker`` with a path under its directory."""
-        found = []
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or ())
-            if "streamgale.worker" in cmd and str(self.dir) in cmd:
-                found.append(p)
-        return found
+        """This cluster's worker processes."""
+        return self.cluster.worker_processes()
 
     def close(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in reversed(self.procs):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.zk.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.cluster.close(grace=STOP_GRACE)
 
 
 TOPOLOGY = Path(__file__).resolve().parent / "topologies" / "cluster_word_count.py"

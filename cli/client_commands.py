@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
-
-from streamgale.config import ConfigError, parse_override
 
 from .main import CONFIG_HELP, State, cli, fail
 
 WAIT_HELP = "Seconds to wait, spouts deactivated, before acting (default: the topology's message timeout)."
-
-
-def call(state: State, method: str, *args, timeout: float = 5.0, **kwargs):
-    """Call one client method; exit with one clear line on any nimbus error."""
-    from streamgale.wire.rpc import NimbusError
-
-    try:
-        with state.client(timeout) as client:
-            return getattr(client, method)(*args, **kwargs)
-    except NimbusError as e:
-        fail(str(e), code=1)
 
 
 @cli.command()
@@ -37,26 +23,10 @@ def submit(state: State, topology_file: str, name: str | None, overrides: tuple[
     every worker runs with it on sys.path. Set the number of worker processes
     with -c topology.workers=N.
     """
-    from streamgale.cluster.package import PackageError, digest, pack_directory
-
-    from streamgale.topology import acker_count
-
-    topology, config = state.topology(topology_file, overrides)
-    topology = topology.with_ackers(acker_count(config))
-    try:
-        layer = {**topology.config, **dict(parse_override(o) for o in overrides)}
-    except ConfigError as e:
-        fail(str(e))
-    path = Path(topology_file).resolve()
-    try:
-        code = pack_directory(path.parent)
-    except PackageError as e:
-        fail(str(e))
-    name = name or topology.name
-    spec = topology.spec()
-    spec["name"] = name
-    topology_id = call(state, "submit", name, spec, layer, path.name, code, digest(code), timeout=60)
-    click.echo(f"submitted topology '{name}' as {topology_id} ({len(code)} bytes of code)")
+    submission = state.submission(topology_file, name, overrides)
+    with state.client(timeout=60) as client:
+        topology_id = client.upload(submission, timeout=60)
+    click.echo(f"submitted topology '{submission.name}' as {topology_id} ({len(submission.code)} bytes of code)")
 
 
 def _duration(seconds: float) -> str:
@@ -72,7 +42,8 @@ def _duration(seconds: float) -> str:
 @click.pass_obj
 def list_(state: State, as_json: bool) -> None:
     """List running topologies: name, id, status, workers, executors, tasks, uptime."""
-    rows = call(state, "list_topologies")
+    with state.client() as client:
+        rows = client.list_topologies()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -93,7 +64,8 @@ def list_(state: State, as_json: bool) -> None:
 @click.pass_obj
 def kill(state: State, name: str, wait: float | None) -> None:
     """Kill topology NAME: deactivate its spouts, wait, then remove its workers and state."""
-    call(state, "kill", name, wait)
+    with state.client() as client:
+        client.kill(name, wait)
     click.echo(f"killing topology '{name}'" + ("" if wait == 0 else " after the wait"))
 
 
@@ -102,7 +74,8 @@ def kill(state: State, name: str, wait: float | None) -> None:
 @click.pass_obj
 def activate(state: State, name: str) -> None:
     """Resume calling next_tuple on NAME's spouts."""
-    call(state, "activate", name)
+    with state.client() as client:
+        client.activate(name)
     click.echo(f"activated topology '{name}'")
 
 
@@ -111,7 +84,8 @@ def activate(state: State, name: str) -> None:
 @click.pass_obj
 def deactivate(state: State, name: str) -> None:
     """Stop calling next_tuple on NAME's spouts (bolts keep processing)."""
-    call(state, "deactivate", name)
+    with state.client() as client:
+        client.deactivate(name)
     click.echo(f"deactivated topology '{name}'")
 
 
@@ -124,7 +98,7 @@ def deactivate(state: State, name: str) -> None:
 @click.pass_obj
 def rebalance(state: State, name: str, wait: float | None, workers: int | None, executors: tuple[str, ...]) -> None:
     """Change NAME's worker count and/or component parallelism, live."""
-    parallelism = {}
+    parallelism: dict[str, int] = {}
     for item in executors:
         comp, sep, value = item.partition("=")
         if not sep or not value.strip().isdigit():
@@ -132,7 +106,8 @@ def rebalance(state: State, name: str, wait: float | None, workers: int | None, 
         parallelism[comp.strip()] = int(value)
     if workers is None and not parallelism:
         fail("nothing to change: give -n WORKERS and/or -e COMPONENT=PARALLELISM")
-    call(state, "rebalance", name, wait, workers, parallelism)
+    with state.client() as client:
+        client.rebalance(name, wait, workers, parallelism)
     click.echo(f"rebalancing topology '{name}'")
 
 
@@ -141,14 +116,17 @@ def rebalance(state: State, name: str, wait: float | None, workers: int | None, 
 @click.pass_obj
 def info(state: State, name: str) -> None:
     """Show NAME's record, assignment and recent errors as JSON."""
-    click.echo(json.dumps(call(state, "topology_info", name), indent=2, default=str))
+    with state.client() as client:
+        details = client.info(name)
+    click.echo(json.dumps(details, indent=2, default=str))
 
 
 @cli.command("cluster")
 @click.pass_obj
 def cluster_info(state: State) -> None:
     """Show the nimbus leader, standbys and supervisors."""
-    c = call(state, "cluster_info")
+    with state.client() as client:
+        c = client.cluster()
     click.echo(f"leader: {c['leader']}")
     click.echo(f"nimbuses: {', '.join(c['nimbuses'])}")
     click.echo(f"topologies: {c['topologies']}")

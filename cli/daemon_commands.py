@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import click
+import zmq
 
+from streamgale.cluster.state import open_cluster_state
 from streamgale.config import ConfigError
 
 from .main import CONFIG_HELP, State, cli, fail, setup_logging
@@ -67,7 +65,8 @@ def nimbus(state: State, host: str | None, port: int | None, overrides: tuple[st
 
     config = daemon_config(state, overrides)
     setup_logging(config)
-    run_daemon(Nimbus(config, host or config["nimbus.host"], port or config["nimbus.port"]), "nimbus")
+    run_daemon(Nimbus(config, host or config["nimbus.host"], port or config["nimbus.port"],
+                      open_cluster_state(config), zmq.Context.instance()), "nimbus")
 
 
 @cli.command()
@@ -85,11 +84,15 @@ def supervisor(state: State, host: str | None, shutdown_workers: bool, overrides
     worker logs live in supervisor.local_dir.
     """
     from streamgale.supervisor.daemon import Supervisor
+    from streamgale.supervisor.launcher import ProcessLauncher
+    from streamgale.wire.rpc import NimbusClient
 
     config = daemon_config(state, overrides)
     setup_logging(config)
-    run_daemon(Supervisor(config, host or default_host(), state.nimbus_addresses(config), shutdown_workers),
-               "supervisor")
+    addresses = state.nimbus_addresses(config)
+    run_daemon(Supervisor(config, host or default_host(), open_cluster_state(config),
+                          lambda timeout: NimbusClient(addresses, timeout=timeout), ProcessLauncher(),
+                          zmq.Context.instance(), shutdown_workers=shutdown_workers), "supervisor")
 
 
 def _interrupt(*_: object) -> None:
@@ -138,46 +141,42 @@ def dev_cluster(state: State, supervisors: int, zookeeper_port: int, base_dir: s
     Supervisor i uses slot ports network.port + i*workers onwards. Submit to it
     with `streamgale submit FILE` (nimbus at nimbus.host:nimbus.port).
     """
-    from streamgale.dev.zookeeper_server import ZooKeeperServer
+    from streamgale.dev.cluster import ProcessCluster, ProcessClusterError, SupervisorNode
+    from streamgale.dev.zookeeper_server import ZooKeeperServerError
 
     config = daemon_config(state, ())
     setup_logging(config)
     log = logging.getLogger("streamgale.dev-cluster")
-    root = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="streamgale-dev-"))
-    zk = ZooKeeperServer(port=zookeeper_port, data_dir=root / "zookeeper")
+    slots = config["workers"]
+    # The daemons run with this config (written to the cluster's directory), on localhost.
+    cluster = ProcessCluster(
+        base_dir, nodes=[SupervisorNode("127.0.0.1", config["network.port"] + i * slots) for i in range(supervisors)],
+        slots=slots, nimbus_port=config["nimbus.port"], zookeeper_port=zookeeper_port,
+        logging_level=config["logging_level"], settings=config.to_dict(), shutdown_workers=True,
+        log_files=False, temp_prefix="streamgale-dev-")
     try:
-        zk.start()
-    except Exception as e:  # noqa: BLE001
-        fail(str(e), code=1)
-    procs: list[subprocess.Popen] = []
-    common = [sys.executable, "-m", "streamgale.cli"]
-    if state.config_file:
-        common += ["--config", state.config_file]
-    zk_opt = ["-c", f"zookeeper.servers=[{zk.address}]"]
-    try:
-        procs.append(subprocess.Popen(common + ["nimbus", "--host", "127.0.0.1", *zk_opt]))
-        for i in range(supervisors):
-            port = config["network.port"] + i * config["workers"]
-            procs.append(subprocess.Popen(common + [
-                "supervisor", "--host", "127.0.0.1", "--shutdown-workers", *zk_opt,
-                "-c", f"network.port={port}", "-c", f"supervisor.local_dir={root / f'supervisor-{i}'}"]))
-        log.info("dev cluster up: ZooKeeper %s, nimbus 127.0.0.1:%d, %d supervisors; state in %s; "
-                 "Ctrl-C stops it", zk.address, config["nimbus.port"], supervisors, root)
+        try:
+            cluster.start_zookeeper()
+        except ZooKeeperServerError as e:
+            fail(str(e), code=1)
         stop_on_signals()
-        while all(p.poll() is None for p in procs):
+        cluster.start_nimbus()
+        for i in range(supervisors):
+            cluster.start_supervisor(i)
+        cluster.wait_ready(supervisors)
+        log.info("dev cluster up: ZooKeeper %s, nimbus 127.0.0.1:%d, %d supervisors; state in %s; "
+                 "Ctrl-C stops it", cluster.zookeeper_address, cluster.nimbus_port, supervisors, cluster.dir)
+        while not cluster.exited():
             time.sleep(0.5)
+        log.error("a daemon exited; stopping the dev cluster")
+    except ProcessClusterError as e:
+        if not cluster.exited():
+            raise click.ClickException(str(e)) from None
         log.error("a daemon exited; stopping the dev cluster")
     except KeyboardInterrupt:
         pass
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        zk.stop()
-        if not base_dir:
-            shutil.rmtree(root, ignore_errors=True)
+        # A second Ctrl-C must not cut the clean-up short and leave daemons behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        cluster.close(grace=15)

@@ -4,62 +4,88 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
 
 import click
 
-from streamgale.config import Config, ConfigError, load_config, topology_config
-from streamgale.runtime.loader import TopologyFileError, load_topology
-from streamgale.topology import TopologyError
+from streamgale.client import (
+    Client,
+    NimbusError,
+    PackageError,
+    Submission,
+    TopologyFileError,
+    nimbus_addresses,
+    prepare,
+    topology_from_file,
+)
+from streamgale.config import Config, ConfigError, load_config
+from streamgale.topology import Topology, TopologyError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 CONFIG_HELP = "key=value setting, applied over the config file and the topology's config (repeatable)"
+
+# What a topology file, its settings or its directory can be faulted for (exit 2).
+INVALID_TOPOLOGY = (ConfigError, TopologyError, TopologyFileError, PackageError)
 
 
 def setup_logging(config: Config) -> None:
     logging.basicConfig(level=config["logging_level"], format=LOG_FORMAT, stream=sys.stderr, force=True)
 
 
-def fail(message: str, code: int = 2) -> "click.exceptions.Exit":
+def fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     raise click.exceptions.Exit(code)
 
 
 class State:
+    """The global options, and the library calls every command makes with them; exits with one
+    clear ``error:`` line on any error the user can fix."""
+
     def __init__(self, config_file: str | None, nimbus: str | None):
         self.config_file = config_file
         self.nimbus = nimbus
 
     def nimbus_addresses(self, config: Config) -> list[str]:
         """--nimbus HOST:PORT[,HOST:PORT...], else nimbus.host:nimbus.port from config."""
-        if self.nimbus:
-            return [a.strip() for a in self.nimbus.split(",") if a.strip()]
-        return [f"{config['nimbus.host']}:{config['nimbus.port']}"]
+        return nimbus_addresses(self.nimbus, config)
 
-    def client(self, timeout: float = 5.0):
-        from streamgale.wire.rpc import NimbusClient
-
-        return NimbusClient(self.nimbus_addresses(self.base_config()), timeout=timeout)
+    @contextmanager
+    def client(self, timeout: float = 5.0) -> Iterator[Client]:
+        """A :class:`Client` of the nimbus in force; a nimbus error exits 1 with its message."""
+        config = self.base_config()
+        try:
+            client = Client(self.nimbus, config=config, timeout=timeout)
+        except ValueError as e:  # an address that is not HOST:PORT
+            fail(str(e))
+        try:
+            with client:
+                yield client
+        except NimbusError as e:
+            fail(str(e), code=1)
 
     def base_config(self) -> Config:
         try:
             return load_config(self.config_file)
         except ConfigError as e:
             fail(str(e))
-            raise  # unreachable
 
-    def topology(self, path: str, overrides: tuple[str, ...]):
+    def topology(self, path: str, overrides: tuple[str, ...]) -> tuple[Topology, Config]:
         """Load config and topology; exit with one clear line on any error."""
         base = self.base_config()
         try:
-            base = base.with_overrides(overrides)
-            topology = load_topology(path, base)
-            config = topology_config(base, topology.config, overrides)
-        except (ConfigError, TopologyError) as e:
-            fail(f"invalid topology in {path}: {e}")
-        except TopologyFileError as e:
+            return topology_from_file(path, base=base, config=overrides)
+        except INVALID_TOPOLOGY as e:
             fail(str(e))
-        return topology, config
+
+    def submission(self, path: str, name: str | None, overrides: tuple[str, ...]) -> Submission:
+        """Validate and pack the topology file for submit; exit with one clear line on any error."""
+        base = self.base_config()
+        try:
+            return prepare(path, name=name, config=overrides, base=base)
+        except INVALID_TOPOLOGY as e:
+            fail(str(e))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from .client_commands import call
+from streamgale.client import NimbusError
+
 from .main import State, cli
 
 WINDOW_NAMES = {"600": "10m", "10800": "3h", "86400": "1d", "all": "all time"}
@@ -25,7 +26,7 @@ def _cell(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def stats_table(stats: dict[str, Any], errors: dict[str, list[dict[str, Any]]], window: str) -> str:
+def stats_table(stats: dict[str, Any], window: str) -> str:
     rows = [["COMPONENT", "KIND", "TASKS", "QUEUE", *(title for _, title in COLUMNS)]]
     for name, comp in sorted(stats["components"].items(), key=lambda kv: (kv[1]["kind"] != "spout", kv[0])):
         w = comp["windows"].get(window, {})
@@ -41,7 +42,7 @@ def stats_table(stats: dict[str, Any], errors: dict[str, list[dict[str, Any]]], 
     for w in stats.get("workers", []):
         out.append(f"worker {w['host']}:{w['port']} pid {w['pid']}: cpu {w['cpu_percent']}%, "
                    f"{w['rss_mb']} MB resident, up {w['uptime_s']} s")
-    for component, records in sorted(errors.items()):
+    for component, records in sorted(stats["errors"].items()):
         last = records[-1]
         first_line = str(last.get("message", "")).splitlines()[0] if last.get("message") else ""
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last.get("time", 0))))
@@ -58,12 +59,12 @@ def stats_table(stats: dict[str, Any], errors: dict[str, list[dict[str, Any]]], 
 @click.pass_obj
 def stats(state: State, name: str, window: str, as_json: bool) -> None:
     """Show NAME's metrics per component: emitted, acked, latencies, capacity, last errors."""
-    data = call(state, "topology_stats", name)
-    errors = call(state, "topology_info", name).get("errors", {})
+    with state.client() as client:
+        data = client.stats(name)
     if as_json:
-        click.echo(json.dumps({**data, "errors": errors}, indent=2, default=str))
+        click.echo(json.dumps(data, indent=2, default=str))
     else:
-        click.echo(stats_table(data, errors, window))
+        click.echo(stats_table(data, window))
 
 
 def _emitted(stats: dict[str, Any], component: str | None) -> dict[str, int]:
@@ -87,22 +88,23 @@ def monitor(state: State, name: str, interval: float, component: str | None, sam
 
     Metrics reach nimbus every 2 s, so an interval below that repeats values.
     """
-    before = _emitted(call(state, "topology_stats", name), component)
-    if component and component not in before:
-        raise click.ClickException(f"topology '{name}' has no component '{component}' with metrics yet")
-    start = time.monotonic()
-    taken = 0
-    try:
-        while samples is None or taken < samples:
-            time.sleep(interval)  # the sampling period the user asked for
-            now = _emitted(call(state, "topology_stats", name), component)
-            rates = "  ".join(f"{c} {max(0, now.get(c, 0) - before.get(c, 0)) / interval:,.0f}/s"
-                              for c in sorted(now))
-            click.echo(f"{time.monotonic() - start:7.1f}s  {rates}")
-            before = now
-            taken += 1
-    except KeyboardInterrupt:
-        pass
+    with state.client() as client:
+        before = _emitted(client.stats(name), component)
+        if component and component not in before:
+            raise click.ClickException(f"topology '{name}' has no component '{component}' with metrics yet")
+        start = time.monotonic()
+        taken = 0
+        try:
+            while samples is None or taken < samples:
+                time.sleep(interval)  # the sampling period the user asked for
+                now = _emitted(client.stats(name), component)
+                rates = "  ".join(f"{c} {max(0, now.get(c, 0) - before.get(c, 0)) / interval:,.0f}/s"
+                                  for c in sorted(now))
+                click.echo(f"{time.monotonic() - start:7.1f}s  {rates}")
+                before = now
+                taken += 1
+        except KeyboardInterrupt:
+            pass
 
 
 @cli.command("set-log-level")
@@ -117,31 +119,9 @@ def set_log_level(state: State, name: str, setting: str) -> None:
     logger, sep, level = setting.partition("=")
     if not sep or not level:
         raise click.UsageError(f"expected LOGGER=LEVEL, got {setting!r}")
-    logger = "" if logger.strip() in ("", "root") else logger.strip()
-    call(state, "set_log_level", name, logger, level.strip())
-    click.echo(f"log level of {logger or 'root'} in '{name}' set to {level.strip().upper()}")
-
-
-def _log_sources(state: State, name: str, component: str | None) -> list[tuple[str, str, int, str]]:
-    """(label, supervisor log endpoint, worker port, topology id) for each of NAME's workers."""
-    info = call(state, "topology_info", name)
-    assignment = info.get("assignment") or {"slots": {}}
-    supervisors = {s["id"]: s for s in call(state, "cluster_info")["supervisors"]}
-    sources = []
-    for slot in assignment["slots"].values():
-        components = {c for c, _ in slot["executors"]}
-        if component and component not in components:
-            continue
-        sup = supervisors.get(slot["supervisor_id"])
-        if sup is None or not sup.get("log_port"):
-            click.echo(f"(no log access to {slot['host']}:{slot['port']}: its supervisor is not reachable)",
-                       err=True)
-            continue
-        sources.append((f"{slot['host']}:{slot['port']}", f"{sup['host']}:{sup['log_port']}", slot["port"],
-                        info["topology"]["id"]))
-    if component and not sources:
-        raise click.ClickException(f"no worker of '{name}' runs component '{component}'")
-    return sources
+    with state.client() as client:
+        client.set_log_level(name, logger.strip(), level.strip())
+    click.echo(f"log level of {logger.strip() or 'root'} in '{name}' set to {level.strip().upper()}")
 
 
 @cli.command()
@@ -153,32 +133,34 @@ def _log_sources(state: State, name: str, component: str | None) -> list[tuple[s
 @click.pass_obj
 def logs(state: State, name: str, component: str | None, follow: bool, size: int) -> None:
     """Print (or follow) the logs of NAME's workers, read through their supervisors."""
-    from streamgale.wire.rpc import NimbusClient, NimbusError
-
-    sources = _log_sources(state, name, component)
-    offsets: dict[str, int] = {}
-    clients = {endpoint: NimbusClient(endpoint, timeout=5) for _, endpoint, _, _ in sources}
-    try:
+    with state.client(timeout=5) as client:
+        sources = []
+        for log in client.worker_logs(name, component):
+            if log.endpoint is None:
+                click.echo(f"(no log access to {log.worker}: its supervisor is not reachable)", err=True)
+            else:
+                sources.append(log)
+        if component and not sources:
+            raise click.ClickException(f"no worker of '{name}' runs component '{component}'")
+        offsets: dict[str, int] = {}
         first = True
-        while True:
-            for label, endpoint, port, tid in sources:
-                try:
-                    chunk = clients[endpoint].read_log(tid, port, offsets.get(label, -1), size if first else 1 << 20)
-                except NimbusError as e:
-                    click.echo(f"[{label}] cannot read its log: {e}", err=True)
-                    continue
-                offsets[label] = chunk["offset"]
-                text = chunk["data"].decode(errors="replace")
-                if first and chunk["offset"] - len(chunk["data"]) > 0:
-                    text = text.split("\n", 1)[-1]  # start at a whole line
-                for line in text.splitlines():
-                    click.echo(f"[{label}] {line}")
-            first = False
-            if not follow:
-                return
-            time.sleep(1)  # follow mode polls once a second
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for client in clients.values():
-            client.close()
+        try:
+            while True:
+                for log in sources:
+                    try:
+                        chunk = client.read_log(log, offsets.get(log.worker, -1), size if first else 1 << 20)
+                    except NimbusError as e:
+                        click.echo(f"[{log.worker}] cannot read its log: {e}", err=True)
+                        continue
+                    offsets[log.worker] = chunk["offset"]
+                    text = chunk["data"].decode(errors="replace")
+                    if first and chunk["offset"] - len(chunk["data"]) > 0:
+                        text = text.split("\n", 1)[-1]  # start at a whole line
+                    for line in text.splitlines():
+                        click.echo(f"[{log.worker}] {line}")
+                first = False
+                if not follow:
+                    return
+                time.sleep(1)  # follow mode polls once a second
+        except KeyboardInterrupt:
+            pass

@@ -18,10 +18,13 @@ from typing import Any, Callable
 import zmq
 
 from streamgale.wire import protocol as p
-from streamgale.cluster.state import ClusterState, NotLeader, StaleAssignment, TopologyExists
+from streamgale.cluster.errors import FencedOut, StaleAssignment, TopologyExists
+from streamgale.cluster.state import ClusterState
 from streamgale.config import Config, ConfigError
 from streamgale.cluster.package import digest
-from streamgale.cluster.records import ACTIVE, INACTIVE, KILLED, REBALANCING, TopologyRecord
+from streamgale.cluster.election import Leadership
+from streamgale.cluster.records import (ACTIVE, INACTIVE, KILLED, REBALANCING, ErrorRecord, RecordError,
+                                        TopologyRecord, slot_id)
 from streamgale.wire.rpc import RpcServer
 
 from .liveness import SlotLiveness
@@ -35,23 +38,34 @@ RECONCILE_INTERVAL = 1.0
 
 
 class Nimbus:
-    def __init__(self, config: Config, host: str, port: int, bind_host: str = "0.0.0.0"):
+    """The master daemon: ``start()``, ``run()`` (blocks until :meth:`stop`), ``close()``.
+
+    Collaborators are passed in: ``state`` (not yet started; nimbus starts and
+    closes it) and the ZeroMQ ``context``; ``clock`` is monotonic seconds.
+    """
+
+    def __init__(self, config: Config, host: str, port: int, state: ClusterState, context: zmq.Context,
+                 bind_host: str = "0.0.0.0", clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.address = f"{host}:{port}"
         self.bind_host = bind_host
         self.port = port
-        self.state = ClusterState(config["zookeeper.servers"], config["zookeeper.root"],
-                                  config["zookeeper.session_timeout"])
+        self.state = state
+        self.context = context
+        self.clock = clock
+        self.server: RpcServer | None = None
         self._stop = threading.Event()
         self._dirty = threading.Event()
-        self.leadership = None
+        self.leadership: Leadership | None = None
         self.liveness = SlotLiveness(config["nimbus.task_timeout"], config["nimbus.task_launch_timeout"])
+        # topology id -> slot id -> the heartbeat sequence its supervisor forwarded last
+        self.worker_beats: dict[str, dict[str, int]] = {}
         self._handlers: dict[type, Callable[[Any], Any]] = {
             p.Submit: self.submit, p.Kill: self.kill, p.Activate: self.activate,
             p.Deactivate: self.deactivate, p.Rebalance: self.rebalance,
             p.ListTopologies: self.list_topologies, p.TopologyInfo: self.topology_info,
             p.ClusterInfo: self.cluster_info, p.DownloadCode: self.download_code, p.Ping: self.ping,
-            p.TopologyStats: self.topology_stats, p.PushMetrics: self.push_metrics,
+            p.TopologyStats: self.topology_stats, p.SupervisorReport: self.supervisor_report,
             p.SetLogLevel: self.set_log_level,
         }
         self.metrics = MetricsStore()
@@ -59,7 +73,7 @@ class Nimbus:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.server = RpcServer(zmq.Context.instance(), self.bind_host, self.port)
+        self.server = RpcServer(self.context, self.bind_host, self.port)
         self.state.start(timeout=30)
         self.state.register_nimbus(self.address)
         self.leadership = self.state.elect_leader(self.address, self._on_elected, self._on_deposed)
@@ -81,11 +95,12 @@ class Nimbus:
         self._stop.set()
 
     def run(self) -> None:
+        assert self.server is not None
         next_reconcile = 0.0
         while not self._stop.is_set():
             for identity, request in self.server.poll(0.1):
                 self._serve(identity, request)
-            now = time.monotonic()
+            now = self.clock()
             if self.is_leader and (self._dirty.is_set() or now >= next_reconcile):
                 self._dirty.clear()
                 next_reconcile = now + RECONCILE_INTERVAL
@@ -98,7 +113,8 @@ class Nimbus:
         if self.leadership is not None:
             self.leadership.cancel()
         self.state.close()
-        self.server.close()
+        if self.server is not None:
+            self.server.close()
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -115,6 +131,7 @@ class Nimbus:
         except Exception as e:  # noqa: BLE001 - a bug must not kill the daemon
             log.exception("request %s failed", type(request).__name__)
             frame = p.encode_error(req_id, "Internal", f"internal error: {type(e).__name__}: {e}")
+        assert self.server is not None
         self.server.reply(identity, frame)
 
     def _require_leader(self) -> None:
@@ -254,15 +271,23 @@ class Nimbus:
         return {"leader": self.state.leader_address(), "nimbuses": self.state.nimbuses(),
                 "supervisors": sups, "topologies": len(self.state.topologies())}
 
-    def push_metrics(self, req: p.PushMetrics) -> dict[str, Any]:
-        """Workers' snapshots from a supervisor; kept by the leader, which answers stats."""
+    def supervisor_report(self, req: p.SupervisorReport) -> dict[str, Any]:
+        """A supervisor's per-second report: its workers' heartbeats (liveness), metrics
+        snapshots (kept by the leader, which answers stats) and errors (stored in ZooKeeper)."""
         self._require_leader()
-        now = time.monotonic()
-        for report in req.reports:
-            try:
+        now = self.clock()
+        try:
+            for beat in req.heartbeats:
+                slot = slot_id(req.supervisor_id, int(beat["port"]))
+                self.worker_beats.setdefault(str(beat["topology_id"]), {})[slot] = int(beat["seq"])
+            for report in req.metrics:
                 self.metrics.add(report, now)
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise p.BadRequest(f"malformed metrics report from {req.supervisor_id}: {e}") from None
+            errors = [(str(e["topology_id"]), ErrorRecord.from_dict(e["record"])) for e in req.errors]
+        except (KeyError, TypeError, ValueError, AttributeError, RecordError) as e:
+            raise p.BadRequest(f"malformed report from supervisor {req.supervisor_id}: {e}") from None
+        for topology_id, record in errors:
+            if self.state.topology(topology_id) is not None:
+                self.state.report_error(topology_id, record)
         return {}
 
     def set_log_level(self, req: p.SetLogLevel) -> dict[str, Any]:
@@ -275,7 +300,7 @@ class Nimbus:
     def topology_stats(self, req: p.TopologyStats) -> dict[str, Any]:
         self._require_leader()
         rec = self._by_name(req.name)
-        stats = self.metrics.stats(rec.id, time.monotonic())
+        stats = self.metrics.stats(rec.id, self.clock())
         stats["topology"] = {"id": rec.id, "name": rec.name, "status": rec.status, "workers": rec.workers,
                              "uptime_s": round(time.time() - rec.submitted_at, 1)}
         return stats
@@ -301,8 +326,8 @@ class Nimbus:
             elif rec.pending["action"] == "rebalance":
                 records[rec.id] = self._finish_rebalance(rec)
         current = self.state.assignments()
-        beats = {tid: self.state.worker_beats(tid) for tid in current}
-        for slot in self.liveness.observe(current, beats, time.monotonic()):
+        self.worker_beats = {tid: beats for tid, beats in self.worker_beats.items() if tid in current}
+        for slot in self.liveness.observe(current, self.worker_beats, self.clock()):
             log.warning("worker slot %s stopped heartbeating; moving its executors", slot)
         wanted = schedule(sorted(records.values(), key=lambda r: (r.submitted_at, r.id)),
                           self.liveness.usable(self.state.supervisors()), current, time.time())
@@ -311,7 +336,8 @@ class Nimbus:
                 try:
                     self.state.set_assignment(assignment, self.leadership)
                     log.info("assigned %s to %d workers", tid, len(assignment.slots))
-                except (NotLeader, StaleAssignment) as e:
+                    log.debug("assignment of %s: %s", tid, assignment.to_dict())
+                except (FencedOut, StaleAssignment) as e:
                     log.warning("assignment of %s not written: %s", tid, e)
         for tid in current:
             if tid not in records:
@@ -320,7 +346,7 @@ class Nimbus:
     def _finish_kill(self, rec: TopologyRecord) -> None:
         try:
             self.state.delete_assignment(rec.id, self.leadership)
-        except NotLeader:
+        except FencedOut:
             raise
         except Exception:  # noqa: BLE001 - no assignment is fine
             pass

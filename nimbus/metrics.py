@@ -17,7 +17,8 @@ and all time (keys "600", "10800", "86400", "all")::
                            "windows": {w: COUNTS}}},
      "tasks": {"<id>": {"component", "host", "port", "queue", "windows": {w: COUNTS}}},
      "streams": {component: {stream: {w: emitted}}},
-     "workers": [{"host", "port", "pid", "cpu_percent", "rss_mb", "uptime_s", "age_s"}]}
+     "workers": [{"host", "port", "pid", "cpu_percent", "rss_mb", "uptime_s", "age_s",
+                  "transport": {"received", "sent", "dropped_frames", "dropped_entries"}}]}
 
     COUNTS = {"emitted", "transferred", "executed", "acked", "failed",
               "execute_latency_ms", "capacity", "complete_latency_ms"}
@@ -138,7 +139,8 @@ class MetricsStore:
         self.workers.setdefault(tid, {})[str(report["slot"])] = {
             "host": report.get("host"), "port": report.get("port"), "pid": pid,
             "cpu_percent": report.get("cpu_percent"), "rss_mb": report.get("rss_mb"),
-            "uptime_s": report.get("uptime_s"), "received": now}
+            "uptime_s": report.get("uptime_s"), "received": now,
+            "transport": {k: int(v) for k, v in dict(report.get("transport") or {}).items()}}
 
     def forget(self, topology_id: str) -> None:
         self.tasks.pop(topology_id, None)

@@ -1,9 +1,11 @@
 """StreamGale: a distributed stream processing engine for Python, in the mould of Apache Storm.
 
-The public API is what this module exports; ``streamgale.testing`` is public
-too. Everything else is internal.
+The public API is what this module exports; ``streamgale.testing`` and
+``streamgale.client`` (:func:`submit`, :class:`Client`, their data types and
+errors) are public too. Everything else is internal.
 """
 
+from .client import Client, submit
 from .components import Bolt, Spout, TopologyContext
 from .config import Config, ConfigError, load_config
 from .groupings import CustomGrouping
@@ -16,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Bolt",
+    "Client",
     "Config",
     "ConfigError",
     "CustomGrouping",
@@ -28,4 +31,5 @@ __all__ = [
     "Tuple",
     "load_config",
     "run_local",
+    "submit",
 ]

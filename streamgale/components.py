@@ -62,11 +62,6 @@ class Component:
     outputs: ClassVar[Sequence[str] | Mapping[str, Sequence[str]]] = ()
     _collector: Any = _NOT_RUNNING
 
-    def log_error(self, message: str) -> None:  # pragma: no cover - convenience
-        import logging
-
-        logging.getLogger(type(self).__module__).error(message)
-
 
 class Spout(Component):
     """A source of tuples.

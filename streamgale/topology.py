@@ -297,23 +297,6 @@ class Topology:
 
         return self.task_ids().get(ACKER, ())
 
-    def with_parallelism(self, parallelism: Mapping[str, int]) -> "Topology":
-        """A copy with some components' executor counts changed (tasks stay fixed)."""
-        clone = copy.copy(self)
-        clone.components = dict(self.components)
-        for name, p in parallelism.items():
-            comp = self.components.get(name)
-            if comp is None:
-                raise TopologyError(f"no component '{name}' in topology '{self.name}'")
-            if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= comp.tasks:
-                raise TopologyError(
-                    f"component '{name}': parallelism must be between 1 and its task count "
-                    f"({comp.tasks}), got {p!r}"
-                )
-            clone.components[name] = copy.copy(comp)
-            clone.components[name].parallelism = p
-        return clone
-
 
 def layout_tasks(tasks: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
     """Task ids from component task counts: numbered from 1 in sorted name order,

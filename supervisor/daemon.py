@@ -1,48 +1,59 @@
 """The supervisor daemon: one per worker node.
 
-Owns: this node's registration in ZooKeeper, its code packages on disk, and
-its worker processes. Each slot (port) is driven by the pure state machine in
+Owns: this node's registration in ZooKeeper (through the ClusterState it is
+given), its code packages on disk, its workers (through the launcher it is
+given), the local channel to those workers, and its log endpoint. Each slot
+(port) is driven by the pure state machine in
 :mod:`streamgale.supervisor.slot`; this module only observes (assignments,
-processes, heartbeat files, code on disk) and carries out the actions.
+topologies, worker processes, heartbeats on the channel, code on disk) and
+carries out the actions.
 
-Watch callbacks (kazoo's thread) only store the latest assignments; the main
-thread runs every slot's step function ten times a second.
+Threads: the main thread (:meth:`run`) owns the channel socket and steps the
+slots ten times a second; ZooKeeper watch callbacks only store the latest
+assignments and topologies; a report thread sends the workers' heartbeats,
+metrics and errors to the nimbus leader every second; a log thread serves
+``read_log``; download threads fetch code packages.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import msgpack
 import psutil
-import zmq
 import yaml
+import zmq
 
-from streamgale.wire import protocol
-from streamgale.cluster.state import ClusterState
-from streamgale.config import Config
 from streamgale.cluster.package import MARKER as CODE_MARKER
 from streamgale.cluster.package import PackageError, unpack
-from streamgale.cluster.records import Assignment, ErrorRecord, SupervisorInfo, slot_id
+from streamgale.cluster.records import Assignment, ErrorRecord, SupervisorInfo, TopologyRecord, slot_id
+from streamgale.cluster.state import ClusterState
+from streamgale.config import Config
+from streamgale.wire import channel, protocol
 from streamgale.wire.rpc import NimbusClient, NimbusError, RpcServer
-from streamgale.worker.metrics import read_metrics
+from streamgale.worker.daemon import WorkerArgs
 
 from . import slot as slots
+from .channel import SupervisorChannel
+from .launcher import Launcher
 from .slot import Desired, Heartbeat, Observed, SlotState, SlotTiming
 
 log = logging.getLogger("streamgale.supervisor")
 
 STEP_INTERVAL = 0.1
-METRICS_PUSH_INTERVAL = 2.0  # seconds between metrics reports to nimbus
+REPORT_INTERVAL = 1.0  # seconds between reports (heartbeats, metrics, errors) to nimbus
+REPORT_TIMEOUT = 2.0  # a report not answered by then is retried with the next one
+DOWNLOAD_TIMEOUT = 30.0  # code packages of up to 64 MiB
+MAX_QUEUED_ERRORS = 200
+PROCESS_FILE = "process"  # the supervisor's own record of the worker it launched on a slot
 
 
 def supervisor_id(local_dir: Path) -> str:
@@ -56,25 +67,94 @@ def supervisor_id(local_dir: Path) -> str:
     return sid
 
 
+def control_for(record: TopologyRecord | None, assignment: Assignment | None) -> channel.WorkerControl:
+    """What the workers of a topology must know; its version is a digest of its content."""
+    if record is None or assignment is None:
+        return channel.WorkerControl(1, "KILLED", {}, None)
+    body = {"status": record.status, "log_levels": dict(record.log_levels),
+            "assignment": {**assignment.to_dict(), "version": assignment.version}}
+    version = int.from_bytes(hashlib.sha256(msgpack.packb(body, use_bin_type=True)).digest()[:7], "big") | 2
+    return channel.WorkerControl(version, body["status"], body["log_levels"], body["assignment"])
+
+
+class Outbox:
+    """What the report thread sends next; filled by the main thread (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.beats: dict[int, dict[str, Any]] = {}
+        self.metrics: dict[int, dict[str, Any]] = {}
+        self.errors: deque[dict[str, Any]] = deque(maxlen=MAX_QUEUED_ERRORS)
+
+    def beat(self, port: int, beat: dict[str, Any]) -> None:
+        with self._lock:
+            self.beats[port] = beat
+
+    def forget(self, port: int) -> None:
+        with self._lock:
+            self.beats.pop(port, None)
+
+    def metric(self, port: int, report: dict[str, Any]) -> None:
+        with self._lock:
+            self.metrics[port] = report
+
+    def error(self, topology_id: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            self.errors.append({"topology_id": topology_id, "record": record})
+
+    def take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        with self._lock:
+            beats, metrics, errors = list(self.beats.values()), list(self.metrics.values()), list(self.errors)
+            self.metrics.clear()
+            self.errors.clear()
+        return beats, metrics, errors
+
+    def put_back(self, errors: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self.errors.extendleft(reversed(errors))
+
+
 class Supervisor:
-    def __init__(self, config: Config, host: str, nimbus: list[str], shutdown_workers: bool = False):
+    """A node's daemon: ``start()``, ``run()`` (blocks until :meth:`stop`), ``close()``.
+
+    Collaborators are passed in: ``state`` (not yet started; the supervisor
+    starts and closes it), ``nimbus(timeout)`` makes a client for one thread,
+    ``launcher`` starts and stops workers, ``context`` is the ZeroMQ context.
+    """
+
+    def __init__(self, config: Config, host: str, state: ClusterState, nimbus: Callable[[float], NimbusClient],
+                 launcher: Launcher, context: zmq.Context, *, shutdown_workers: bool = False,
+                 channel_url: str = "tcp://127.0.0.1:0", worker_scheme: str = "tcp", log_host: str = "0.0.0.0",
+                 clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.host = host
-        self.nimbus_addresses = nimbus
+        self.state = state
+        self.nimbus = nimbus
+        self.launcher = launcher
+        self.context = context
         self.shutdown_workers = shutdown_workers
+        self.channel_url = channel_url
+        self.worker_scheme = worker_scheme
+        self.log_host = log_host
+        self.clock = clock
         self.local_dir = config.local_dir
         self.id = supervisor_id(self.local_dir)
         first = config["network.port"]
         self.ports = tuple(range(first, first + config["workers"]))
         self.timing = SlotTiming(start_timeout=config["supervisor.worker_start_timeout"],
                                  worker_timeout=config["supervisor.worker_timeout"])
-        self.state = ClusterState(config["zookeeper.servers"], config["zookeeper.root"],
-                                  config["zookeeper.session_timeout"])
+        self.worker_config = self.local_dir / "worker-config.yaml"
         self.slots: dict[int, SlotState] = {}
-        self.children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> process we launched
+        self.beats: dict[int, tuple[channel.WorkerBeat, float]] = {}  # port -> latest beat, when received
+        self.sent_control: dict[int, int] = {}  # port -> control version last sent
+        self.outbox = Outbox()
+        self.channel: SupervisorChannel | None = None
+        self.log_server: RpcServer | None = None
         self._assignments: dict[str, Assignment] = {}
+        self._topologies: dict[str, TopologyRecord] = {}
         self._lock = threading.Lock()
         self._downloads: dict[str, threading.Thread] = {}
+        self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
     # -- paths --------------------------------------------------------------------------------
@@ -86,6 +166,9 @@ class Supervisor:
         return self.local_dir / "workers" / str(port)
 
     def code_ready(self, desired: Desired) -> bool:
+        with self._lock:
+            if desired.topology_id not in self._topologies:
+                return False  # its record (entry, config) has not arrived yet
         marker = self.code_dir(desired.topology_id) / CODE_MARKER
         try:
             return marker.read_text().strip() == desired.code_digest
@@ -97,25 +180,29 @@ class Supervisor:
     def start(self) -> None:
         for d in ("code", "workers"):
             (self.local_dir / d).mkdir(parents=True, exist_ok=True)
-        self.worker_config = self.local_dir / "worker-config.yaml"
         self.worker_config.write_text(yaml.safe_dump(self.config.to_dict()))
+        self.channel = SupervisorChannel(self.context, self.channel_url, self.local_dir)
         self.state.start(timeout=30)
-        now = time.monotonic()
+        now = self.clock()
         for port in self.ports:
             self.slots[port] = self._adopt(port, now)
+        self.state.watch_topologies(self._on_topologies)
         self.state.watch_assignments(self._on_assignments)
         mem = psutil.virtual_memory().total // (1 << 20)
-        self.log_server = RpcServer(zmq.Context.instance(), "0.0.0.0", 0)  # owned by the log thread from here on
+        self.log_server = RpcServer(self.context, self.log_host, 0)  # owned by the log thread from here on
         info = SupervisorInfo(self.id, self.host, self.ports, psutil.cpu_count() or 1, mem, time.time(),
                               self.log_server.port)
         self.state.register_supervisor(info)
-        threading.Thread(target=self._push_metrics, name="metrics-push", daemon=True).start()
-        threading.Thread(target=self._serve_logs, name="log-server", daemon=True).start()
+        for target, name in ((self._report_loop, "report"), (self._serve_logs, "log-server")):
+            t = threading.Thread(target=target, name=f"{name}-{self.id}", daemon=True)
+            t.start()
+            self._threads.append(t)
         log.info("supervisor %s on %s with slots %s", self.id, self.host, list(self.ports))
 
     def _serve_logs(self) -> None:
         """Answer ``read_log`` requests (``streamgale logs``) for this node's worker logs."""
         server = self.log_server
+        assert server is not None
         try:
             while not self._stop.is_set():
                 for identity, request in server.poll(0.2):
@@ -144,40 +231,80 @@ class Supervisor:
             data = f.read(count)
         return {"data": data, "offset": start + len(data), "size": size}
 
-    def _push_metrics(self) -> None:
-        """Forward the workers' metrics snapshots to nimbus every few seconds (its own
-        thread: a slow or absent nimbus never delays supervising)."""
-        client = NimbusClient(self.nimbus_addresses, timeout=5)
+    def _report_loop(self) -> None:
+        """Send heartbeats, metrics and errors to nimbus every second (its own thread and
+        socket: a slow or absent nimbus never delays supervising)."""
+        client = self.nimbus(REPORT_TIMEOUT)
         try:
-            while not self._stop.wait(METRICS_PUSH_INTERVAL):
-                now = time.time()
-                reports = []
-                for port in self.ports:
-                    report = read_metrics(self.worker_dir(port))
-                    if report is not None and now - float(report.get("time", 0)) < 3 * METRICS_PUSH_INTERVAL:
-                        reports.append(report)
-                if not reports:
+            while not self._stop.wait(REPORT_INTERVAL):
+                beats, metrics, errors = self.outbox.take()
+                if not (beats or metrics or errors):
                     continue
                 try:
-                    client.push_metrics(self.id, reports)
+                    client.report(self.id, beats, metrics, errors)
                 except NimbusError as e:
-                    log.debug("metrics not delivered: %s", e)
+                    self.outbox.put_back(errors)  # kept (bounded) until a leader takes them
+                    log.debug("report not delivered: %s", e)
         finally:
             client.close()
 
     def _adopt(self, port: int, now: float) -> SlotState:
-        hb = self._heartbeat(port)
-        if hb is None:
+        """A worker this node launched before a restart is adopted if it still runs; it beats
+        on the channel within a second, so it starts with a fresh heartbeat."""
+        try:
+            rec = msgpack.unpackb((self.worker_dir(port) / PROCESS_FILE).read_bytes(), raw=False)
+            hb = Heartbeat(now, int(rec["pid"]), str(rec["topology_id"]),
+                           tuple((str(c), tuple(int(t) for t in ts)) for c, ts in rec["executors"]))
+        except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException):
             return SlotState.empty()
-        alive = self._alive(hb.pid)
-        state = slots.adopt(hb, alive, now)
-        if state.phase == "RUNNING":
+        state = slots.adopt(hb, self.launcher.alive(hb.pid), now, self.timing)
+        if state.phase == slots.RUNNING:
             log.info("adopted running worker pid %d on port %d (%s)", hb.pid, port, hb.topology_id)
         return state
 
     def _on_assignments(self, assignments: dict[str, Assignment]) -> None:
         with self._lock:
             self._assignments = dict(assignments)
+
+    def _on_topologies(self, topologies: dict[str, TopologyRecord]) -> None:
+        with self._lock:
+            self._topologies = dict(topologies)
+
+    # -- the channel --------------------------------------------------------------------------
+
+    def _on_message(self, port: int, message: channel.Message, now: float) -> None:
+        if port not in self.ports:
+            log.warning("ignored a channel message naming port %d, not a slot of this node", port)
+            return
+        if isinstance(message, channel.WorkerBeat):
+            self.beats[port] = (message, now)
+            self.outbox.beat(port, {"topology_id": message.topology_id, "port": port, "pid": message.pid,
+                                    "seq": message.seq, "uptime_s": message.uptime_s,
+                                    "transport": dict(message.transport)})
+            control = self._control(message.topology_id)
+            if message.control_version != control.version:
+                self.channel.send(port, control)  # type: ignore[union-attr]
+                self.sent_control[port] = control.version
+        elif isinstance(message, channel.WorkerMetrics):
+            self.outbox.metric(port, message.report)
+        elif isinstance(message, channel.WorkerErrorReport):
+            beat = self.beats.get(port)
+            running = self.slots.get(port, SlotState.empty()).running
+            tid = beat[0].topology_id if beat else (running.topology_id if running else "")
+            if tid:
+                self.outbox.error(tid, message.record)
+
+    def _control(self, topology_id: str) -> channel.WorkerControl:
+        with self._lock:
+            return control_for(self._topologies.get(topology_id), self._assignments.get(topology_id))
+
+    def _push_controls(self) -> None:
+        """Tell running workers at once when their topology's status, log levels or assignment changed."""
+        for port, (beat, _) in self.beats.items():
+            control = self._control(beat.topology_id)
+            if self.sent_control.get(port, beat.control_version) != control.version:
+                self.channel.send(port, control)  # type: ignore[union-attr]
+                self.sent_control[port] = control.version
 
     # -- observing ----------------------------------------------------------------------------
 
@@ -192,90 +319,76 @@ class Supervisor:
                     out[port] = Desired(a.topology_id, a.code_digest, s.executors)
         return out
 
-    def _heartbeat(self, port: int) -> Heartbeat | None:
-        from streamgale.worker.daemon import read_heartbeat
-
-        data = read_heartbeat(self.worker_dir(port))
-        if data is None:
+    def _heartbeat(self, port: int, pid: int | None) -> Heartbeat | None:
+        got = self.beats.get(port)
+        if got is None or pid is None or got[0].pid != pid:
             return None
-        try:
-            executors = tuple((str(c), tuple(int(t) for t in ts)) for c, ts in data["executors"])
-            return Heartbeat(float(data["time"]), int(data["pid"]), str(data["topology_id"]), executors)
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    def _alive(self, pid: int | None) -> bool:
-        if pid is None:
-            return False
-        child = self.children.get(pid)
-        if child is not None:
-            if child.poll() is None:
-                return True
-            del self.children[pid]
-            return False
-        try:
-            p = psutil.Process(pid)
-            return p.status() != psutil.STATUS_ZOMBIE and any("streamgale.worker" in a for a in p.cmdline())
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return False
+        beat, received = got
+        return Heartbeat(received, beat.pid, beat.topology_id, beat.executors)
 
     # -- acting -------------------------------------------------------------------------------
 
     def step(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         desired = self._desired()
         for port in self.ports:
             state = self.slots[port]
             want = desired.get(port)
-            obs = Observed(want, want is not None and self.code_ready(want), self._alive(state.pid),
-                           self._heartbeat(port), now)
+            obs = Observed(want, want is not None and self.code_ready(want),
+                           state.pid is not None and self.launcher.alive(state.pid),
+                           self._heartbeat(port, state.pid), now)
             state, actions = slots.step(state, obs, self.timing)
             for action in actions:
                 state = self._act(port, state, action, now)
             self.slots[port] = state
+            if state.pid is None:
+                self.beats.pop(port, None)
+                self.sent_control.pop(port, None)
+                self.outbox.forget(port)
+        self._push_controls()
         self._clean_code(desired)
 
-    def _act(self, port: int, state: SlotState, action: Any, now: float) -> SlotState:
-        if isinstance(action, slots.DownloadCode):
-            self._download(action.topology_id, action.code_digest)
-        elif isinstance(action, slots.Launch):
-            pid = self._launch(port, action.desired)
-            state = slots.launched(state, pid, now)
-        elif isinstance(action, slots.Kill):
-            log.info("stopping worker pid %d on port %d: %s", action.pid, port, action.reason)
-            try:
-                os.kill(action.pid, signal.SIGKILL if action.force else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        elif isinstance(action, slots.ReportCrash):
-            try:
-                if self.state.topology(action.topology_id) is None:  # killed: it stopped by itself
-                    log.info("worker on port %d for removed topology %s exited", port, action.topology_id)
+    def _act(self, port: int, state: SlotState, action: slots.Action, now: float) -> SlotState:
+        match action:
+            case slots.DownloadCode(topology_id=tid, code_digest=digest):
+                self._download(tid, digest)
+            case slots.Launch(desired=desired):
+                pid = self._launch(port, desired)
+                if pid is not None:
+                    state = slots.launched(state, pid, now)
+            case slots.Kill(pid=pid, force=force, reason=reason):
+                log.info("stopping worker pid %d on port %d: %s", pid, port, reason)
+                self.launcher.kill(pid, force)
+            case slots.ReportCrash(topology_id=tid, reason=reason):
+                with self._lock:
+                    gone = tid not in self._topologies
+                if gone:  # killed: it stopped by itself
+                    log.info("worker on port %d for removed topology %s exited", port, tid)
                     return state
-                log.warning("worker on port %d for %s died: %s", port, action.topology_id, action.reason)
-                self.state.report_error(action.topology_id, ErrorRecord(
-                    "__worker", -1, self.host, port, time.time(), f"worker died: {action.reason}"))
-            except Exception as e:  # noqa: BLE001
-                log.warning("could not record the crash: %s", e)
+                log.warning("worker on port %d for %s died: %s", port, tid, reason)
+                self.outbox.error(tid, ErrorRecord("__worker", -1, self.host, port, time.time(),
+                                                   f"worker died: {reason}").to_dict())
         return state
 
-    def _launch(self, port: int, desired: Desired) -> int:
+    def _launch(self, port: int, desired: Desired) -> int | None:
+        with self._lock:
+            record = self._topologies.get(desired.topology_id)
+            assignment = self._assignments.get(desired.topology_id)
+        if record is None or assignment is None:
+            return None  # gone meanwhile: the next step sees it
         wdir = self.worker_dir(port)
         wdir.mkdir(parents=True, exist_ok=True)
-        (wdir / "heartbeat").unlink(missing_ok=True)
-        logfile = open(wdir / "worker.log", "ab")
-        cmd = [sys.executable, "-m", "streamgale.worker", "--topology-id", desired.topology_id,
-               "--port", str(port), "--supervisor-id", self.id, "--host", self.host,
-               "--code-dir", str(self.code_dir(desired.topology_id)), "--worker-dir", str(wdir),
-               "--config", str(self.worker_config)]
-        env = dict(os.environ)
-        # Own session: a worker outlives a supervisor restart and is adopted.
-        proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=self.code_dir(desired.topology_id), env=env)
-        logfile.close()
-        self.children[proc.pid] = proc
-        log.info("launched worker pid %d on port %d for %s", proc.pid, port, desired.topology_id)
-        return proc.pid
+        channel.write_launch(wdir, record, assignment)
+        assert self.channel is not None
+        args = WorkerArgs(desired.topology_id, port, self.id, self.host, self.code_dir(desired.topology_id), wdir,
+                          self.worker_config, self.channel.url, self.worker_scheme)
+        pid = self.launcher.launch(args, wdir / "worker.log")
+        (wdir / PROCESS_FILE).write_bytes(msgpack.packb(
+            {"pid": pid, "topology_id": desired.topology_id, "executors": [[c, list(t)] for c, t in desired.executors]}))
+        self.beats.pop(port, None)
+        self.sent_control.pop(port, None)
+        log.info("launched worker pid %d on port %d for %s", pid, port, desired.topology_id)
+        return pid
 
     def _download(self, topology_id: str, digest: str) -> None:
         running = self._downloads.get(topology_id)
@@ -289,10 +402,9 @@ class Supervisor:
     def _fetch(self, topology_id: str, digest: str) -> None:
         """Runs on a download thread with its own client socket."""
         try:
-            with NimbusClient(self.nimbus_addresses, timeout=30) as client:
+            with self.nimbus(DOWNLOAD_TIMEOUT) as client:
                 data, _ = client.download_code(topology_id)
-            dest = self.code_dir(topology_id)
-            unpack(data, dest, digest)  # writes the digest marker before it appears
+            unpack(data, self.code_dir(topology_id), digest)  # writes the digest marker before it appears
             log.info("downloaded code for %s (%d bytes)", topology_id, len(data))
         except (NimbusError, PackageError, OSError) as e:
             log.error("could not fetch code for %s: %s", topology_id, e)
@@ -300,41 +412,53 @@ class Supervisor:
     def _clean_code(self, desired: dict[int, Desired]) -> None:
         wanted = {d.topology_id for d in desired.values()} | {
             s.running.topology_id for s in self.slots.values() if s.running is not None}
-        code_root = self.local_dir / "code"
-        for path in code_root.iterdir():
+        active = {t for t, th in self._downloads.items() if th.is_alive()}
+        for path in (self.local_dir / "code").iterdir():
             if path.name.startswith("."):
                 continue  # a package being unpacked or replaced; package.unpack owns it
-            if path.name not in wanted and path.is_dir() and path.name not in self._downloads_active():
+            if path.name not in wanted and path.is_dir() and path.name not in active:
                 shutil.rmtree(path, ignore_errors=True)
-
-    def _downloads_active(self) -> set[str]:
-        return {t for t, th in self._downloads.items() if th.is_alive()}
 
     # -- run / stop ---------------------------------------------------------------------------
 
     def stop(self) -> None:
+        """Ask :meth:`run` to return (any thread, or a signal handler)."""
         self._stop.set()
 
     def run(self) -> None:
-        while not self._stop.wait(STEP_INTERVAL):
-            try:
-                self.step()
-            except Exception:  # noqa: BLE001 - keep supervising
-                log.exception("supervisor step failed")
+        assert self.channel is not None
+        next_step = self.clock()
+        while not self._stop.is_set():
+            for port, message in self.channel.poll(max(0.0, min(STEP_INTERVAL, next_step - self.clock()))):
+                self._on_message(port, message, self.clock())
+            if self.clock() >= next_step:
+                next_step = self.clock() + STEP_INTERVAL
+                try:
+                    self.step()
+                except Exception:  # noqa: BLE001 - keep supervising
+                    log.exception("supervisor step failed")
 
     def close(self) -> None:
+        self._stop.set()
         if self.shutdown_workers:
-            for state in self.slots.values():
-                if state.pid is not None and self._alive(state.pid):
-                    os.kill(state.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            for state in self.slots.values():
-                while state.pid is not None and self._alive(state.pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if state.pid is not None and self._alive(state.pid):
-                    os.kill(state.pid, signal.SIGKILL)
+            self._stop_workers()
+        for t in self._threads:
+            t.join(timeout=2)
+        if self.channel is not None:
+            self.channel.close()
         try:
             self.state.unregister_supervisor(self.id)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - ZooKeeper gone: the ephemeral goes with the session
             pass
         self.state.close()
+
+    def _stop_workers(self) -> None:
+        pids = [s.pid for s in self.slots.values() if s.pid is not None and self.launcher.alive(s.pid)]
+        for pid in pids:
+            self.launcher.kill(pid, False)
+        deadline = self.clock() + 5
+        for pid in pids:
+            while self.launcher.alive(pid) and self.clock() < deadline:
+                time.sleep(0.05)
+            if self.launcher.alive(pid):
+                self.launcher.kill(pid, True)

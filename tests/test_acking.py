@@ -1,20 +1,78 @@
-"""Guaranteed message processing in local mode, and the pure acking logic."""
+"""Guaranteed message processing in local mode, and the pure acking logic.
+
+The local runs here read a :class:`ManualClock`: time moves only when a test
+moves it, so timeouts and ticks are exact and no test depends on how fast the
+machine is.
+"""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-
-import pytest
+from typing import Callable
 
 from streamgale import Bolt, LocalCluster, ReliableSpout, Spout, Topology
 from streamgale.runtime.acking import AckBuffer, AckerTable, PendingRoots, new_id
 from streamgale.config import Config
 from streamgale.runtime.acker import AckerExecutor
+from streamgale.runtime.executor import SpoutExecutor, TaskRunner
+from streamgale.runtime.loop import ExecutorLoop
 
 
 def config(**kw) -> Config:
     return Config().merged({k.replace("__", "."): v for k, v in kw.items()}, "test")
+
+
+class ManualClock:
+    """Monotonic seconds that move only when :meth:`advance` is called."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def on_clock(cluster: LocalCluster, clock: ManualClock) -> LocalCluster:
+    """Make every part of ``cluster`` that reads time read ``clock``.
+
+    LocalCluster builds its executors without a clock, so the spout and acker
+    executors are rebuilt around the same tasks with their ``clock=``
+    parameter, the collectors (which stamp spout tuples) are pointed at it, and
+    the loop (tick timers) is rebuilt with it.
+    """
+    timeout = cluster.config["topology.message_timeout"]
+    executors = []
+    for e in cluster.executors:
+        if isinstance(e, AckerExecutor):
+            e = AckerExecutor(tuple(e.tasks()), e.sinks, timeout, e.on_error, clock=clock)
+            for r in e.runners:
+                e.sinks[r.task] = r.queue.append
+        elif isinstance(e, SpoutExecutor):
+            e = SpoutExecutor(e.component, e.runners, e.on_error, e.message_timeout, e.max_pending, clock=clock)
+        for r in e.runners:
+            if isinstance(r, TaskRunner):
+                r.collector.clock = clock
+        executors.append(e)
+    cluster.executors = executors
+    cluster.loop = ExecutorLoop(executors, cluster.config["topology.queue_size"], clock=clock)
+    return cluster
+
+
+def settle(cluster: LocalCluster, until: Callable[[], bool] = lambda: False, max_turns: int = 100_000) -> None:
+    """Run loop turns at the clock's current time until ``until()`` holds or nothing is left to do."""
+    loop = cluster.loop
+    if not loop.started:
+        loop.start()
+    for _ in range(max_turns):
+        if until():
+            return
+        if loop.step() == 0 and loop.idle():
+            return
+    raise AssertionError(f"the topology was still busy after {max_turns} loop turns")
 
 
 class Numbers(ReliableSpout):
@@ -58,10 +116,24 @@ def all_acked(spout: type, total: int):
     return lambda: sum(len(s.acked_ids) for s in spout.log.values()) == total
 
 
-def run(topology, until, timeout=30, **conf) -> LocalCluster:
-    cluster = LocalCluster(topology, config(**conf))
-    result = cluster.run(duration=timeout, until=until)
-    assert until(), f"condition not reached in {timeout} s (errors: {result.errors})"
+def run(topology, until, clock=None, tick=None, max_ticks=1000, **conf) -> LocalCluster:
+    """Run ``topology`` on ``clock`` (a new ManualClock by default) until ``until()``.
+
+    Whenever the topology has nothing left to do at the current time, the clock
+    moves on by ``tick`` seconds (at most ``max_ticks`` times); without ``tick``
+    the clock stands still, so no timeout can fire.
+    """
+    clock = ManualClock() if clock is None else clock
+    cluster = on_clock(LocalCluster(topology, config(**conf)), clock)
+    try:
+        for _ in range(max_ticks + 1):
+            settle(cluster, until)
+            if until() or tick is None:
+                break
+            clock.advance(tick)
+        assert until(), f"condition not reached by t={clock.now} s (errors: {cluster.errors})"
+    finally:
+        cluster.loop.stop()
     return cluster
 
 
@@ -117,8 +189,11 @@ class Holder(Bolt):
 
 
 class Once(Spout):
+    """Emits one tracked tuple; records (ack or fail, msg_id, ``clock()`` when it came)."""
+
     outputs = ["n"]
     log: dict = {}
+    clock: Callable[[], float] = ManualClock()  # set by each test
 
     def open(self, context):
         self.sent = False
@@ -128,33 +203,45 @@ class Once(Spout):
     def next_tuple(self):
         if not self.sent:
             self.sent = True
-            import time
-            self.at = time.monotonic()
             self.emit([1], msg_id="m")
 
     def ack(self, msg_id):
-        import time
-        self.events.append(("ack", msg_id, time.monotonic() - self.at))
+        self.events.append(("ack", msg_id, self.clock()))
 
     def fail(self, msg_id):
-        import time
-        self.events.append(("fail", msg_id, time.monotonic() - self.at))
+        self.events.append(("fail", msg_id, self.clock()))
 
 
 def once_events(spout):
     return lambda: any(s.events for s in spout.log.values())
 
 
-def test_a_tree_not_completed_in_time_fails_within_twice_the_timeout():
-    spout = fresh(Once)
+def test_a_tree_not_completed_in_time_fails_at_the_timeout_and_the_acker_forgets_it():
+    clock = ManualClock()
+    spout = fresh(Once, clock=clock)
     t = Topology("timeout")
     t.spout("once", spout)
     t.bolt("hold", Holder).shuffle("once")
-    run(t, once_events(spout), timeout=10, topology__message_timeout=0.5)
-    [s] = spout.log.values()
-    [(kind, msg_id, after)] = s.events
-    assert (kind, msg_id) == ("fail", "m")
-    assert 0.5 <= after < 1.0
+    cluster = on_clock(LocalCluster(t, config(topology__message_timeout=0.5)), clock)
+    [acker] = [e for e in cluster.executors if isinstance(e, AckerExecutor)]
+    try:
+        settle(cluster)
+        [s] = spout.log.values()
+        assert s.events == [] and acker.tracked() == 1
+        clock.advance(0.499)
+        settle(cluster)
+        assert s.events == []  # not a moment before the timeout
+        clock.advance(0.001)
+        settle(cluster)
+        assert s.events == [("fail", "m", 0.5)]
+        # The acker forgets the root between timeout and 1.5 x timeout (3 buckets).
+        assert acker.tracked() == 1
+        clock.advance(0.25)
+        settle(cluster)
+        assert acker.tracked() == 0
+        assert s.events == [("fail", "m", 0.5)]  # failed once, never acked
+    finally:
+        cluster.loop.stop()
 
 
 class Pass(Bolt):
@@ -179,10 +266,11 @@ def test_an_explicit_fail_deep_in_the_tree_reaches_the_spout():
     t.bolt("b", Pass).shuffle("a")
     t.bolt("c", Pass).shuffle("b")
     t.bolt("d", FailAll).shuffle("c")
-    run(t, once_events(spout), timeout=10)
+    clock = ManualClock()
+    spout.clock = clock
+    run(t, once_events(spout), clock=clock)
     [s] = spout.log.values()
-    assert [e[:2] for e in s.events] == [("fail", "m")]
-    assert s.events[0][2] < 0.5  # at once, not by timeout
+    assert s.events == [("fail", "m", 0.0)]  # at once: the clock never moved, so no timeout fired
 
 
 class Explode(Bolt):
@@ -204,7 +292,7 @@ def test_acker_memory_does_not_grow_with_the_tree():
     t.spout("once", spout)
     t.bolt("explode", Explode).shuffle("once")
     t.bolt("sink", Sink, parallelism=2).shuffle("explode")
-    cluster = LocalCluster(t, config())
+    cluster = on_clock(LocalCluster(t, config()), ManualClock())
     [acker] = [e for e in cluster.executors if isinstance(e, AckerExecutor)]
     tracked = []
     original = acker.step
@@ -214,7 +302,10 @@ def test_acker_memory_does_not_grow_with_the_tree():
         tracked.append(acker.tracked())
         return work
     acker.step = step
-    cluster.run(duration=20, until=once_events(spout))
+    try:
+        settle(cluster, once_events(spout))
+    finally:
+        cluster.loop.stop()
     [s] = spout.log.values()
     assert [e[:2] for e in s.events] == [("ack", "m")]
     assert max(tracked) == 1  # one entry for the whole 10,001-tuple tree
@@ -226,7 +317,7 @@ def test_with_acking_off_spout_tuples_are_acked_at_once():
     t = Topology("off")
     t.spout("once", spout)
     t.bolt("hold", Holder).shuffle("once")
-    cluster = run(t, once_events(spout), timeout=10, topology__acker_executors=0)
+    cluster = run(t, once_events(spout), topology__acker_executors=0)
     assert not [e for e in cluster.executors if isinstance(e, AckerExecutor)]
     [s] = spout.log.values()
     assert [e[:2] for e in s.events] == [("ack", "m")]
@@ -249,13 +340,16 @@ class SlowAck(Bolt):
 
 
 def test_max_spout_pending_bounds_the_tuples_in_flight():
-    spout = fresh(Numbers, total=500)
+    spout = fresh(Numbers, total=502)  # SlowAck acks in fours: the last two wait for a tick
     t = Topology("pending")
     t.spout("numbers", spout)
     t.bolt("slow", SlowAck, config={"topology.tick_interval": 0.05}).shuffle("numbers")
-    run(t, all_acked(spout, 500), topology__max_spout_pending=7)
+    clock = ManualClock()
+    run(t, all_acked(spout, 502), clock=clock, tick=0.05, topology__max_spout_pending=7)
     [s] = spout.log.values()
     assert s.max_in_flight == 7
+    assert clock.now == 0.05  # one tick released the last two
+    assert s.failed_ids == []
 
 
 class Join(Bolt):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster_fixtures import cluster  # noqa: F401  (fixture)
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -99,11 +99,16 @@ def test_deactivate_stops_the_spouts_and_activate_resumes(cluster, cluster_state
     cluster.wait(lambda: len(sink_lines(out)) > 200, timeout=60, message="output")
     assert cluster.cli("deactivate", "cluster-wc").returncode == 0
 
-    def stable():
-        before = len(sink_lines(out))
-        time.sleep(0.5)
-        return len(sink_lines(out)) == before
-    cluster.wait(stable, timeout=20, message="output to stop")
+    last = -1
+
+    def stopped():
+        """The output did not grow since the previous poll (half a second ago)."""
+        nonlocal last
+        cluster.check_alive()
+        now, before = len(sink_lines(out)), last
+        last = now
+        return now == before
+    wait_for(stopped, timeout=20, interval=0.5, message="output to stop")
     stopped_at = len(sink_lines(out))
     info = cluster.cli("list").stdout
     assert "INACTIVE" in info
@@ -171,35 +176,105 @@ def test_nimbus_restart_loses_no_topology(cluster, cluster_state, tmp_path):
     assert info.returncode == 0 and '"status": "ACTIVE"' in info.stdout
 
 
+# What a worker's frames may carry, by destination component: (its source component, a forged tuple
+# of that source's stream: the word "forged", and numbers where the sink writes numbers).
+INPUTS = {"count": ("split", ["forged"]), "sink": ("count", ["forged", 1, 0, 0]), "split": ("sentences", ["forged"])}
+
+
+def bad_entries(local: dict[str, tuple[int, ...]], remote_task: int, source_tasks: dict[str, tuple[int, ...]]):
+    """Version-2 tuple groups for a worker running ``local`` (component -> tasks), each with one
+    thing wrong; were any delivered, the word "forged" would reach the sinks."""
+    receivers = [c for c in INPUTS if c in local]
+    assert receivers, f"the worker runs none of {sorted(INPUTS)}: {local}"
+    dest_component = receivers[0]
+    source, v = INPUTS[dest_component]
+    dest, src = local[dest_component][0], source_tasks[source][0]
+    return {
+        "unknown dest task": [9999, src, "default", [v], None],
+        "dest task of the other worker": [remote_task, src, "default", [v], None],
+        "unknown source task": [dest, 9999, "default", [v], None],
+        "undeclared stream": [dest, src, "nope", [v], None],
+        "system stream its source does not send": [dest, src, "__ack_result", [[[], []]], None],
+        "one field too many": [dest, src, "default", [v + ["extra"]], None],
+        "one field too few": [dest, src, "default", [v[:-1]], None],
+        "values not a list": [dest, src, "default", ["forged"], None],
+        "values lists not a list": [dest, src, "default", "forged", None],
+        "anchors not parallel": [dest, src, "default", [v, v], [None]],
+        "anchors not a list": [dest, src, "default", [v], {1: 2}],
+        "anchor root a string": [dest, src, "default", [v], [{"root": 2}]],
+        "anchor edge a string": [dest, src, "default", [v], [{1: "edge"}]],
+        "anchor root a float": [dest, src, "default", [v], [{1.5: 2}]],
+        "anchor edge a bool": [dest, src, "default", [v], [{1: True}]],
+        "anchors a list": [dest, src, "default", [v], [[1, 2]]],
+        "entry of four fields": [dest, src, "default", [v]],
+        "entry not a list": "forged",
+    }
+
+
 def test_garbage_on_nimbus_and_worker_ports_is_survived(cluster, cluster_state, tmp_path):
+    import msgpack
     import zmq
 
     out = tmp_path / "out"
-    submit(cluster, out, "-c", "test.sentences=1000000", "-c", "test.rate=100")
+    sentences = 2000  # 10 s at 100 sentences/s per spout task: garbage arrives while it runs
+    submit(cluster, out, "-c", f"test.sentences={sentences}", "-c", "test.rate=100")
     assignment = wait_assigned(cluster, cluster_state, 2)
     cluster.wait(lambda: len(sink_lines(out)) > 50, timeout=60, message="output")
-    worker_port = next(iter(assignment.slots.values())).port
+    workers = {p.pid for p in cluster.worker_processes()}
+    assert len(workers) == 2
+    slots = list(assignment.slots.values())
+    tasks: dict[str, tuple[int, ...]] = {}
+    for slot in slots:
+        for component, ts in slot.executors:
+            tasks[component] = tuple(sorted(tasks.get(component, ()) + tuple(ts)))
 
-    for port in (cluster.nimbus_port, worker_port):
+    for port in (cluster.nimbus_port, *(s.port for s in slots)):
         with socket.create_connection(("127.0.0.1", port)) as s:  # not even ZMTP
             s.sendall(bytes(range(256)) * 64)
     ctx = zmq.Context.instance()
-    for port in (cluster.nimbus_port, worker_port):
-        kind = zmq.DEALER if port == cluster.nimbus_port else zmq.PUSH
-        sock = ctx.socket(kind)
+    header_garbage = (b"\xff\x00garbage", b"\x93\x01\xa1T\x91\x95\x63\x01\xa7default\x90\xc0",  # version 1
+                      b"\x92\x01\x02", b"x" * 100_000, msgpack.packb([2, "X", []]), msgpack.packb([2, "T", 5]))
+    for index, slot in enumerate(slots):
+        local: dict[str, tuple[int, ...]] = {}
+        for component, ts in slot.executors:
+            local[component] = local.get(component, ()) + tuple(ts)
+        other = next(t for o in slots if o is not slot for _, ts in o.executors for t in ts)
+        entries = list(bad_entries(local, other, tasks).values())
+        frames = [msgpack.packb([2, "T", [entry]], use_bin_type=True) for entry in entries]
+        frames.append(msgpack.packb([2, "T", entries], use_bin_type=True))  # all of them in one frame
+        # The transport logs one drop per few seconds: the first of each worker's garbage is what
+        # its log shows, so one worker gets the bad entries first and the other the bad headers.
+        sock = ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 5000)  # close() delivers what was sent
-        sock.connect(f"tcp://127.0.0.1:{port}")
-        for frame in (b"\xff\x00garbage", b"\x93\x01\xa1T\x91\x95\x63\x01\xa7default\x90\xc0",
-                      b"\x92\x01\x02", b"x" * 100_000):
+        sock.connect(f"tcp://127.0.0.1:{slot.port}")
+        for frame in (frames + list(header_garbage)) if index == 0 else (list(header_garbage) + frames):
             sock.send(frame)
         sock.close()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 5000)
+    sock.connect(f"tcp://127.0.0.1:{cluster.nimbus_port}")
+    for frame in header_garbage:
+        sock.send(frame)
+    sock.close()
 
+    def worker_log(port: int) -> str:
+        return "".join(f.read_text() for f in tmp_path.glob(f"supervisor-*/workers/{port}/worker.log"))
+    cluster.wait(lambda: "dropped a malformed tuple" in worker_log(slots[0].port), timeout=30,
+                 message="the first worker to drop the bad entries")
+    cluster.wait(lambda: "dropped a malformed frame" in worker_log(slots[1].port), timeout=30,
+                 message="the second worker to drop the bad frames")
     assert cluster.cli("list").returncode == 0
-    n = len(sink_lines(out))
-    cluster.wait(lambda: len(sink_lines(out)) > n + 100, timeout=30, message="processing to continue")
-    assert len(cluster.worker_processes()) == 2
-    assert "dropped a malformed" in "".join(
-        f.read_text() for f in tmp_path.glob("supervisor-*/workers/*/worker.log"))
+
+    # Every real tuple counted exactly once, nothing forged counted, by the same two workers.
+    expected = wc.expected_counts(sentences)
+
+    def exact() -> bool:
+        counts = final_counts(out)
+        assert "forged" not in counts, "a worker delivered a malformed entry"
+        return counts == expected
+    cluster.wait(exact, timeout=60, message="exact counts of every sentence")
+    assert len(sink_lines(out)) == sum(expected.values())  # each word counted once, none twice
+    assert {p.pid for p in cluster.worker_processes()} == workers  # neither worker died and was restarted
 
 
 def test_invalid_topology_is_rejected_before_upload(cluster, cluster_state, tmp_path):

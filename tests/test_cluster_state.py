@@ -1,22 +1,30 @@
-"""ClusterState and ZooKeeperServer against a real ZooKeeper (no mocks).
+"""ClusterState on a real ZooKeeper and on the in-memory one, by the same assertions (no mocks).
 
-Fixtures (zk_fixtures.py): one server per session, a fresh root per test.
-Every wait is a bounded poll.
+The ``backend`` fixture runs each behaviour test twice: on ZooKeeper
+(zk_fixtures.py: one server per session, a fresh root per test) and on a
+MemoryZooKeeper, which proves the fake faithful. On ZooKeeper every wait is
+a bounded poll; on the memory store it is ``settle()`` and then the check.
+ZooKeeperServer and ZkStorage's own behaviour are tested on ZooKeeper only.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from typing import Callable
 
 import pytest
 from conftest import wait_for
-from zk_fixtures import drop_connection, expire_session
+from memory_fixtures import memory_zookeeper  # noqa: F401 - a fixture
 
-from streamgale.cluster.state import (CHUNK_SIZE, ClusterState, ClusterStateError, NotLeader,
-                                      StaleAssignment, TopologyExists)
+from streamgale.cluster.election import contenders
 from streamgale.cluster.records import (ACTIVE, INACTIVE, Assignment, ErrorRecord, SlotAssignment, SupervisorInfo,
-                                TopologyRecord)
+                                        TopologyRecord)
+from streamgale.cluster.state import (CHUNK_SIZE, ClusterState, ClusterStateError, FencedOut, StaleAssignment,
+                                      TopologyExists, open_cluster_state)
+from streamgale.cluster.storage import Storage
+from streamgale.cluster.zk_storage import ZkStorage
+from streamgale.config import Config
 from streamgale.dev.ports import free_port
 from streamgale.dev.zookeeper_server import ZooKeeperServer, ZooKeeperServerError
 
@@ -37,7 +45,7 @@ def assignment(tid: str = "wc-1", port: int = 6700, version: int = -1) -> Assign
 
 
 class Recorder:
-    """Collects callback values across kazoo threads."""
+    """Collects callback values across storage threads."""
 
     def __init__(self):
         self.values = []
@@ -53,54 +61,85 @@ class Recorder:
             return self.values[-1] if self.values else None
 
 
+class Backend:
+    """Started ClusterStates on one store (``make``), a raw client of it (``raw``), its root,
+    and ``wait(predicate, message)``: until ``predicate()`` holds, or fail."""
+
+    def __init__(self, make: Callable[..., ClusterState], raw: Storage, root: str,
+                 wait: Callable[[Callable[[], object], str], None]):
+        self.make, self.raw, self.root, self.wait = make, raw, root, wait
+
+
+@pytest.fixture(params=["zookeeper", "memory"])
+def backend(request) -> Backend:
+    if request.param == "zookeeper":
+        return Backend(request.getfixturevalue("make_cluster_state"), request.getfixturevalue("zk_storage"),
+                       request.getfixturevalue("zk_root"),
+                       lambda predicate, message: wait_for(predicate, timeout=10, message=message))
+    server = request.getfixturevalue("memory_zookeeper")
+
+    def make(**kw) -> ClusterState:
+        state = ClusterState(server.client(), "/streamgale", **kw)
+        state.start()
+        return state
+
+    def settled(predicate: Callable[[], object], message: str) -> None:
+        server.settle()
+        assert predicate(), f"{message}: not so once every callback had run"
+
+    raw = server.client()
+    raw.start()
+    return Backend(make, raw, "/streamgale", settled)
+
+
 # -- supervisors and nimbuses ---------------------------------------------------------------------
 
 
-def test_supervisor_appears_for_another_client_and_vanishes_when_its_session_closes(make_cluster_state):
-    a, b = make_cluster_state(), make_cluster_state()
+def test_supervisor_appears_for_another_client_and_vanishes_when_its_session_closes(backend):
+    a, b = backend.make(), backend.make()
     seen = Recorder()
     b.watch_supervisors(seen)
     assert seen.last == {}
     a.register_supervisor(supervisor())
-    wait_for(lambda: "sup-1" in (seen.last or {}), timeout=5, message="supervisor to appear")
+    backend.wait(lambda: "sup-1" in (seen.last or {}), "supervisor to appear")
     assert seen.last["sup-1"] == supervisor()
     assert b.supervisors() == {"sup-1": supervisor()}
     a.close()
-    wait_for(lambda: seen.last == {}, timeout=5, message="supervisor to vanish")
+    backend.wait(lambda: seen.last == {}, "supervisor to vanish")
     assert b.supervisors() == {}
 
 
-def test_register_replaces_a_stale_node_and_unregister_removes_it(cluster_state, zk_client, zk_root):
-    zk_client.create(f"{zk_root}/supervisors/sup-1", b"left by a dead session", ephemeral=True)
-    cluster_state.register_supervisor(supervisor())
-    assert cluster_state.supervisors() == {"sup-1": supervisor()}
-    _, stat = zk_client.get(f"{zk_root}/supervisors/sup-1")
-    assert stat.ephemeralOwner == cluster_state._zk.client_id[0]
-    cluster_state.unregister_supervisor("sup-1")
-    assert cluster_state.supervisors() == {}
+def test_register_replaces_a_stale_node_and_unregister_removes_it(backend):
+    state = backend.make()
+    backend.raw.create(f"{backend.root}/supervisors/sup-1", b"left by a dead session", ephemeral=True)
+    state.register_supervisor(supervisor())
+    assert state.supervisors() == {"sup-1": supervisor()}
+    _, stat = backend.raw.get(f"{backend.root}/supervisors/sup-1")
+    assert stat.ephemeral_owner == state.storage.session_id
+    state.unregister_supervisor("sup-1")
+    assert state.supervisors() == {}
 
 
-def test_ephemerals_are_recreated_after_the_session_expires(make_cluster_state):
-    a, b = make_cluster_state(), make_cluster_state()
+def test_ephemerals_are_recreated_after_the_session_expires(backend):
+    a, b = backend.make(), backend.make()
     states = Recorder()
     a.add_state_listener(states)
     a.register_supervisor(supervisor())
     a.register_nimbus("10.0.0.9:6627")
-    old_session = a._zk.client_id[0]
-    expire_session(a)
-    wait_for(lambda: "LOST" in states.values and a.connected, timeout=10, message="a new session")
-    assert a._zk.client_id[0] != old_session
-    wait_for(lambda: b.supervisors() == {"sup-1": supervisor()}, timeout=5, message="re-registration")
-    wait_for(lambda: b.nimbuses() == ["10.0.0.9:6627"], timeout=5, message="nimbus re-registration")
+    old_session = a.storage.session_id
+    a.storage.expire_session()
+    backend.wait(lambda: "LOST" in states.values and a.connected, "a new session")
+    assert a.storage.session_id != old_session
+    backend.wait(lambda: b.supervisors() == {"sup-1": supervisor()}, "re-registration")
+    backend.wait(lambda: b.nimbuses() == ["10.0.0.9:6627"], "nimbus re-registration")
     assert states.values[-1] == "CONNECTED"
 
 
 # -- topologies -----------------------------------------------------------------------------------
 
 
-def test_topology_create_rejects_duplicates_update_is_compare_and_set_and_delete_removes_all(
-        make_cluster_state):
-    a, b = make_cluster_state(), make_cluster_state()
+def test_topology_create_rejects_duplicates_update_is_compare_and_set_and_delete_removes_all(backend):
+    a, b = backend.make(), backend.make()
     a.create_topology(topology())
     assert b.topology("wc-1") == topology()
     assert b.topologies() == {"wc-1": topology()}
@@ -124,7 +163,7 @@ def test_topology_create_rejects_duplicates_update_is_compare_and_set_and_delete
     assert a.update_topology("nope", lambda r: r) is None
 
     leadership = a.elect_leader("n1:6627", lambda: None, lambda: None)
-    wait_for(lambda: leadership.is_leader, timeout=5, message="election")
+    backend.wait(lambda: leadership.is_leader, "election")
     a.put_code("wc-1", b"code")
     a.set_assignment(assignment(), leadership)
     a.report_error("wc-1", ErrorRecord("split", 1, "h", 6700, 1.0, "ValueError: x"))
@@ -135,45 +174,44 @@ def test_topology_create_rejects_duplicates_update_is_compare_and_set_and_delete
     a.create_topology(topology("wc-3"))  # the name is free again
 
 
-def test_watch_topology_and_topologies(make_cluster_state):
-    a, b = make_cluster_state(), make_cluster_state()
+def test_watch_topology_and_topologies(backend):
+    a, b = backend.make(), backend.make()
     one, every = Recorder(), Recorder()
     b.watch_topology("wc-1", one)
     b.watch_topologies(every)
     assert one.last is None and every.last == {}
     a.create_topology(topology())
-    wait_for(lambda: one.last == topology() and every.last == {"wc-1": topology()}, timeout=5,
-             message="topology watches")
+    backend.wait(lambda: one.last == topology() and every.last == {"wc-1": topology()}, "topology watches")
     a.update_topology("wc-1", lambda r: r.with_(status=INACTIVE))
-    wait_for(lambda: one.last is not None and one.last.status == INACTIVE, timeout=5, message="update")
+    backend.wait(lambda: one.last is not None and one.last.status == INACTIVE, "update")
     a.delete_topology("wc-1")
-    wait_for(lambda: one.values[-1] is None and every.last == {}, timeout=5, message="deletion")
+    backend.wait(lambda: one.values[-1] is None and every.last == {}, "deletion")
 
 
 # -- code packages ----------------------------------------------------------------------------------
 
 
-def test_code_round_trips_in_chunks_and_corruption_is_detected(cluster_state, zk_client, zk_root):
+def test_code_round_trips_in_chunks_and_corruption_is_detected(backend):
+    state, code = backend.make(), f"{backend.root}/code/wc-1"
     data = os.urandom(1536 * 1024)  # 1.5 MiB: three full chunks
-    digest = cluster_state.put_code("wc-1", data)
+    digest = state.put_code("wc-1", data)
     assert len(digest) == 64
-    assert sorted(zk_client.get_children(f"{zk_root}/code/wc-1")) == [
-        "chunk-00000", "chunk-00001", "chunk-00002", "meta"]
-    assert cluster_state.get_code("wc-1") == data
-    cluster_state.put_code("wc-1", b"smaller")  # replaces the old package whole
-    assert cluster_state.get_code("wc-1") == b"smaller"
-    cluster_state.put_code("wc-1", data)
+    assert sorted(backend.raw.children(code)) == ["chunk-00000", "chunk-00001", "chunk-00002", "meta"]
+    assert state.get_code("wc-1") == data
+    state.put_code("wc-1", b"smaller")  # replaces the old package whole
+    assert state.get_code("wc-1") == b"smaller"
+    state.put_code("wc-1", data)
     flipped = bytes([data[CHUNK_SIZE] ^ 0xFF]) + data[CHUNK_SIZE + 1:2 * CHUNK_SIZE]  # same size, one byte off
-    zk_client.set(f"{zk_root}/code/wc-1/chunk-00001", flipped)
+    backend.raw.set(f"{code}/chunk-00001", flipped)
     with pytest.raises(ClusterStateError, match="corrupt"):
-        cluster_state.get_code("wc-1")
-    cluster_state.delete_code("wc-1")
+        state.get_code("wc-1")
+    state.delete_code("wc-1")
     with pytest.raises(ClusterStateError, match="no code package"):
-        cluster_state.get_code("wc-1")
+        state.get_code("wc-1")
 
 
-def test_code_size_is_capped(make_cluster_state):
-    state = make_cluster_state(max_code_size=1000)
+def test_code_size_is_capped(backend):
+    state = backend.make(max_code_size=1000)
     with pytest.raises(ClusterStateError, match="1001 bytes; the limit is 1000"):
         state.put_code("wc-1", b"x" * 1001)
 
@@ -181,140 +219,142 @@ def test_code_size_is_capped(make_cluster_state):
 # -- leader election and fenced assignments --------------------------------------------------------
 
 
-def test_one_of_two_contenders_leads_and_the_other_takes_over_when_it_goes(make_cluster_state):
-    a, b = make_cluster_state(), make_cluster_state()
+def test_one_of_two_contenders_leads_and_the_other_takes_over_when_it_goes(backend):
+    a, b = backend.make(), backend.make()
     events = Recorder()
     la = a.elect_leader("n1:6627", lambda: events("n1 elected"), lambda: events("n1 deposed"))
     lb = b.elect_leader("n2:6627", lambda: events("n2 elected"), lambda: events("n2 deposed"))
-    wait_for(lambda: la.is_leader, timeout=5, message="first contender to lead")
+    backend.wait(lambda: la.is_leader, "first contender to lead")
     assert not lb.is_leader
     assert a.leader_address() == b.leader_address() == "n1:6627"
     a.close()
-    wait_for(lambda: lb.is_leader, timeout=5, message="second contender to take over")
+    backend.wait(lambda: lb.is_leader, "second contender to take over")
     assert b.leader_address() == "n2:6627"
-    wait_for(lambda: "n1 deposed" in events.values, timeout=5, message="n1's on_deposed")
+    backend.wait(lambda: "n1 deposed" in events.values, "n1's on_deposed")
     # each contender's own callbacks alternate; the two contenders' are not ordered
     assert [e for e in events.values if e.startswith("n1")] == ["n1 elected", "n1 deposed"]
     assert [e for e in events.values if e.startswith("n2")] == ["n2 elected"]
 
 
-def test_fenced_write_from_a_deposed_leader_raises_not_leader(make_cluster_state, zk_client):
-    a, b = make_cluster_state(), make_cluster_state()
+def test_fenced_write_from_a_deposed_leader_raises_fenced_out(backend):
+    a, b = backend.make(), backend.make()
     la = a.elect_leader("n1:6627", lambda: None, lambda: None)
-    wait_for(lambda: la.is_leader, timeout=5, message="election")
+    backend.wait(lambda: la.is_leader, "election")
     a.set_assignment(assignment(), la)
 
     # The server-side fence: the leader still believes it leads (its watch is held
     # back) but its election node is gone, as after an expired session.
     with la._lock:
-        zk_client.delete(la.node_path)
+        backend.raw.delete(la.node_path)
         assert la._leader
-        with pytest.raises(NotLeader):
+        with pytest.raises(FencedOut):
             a.set_assignment(assignment(port=6701), la)
-        with pytest.raises(NotLeader):
+        with pytest.raises(FencedOut):
             a.delete_assignment("wc-1", la)
-    wait_for(lambda: not la.is_leader, timeout=5, message="deposition noticed")
-    with pytest.raises(NotLeader):
+    backend.wait(lambda: not la.is_leader, "deposition noticed")
+    with pytest.raises(FencedOut):
         a.set_assignment(assignment(port=6701), la)
     assert b.assignment("wc-1") == assignment()
 
 
-def test_leader_stops_trusting_itself_while_suspended_and_reenters_after_loss(make_cluster_state):
-    a, b = make_cluster_state(), make_cluster_state()
+def test_leader_stops_trusting_itself_while_suspended_and_reenters_after_loss(backend):
+    a, b = backend.make(), backend.make()
     la = a.elect_leader("n1:6627", lambda: None, lambda: None)
-    wait_for(lambda: la.is_leader, timeout=5, message="election")
+    backend.wait(lambda: la.is_leader, "election")
     lb = b.elect_leader("n2:6627", lambda: None, lambda: None)
     trust_when_suspended = Recorder()
     a.add_state_listener(lambda s: trust_when_suspended(la.is_leader) if s == "SUSPENDED" else None)
 
     node = la.node_path
-    drop_connection(a)
-    wait_for(lambda: trust_when_suspended.values, timeout=5, message="SUSPENDED")
+    a.storage.drop_connection()
+    backend.wait(lambda: trust_when_suspended.values, "SUSPENDED")
     assert trust_when_suspended.values == [False]
-    wait_for(lambda: la.is_leader, timeout=10, message="leadership back after reconnecting")
+    backend.wait(lambda: la.is_leader, "leadership back after reconnecting")
     assert la.node_path == node  # same session, same node
 
-    expire_session(a)  # the node is gone: n2 leads, n1 re-enters behind it
-    wait_for(lambda: lb.is_leader, timeout=10, message="n2 to lead")
-    wait_for(lambda: la.node_path != node and a.connected, timeout=10, message="n1 to re-enter")
+    a.storage.expire_session()  # the node is gone: n2 leads, n1 re-enters behind it
+    backend.wait(lambda: lb.is_leader, "n2 to lead")
+    backend.wait(lambda: la.node_path != node and a.connected, "n1 to re-enter")
     assert not la.is_leader and b.leader_address() == "n2:6627"
-    assert len(b._contenders()) == 2
+    election = f"{backend.root}/election"
+    assert len(contenders(backend.raw.children(election))) == 2
     la.cancel()
-    wait_for(lambda: len(b._contenders()) == 1, timeout=5, message="n1 to leave")
+    backend.wait(lambda: len(contenders(backend.raw.children(election))) == 1, "n1 to leave")
 
 
-def test_conditional_assignment_write_with_a_stale_version_raises(cluster_state):
-    leadership = cluster_state.elect_leader("n1:6627", lambda: None, lambda: None)
-    wait_for(lambda: leadership.is_leader, timeout=5, message="election")
-    first = cluster_state.set_assignment(assignment(), leadership)
-    assert first.version == 0 == cluster_state.assignment("wc-1").version
-    second = cluster_state.set_assignment(assignment(port=6701, version=0), leadership)
+def test_conditional_assignment_write_with_a_stale_version_raises(backend):
+    state = backend.make()
+    leadership = state.elect_leader("n1:6627", lambda: None, lambda: None)
+    backend.wait(lambda: leadership.is_leader, "election")
+    first = state.set_assignment(assignment(), leadership)
+    assert first.version == 0 == state.assignment("wc-1").version
+    second = state.set_assignment(assignment(port=6701, version=0), leadership)
     assert second.version == 1
     with pytest.raises(StaleAssignment):
-        cluster_state.set_assignment(assignment(port=6702, version=0), leadership)
+        state.set_assignment(assignment(port=6702, version=0), leadership)
     with pytest.raises(StaleAssignment):
-        cluster_state.set_assignment(assignment("other", version=3), leadership)
-    assert cluster_state.assignment("wc-1") == assignment(port=6701)
-    assert cluster_state.assignments() == {"wc-1": assignment(port=6701)}
-    cluster_state.delete_assignment("wc-1", leadership)
-    cluster_state.delete_assignment("wc-1", leadership)  # idempotent
-    assert cluster_state.assignment("wc-1") is None
+        state.set_assignment(assignment("other", version=3), leadership)
+    assert state.assignment("wc-1") == assignment(port=6701)
+    assert state.assignments() == {"wc-1": assignment(port=6701)}
+    state.delete_assignment("wc-1", leadership)
+    state.delete_assignment("wc-1", leadership)  # idempotent
+    assert state.assignment("wc-1") is None
 
 
-def test_assignment_watches_see_every_change(make_cluster_state):
-    nimbus, supervisor_side = make_cluster_state(), make_cluster_state()
+def test_assignment_watches_see_every_change(backend):
+    nimbus, supervisor_side = backend.make(), backend.make()
     leadership = nimbus.elect_leader("n1:6627", lambda: None, lambda: None)
-    wait_for(lambda: leadership.is_leader, timeout=5, message="election")
+    backend.wait(lambda: leadership.is_leader, "election")
     every, one = Recorder(), Recorder()
     supervisor_side.watch_assignments(every)
     supervisor_side.watch_assignment("wc-1", one)
     assert every.last == {} and one.last is None
 
     nimbus.set_assignment(assignment(), leadership)
-    wait_for(lambda: every.last == {"wc-1": assignment()} and one.last == assignment(), timeout=5,
-             message="creation")
+    backend.wait(lambda: every.last == {"wc-1": assignment()} and one.last == assignment(), "creation")
     nimbus.set_assignment(assignment("wc-2"), leadership)
-    wait_for(lambda: set(every.last) == {"wc-1", "wc-2"}, timeout=5, message="second topology")
+    backend.wait(lambda: set(every.last) == {"wc-1", "wc-2"}, "second topology")
     nimbus.set_assignment(assignment(port=6701, version=0), leadership)
-    wait_for(lambda: every.last["wc-1"] == assignment(port=6701) and every.last["wc-1"].version == 1
-             and one.last == assignment(port=6701), timeout=5, message="update")
+    backend.wait(lambda: every.last["wc-1"] == assignment(port=6701) and every.last["wc-1"].version == 1
+                 and one.last == assignment(port=6701), "update")
     nimbus.delete_assignment("wc-1", leadership)
-    wait_for(lambda: set(every.last) == {"wc-2"} and one.values[-1] is None, timeout=5, message="deletion")
+    backend.wait(lambda: set(every.last) == {"wc-2"} and one.values[-1] is None, "deletion")
     nimbus.set_assignment(assignment(), leadership)  # back again: watched again
-    wait_for(lambda: set(every.last) == {"wc-1", "wc-2"} and one.last == assignment(), timeout=5,
-             message="re-creation")
+    backend.wait(lambda: set(every.last) == {"wc-1", "wc-2"} and one.last == assignment(), "re-creation")
 
 
 # -- errors and malformed data ----------------------------------------------------------------------
 
 
-def test_errors_are_trimmed_to_the_newest_ten_per_component(cluster_state):
-    cluster_state.create_topology(topology())
+def test_errors_are_trimmed_to_the_newest_ten_per_component(backend):
+    state = backend.make()
+    state.create_topology(topology())
     for i in range(13):
-        cluster_state.report_error("wc-1", ErrorRecord("split", 1, "h", 6700, float(i), f"ValueError: {i}"))
-    cluster_state.report_error("wc-1", ErrorRecord("odd/name", 2, "h", 6700, 1.0, "KeyError: k"))
-    errors = cluster_state.errors("wc-1")
+        state.report_error("wc-1", ErrorRecord("split", 1, "h", 6700, float(i), f"ValueError: {i}"))
+    state.report_error("wc-1", ErrorRecord("odd/name", 2, "h", 6700, 1.0, "KeyError: k"))
+    errors = state.errors("wc-1")
     assert [e.message for e in errors["split"]] == [f"ValueError: {i}" for i in range(3, 13)]
     assert [e.message for e in errors["odd/name"]] == ["KeyError: k"]
-    assert cluster_state.errors("other") == {}
+    assert state.errors("other") == {}
 
 
-def test_errors_about_a_deleted_topology_leave_nothing_behind(cluster_state, zk_client, zk_root):
-    cluster_state.create_topology(topology())
-    cluster_state.delete_topology("wc-1")
-    cluster_state.report_error("wc-1", ErrorRecord("__worker", -1, "h", 6700, 1.0, "worker died"))
-    assert cluster_state.errors("wc-1") == {}
-    assert zk_client.get_children(f"{zk_root}/errors") == []
+def test_errors_about_a_deleted_topology_leave_nothing_behind(backend):
+    state = backend.make()
+    state.create_topology(topology())
+    state.delete_topology("wc-1")
+    state.report_error("wc-1", ErrorRecord("__worker", -1, "h", 6700, 1.0, "worker died"))
+    assert state.errors("wc-1") == {}
+    assert backend.raw.children(f"{backend.root}/errors") == []
 
 
-def test_malformed_znodes_are_skipped_and_never_break_watchers(make_cluster_state, zk_client, zk_root):
-    a, b = make_cluster_state(), make_cluster_state()
+def test_malformed_znodes_are_skipped_and_never_break_watchers(backend):
+    a, b, root = backend.make(), backend.make(), backend.root
     leadership = a.elect_leader("n1:6627", lambda: None, lambda: None)
-    wait_for(lambda: leadership.is_leader, timeout=5, message="election")
-    zk_client.create(f"{zk_root}/supervisors/junk", b"\xc1 not msgpack", ephemeral=True)
-    zk_client.create(f"{zk_root}/topologies/junk", b"\x93\x01\x02\x03")
-    zk_client.create(f"{zk_root}/assignments/wc-1", b"junk")
-    zk_client.create(f"{zk_root}/errors/wc-1/split/e_", b"junk", sequence=True, makepath=True)
+    backend.wait(lambda: leadership.is_leader, "election")
+    backend.raw.create(f"{root}/supervisors/junk", b"\xc1 not msgpack", ephemeral=True)
+    backend.raw.create(f"{root}/topologies/junk", b"\x93\x01\x02\x03")
+    backend.raw.create(f"{root}/assignments/wc-1", b"junk")
+    backend.raw.create(f"{root}/errors/wc-1/split/e_", b"junk", sequence=True, makepath=True)
 
     sups, tops, asgs, one = Recorder(), Recorder(), Recorder(), Recorder()
     b.watch_supervisors(sups)
@@ -328,21 +368,45 @@ def test_malformed_znodes_are_skipped_and_never_break_watchers(make_cluster_stat
     a.register_supervisor(supervisor())
     a.create_topology(topology())
     a.set_assignment(assignment(), leadership)  # overwrites the junk
-    wait_for(lambda: sups.last == {"sup-1": supervisor()} and tops.last == {"wc-1": topology()}
-             and asgs.last == {"wc-1": assignment()} and one.last == assignment(), timeout=5,
-             message="valid records through every watch")
-    zk_client.set(f"{zk_root}/supervisors/sup-1", b"junk again")
-    wait_for(lambda: sups.last == {}, timeout=5, message="corrupted record dropped")
+    backend.wait(lambda: sups.last == {"sup-1": supervisor()} and tops.last == {"wc-1": topology()}
+                 and asgs.last == {"wc-1": assignment()} and one.last == assignment(),
+                 "valid records through every watch")
+    backend.raw.set(f"{root}/supervisors/sup-1", b"junk again")
+    backend.wait(lambda: sups.last == {}, "corrupted record dropped")
     with pytest.raises(ClusterStateError, match="malformed"):
         b.update_topology("junk", lambda r: r)
 
 
-# -- connection and server lifecycle ---------------------------------------------------------------
+def test_names_that_cannot_be_znodes_are_refused_by_name(backend):
+    state = backend.make()
+    with pytest.raises(ClusterStateError, match="topology id 'a/b' cannot be a znode name"):
+        state.topology("a/b")
+    with pytest.raises(ClusterStateError, match="supervisor id '' cannot be a znode name"):
+        state.register_supervisor(SupervisorInfo("", "h", (1,)))
+
+
+def test_storage_failures_reach_callers_as_cluster_state_errors(backend):
+    state = backend.make()
+    state.storage.close()
+    with pytest.raises(ClusterStateError, match="cluster state topologies failed: children of .*/topologies"):
+        state.topologies()
+
+
+# -- ZooKeeper only: the factory, connection and server lifecycle ---------------------------------
+
+
+def test_open_cluster_state_uses_the_configured_zookeeper_and_root(zookeeper, zk_root, make_cluster_state):
+    config = Config({"zookeeper.servers": (zookeeper.address,), "zookeeper.root": zk_root,
+                     "zookeeper.session_timeout": 3.0})
+    with open_cluster_state(config) as state:
+        assert isinstance(state.storage, ZkStorage) and state.storage.session_timeout == 3.0
+        state.create_topology(topology())
+    assert make_cluster_state().topology("wc-1") == topology()
 
 
 def test_start_fails_clearly_when_zookeeper_is_unreachable():
     port = free_port()
-    state = ClusterState([f"127.0.0.1:{port}"], "/x", session_timeout=2.0)
+    state = ClusterState(ZkStorage([f"127.0.0.1:{port}"], session_timeout=2.0), "/x")
     with pytest.raises(ClusterStateError, match=f"cannot reach ZooKeeper at 127.0.0.1:{port} within 0.5 s"):
         state.start(timeout=0.5)
     state.close()
@@ -351,13 +415,13 @@ def test_start_fails_clearly_when_zookeeper_is_unreachable():
 def test_server_restart_keeps_data_on_the_same_port(tmp_path):
     with ZooKeeperServer(data_dir=tmp_path / "zk") as server:
         port = server.port
-        with ClusterState([server.address], "/r", session_timeout=5.0) as state:
+        with ClusterState(ZkStorage([server.address], session_timeout=5.0), "/r") as state:
             state.create_topology(topology())
         server.stop()
         assert not server.running
         server.start()
         assert server.port == port
-        with ClusterState([server.address], "/r", session_timeout=5.0) as state:
+        with ClusterState(ZkStorage([server.address], session_timeout=5.0), "/r") as state:
             assert state.topology("wc-1") == topology()
     assert (tmp_path / "zk" / "zoo.cfg").exists()  # a given data dir is kept
 

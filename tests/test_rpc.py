@@ -6,7 +6,6 @@ import queue
 import random
 import socket
 import threading
-import time
 from typing import Any, Callable
 
 import msgpack
@@ -50,6 +49,8 @@ ALL_REQUESTS = [
     p.ClusterInfo(),
     p.DownloadCode("wc-1700000000"),
     p.Ping(),
+    p.ReadLog("wc-1700000000", 6700, 1024, 4096),
+    p.ReadLog("wc-1700000000", 6700),
 ]
 
 
@@ -83,6 +84,18 @@ def test_fields_are_normalised_and_code_is_kept_out_of_repr():
     ("submit", {"name": "wc", "spec": {}, "config": {}, "entry": "t.py", "code": "text", "code_digest": "d"},
      "code", "bytes"),
     ("download_code", {"topology_id": None}, "topology_id", "a string"),
+    ("read_log", {"topology_id": "wc-1", "port": -5}, "port", "an integer port 1-65535, got int -5"),
+    ("read_log", {"topology_id": "wc-1", "port": 0}, "port", "an integer port 1-65535, got int 0"),
+    ("read_log", {"topology_id": "wc-1", "port": 65536}, "port", "an integer port 1-65535, got int 65536"),
+    ("read_log", {"topology_id": "wc-1", "port": "6700"}, "port", "an integer port 1-65535, got str '6700'"),
+    ("read_log", {"topology_id": "wc-1", "port": True}, "port", "an integer port 1-65535, got bool True"),
+    ("read_log", {"topology_id": "wc-1", "port": 6700, "offset": -2}, "offset",
+     "an integer byte offset >= 0, or -1 (from the end), got int -2"),
+    ("read_log", {"topology_id": "wc-1", "port": 6700, "offset": 1.5}, "offset", "an integer byte offset"),
+    ("read_log", {"topology_id": "wc-1", "port": 6700, "max_bytes": 0}, "max_bytes",
+     "an integer number of bytes >= 1, got int 0"),
+    ("read_log", {"topology_id": "wc-1", "port": 6700, "max_bytes": -1}, "max_bytes",
+     "an integer number of bytes >= 1, got int -1"),
 ])
 def test_wrong_field_types_name_the_field(op, args, field, expected):
     frame = msgpack.packb({"v": 1, "id": 7, "op": op, "args": args}, use_bin_type=True)
@@ -129,6 +142,16 @@ def test_decode_request_enforces_the_size_limit():
 def test_constructing_a_bad_request_fails_before_anything_is_sent():
     with pytest.raises(p.ProtocolError, match="kill: field 'name' must be a string, got int 3"):
         p.Kill(3)
+
+
+def test_read_log_checks_its_port_apart_from_its_offsets():
+    with pytest.raises(p.ProtocolError) as info:
+        p.ReadLog("wc-1", -5)
+    assert str(info.value) == "read_log: field 'port' must be an integer port 1-65535, got int -5"
+    for port in (1, 65535):
+        assert p.ReadLog("wc-1", port).port == port
+    assert p.ReadLog("wc-1", 6700).offset == -1  # -1: the end of the log
+    assert p.ReadLog("wc-1", 6700, offset=0, max_bytes=1).max_bytes == 1
 
 
 def test_responses_round_trip():
@@ -368,11 +391,8 @@ def test_server_errors_map_to_exceptions_with_the_servers_message(nimbus_factory
 def test_times_out_when_nothing_listens_then_works_when_a_server_appears(nimbus_factory, client_factory):
     port = free_port()
     client = client_factory(f"127.0.0.1:{port}", timeout=0.5)
-    start = time.monotonic()
     with pytest.raises(NimbusUnavailable) as info:
         client.list_topologies()
-    elapsed = time.monotonic() - start
-    assert 0.45 <= elapsed < 0.5 + 2
     assert str(info.value) == (f"cannot reach nimbus at 127.0.0.1:{port} within 0.5 s; "
                                "is `streamgale nimbus` running there?")
     assert info.value.type == "Unavailable"
@@ -404,10 +424,8 @@ def test_a_silent_server_times_out_and_its_late_reply_does_not_leak_into_the_nex
 
     fake = nimbus_factory(handler=hang_first)
     client = client_factory(fake.address, timeout=0.3)
-    start = time.monotonic()
     with pytest.raises(NimbusUnavailable, match="accepted the connection but did not answer 'ping' within 0.3 s"):
         client.ping()
-    assert time.monotonic() - start < 0.3 + 2
     release.set()
     assert client.ping() == {"address": "127.0.0.1:6627", "leader": True}
 
@@ -477,13 +495,16 @@ def test_redirect_chains_are_not_followed(nimbus_factory, client_factory):
 
 
 def test_several_addresses_are_tried_in_turn(nimbus_factory, client_factory):
-    dead = f"127.0.0.1:{free_port()}"
+    dead_port = free_port()
     live = nimbus_factory()
-    client = client_factory([dead, live.address], timeout=1.0)
+    client = client_factory([f"127.0.0.1:{dead_port}", live.address], timeout=1.0)
     assert client.ping()["leader"] is True
-    start = time.monotonic()
-    client.ping()  # goes straight to the one that answered
-    assert time.monotonic() - start < 0.9
+    assert [type(r) for r in live.requests()] == [p.Ping]
+    # The first address comes to life; the next call still goes straight to the one that answered.
+    revived = nimbus_factory(port=dead_port)
+    assert client.ping()["leader"] is True
+    assert [type(r) for r in live.requests()] == [p.Ping]
+    assert revived.requests() == []
 
 
 def test_all_addresses_unreachable_lists_them(client_factory):
@@ -586,9 +607,8 @@ def test_server_reports_an_address_in_use(nimbus, context):
 
 def test_poll_returns_nothing_after_its_timeout(context):
     with RpcServer(context, "127.0.0.1", 0) as server:
-        start = time.monotonic()
+        assert server.poll(0) == []
         assert server.poll(0.05) == []
-        assert 0.04 <= time.monotonic() - start < 2
     assert server.closed
 
 
@@ -599,4 +619,6 @@ def test_bad_arguments_raise_bad_request_before_anything_is_sent(nimbus, client_
         client.rebalance("wc", parallelism={"count": 0})
     with pytest.raises(BadRequest, match="kill: field 'wait' must be a number of seconds >= 0"):
         client.kill("wc", wait=-5)
+    with pytest.raises(BadRequest, match="read_log: field 'port' must be an integer port 1-65535, got int -5"):
+        client.read_log("wc-1", -5)
     assert_still_serving(nimbus, client_factory)

@@ -125,8 +125,10 @@ def test_tasks_are_numbered_by_component_name_and_split_over_executors():
     t.bolt("b", Pass, parallelism=2, tasks=5).shuffle("src")
     assert t.task_ids() == {"b": (1, 2, 3, 4, 5), "src": (6,)}
     assert t.executors() == {"b": [(1, 2, 3), (4, 5)], "src": [(6,)]}
-    assert t.with_parallelism({"b": 5}).executors()["b"] == [(1,), (2,), (3,), (4,), (5,)]
-    assert t.executors()["b"] == [(1, 2, 3), (4, 5)]  # the original is unchanged
+    one_per_task = base()
+    one_per_task.bolt("b", Pass, parallelism=5, tasks=5).shuffle("src")
+    assert one_per_task.task_ids() == t.task_ids()  # the executor count moves no task
+    assert one_per_task.executors() == {"b": [(1,), (2,), (3,), (4,), (5,)], "src": [(6,)]}
 
 
 def test_spec_is_plain_data():

@@ -1,28 +1,25 @@
 """Real-ZooKeeper fixtures: one server per test session, one fresh root per test.
 
 Like kazoo's own harness, every test gets its own namespace (``zk_root``) on a
-shared server and every client is closed at teardown, pass or fail. The
-fault injectors (:func:`expire_session`, :func:`drop_connection`) reach into
-the ClusterState's kazoo client; test code is the only place outside
-``streamgale.cluster.state`` that touches kazoo.
+shared server and every client is closed at teardown, pass or fail. Clients
+are :class:`~streamgale.cluster.zk_storage.ZkStorage`, whose fault injectors
+(``expire_session()``, ``drop_connection()``) tests call through
+``state.storage``; nothing here touches kazoo itself.
 """
 
 from __future__ import annotations
 
 import shutil
-import time
 import uuid
 
 import pytest
-from kazoo.client import KazooClient
-from kazoo.exceptions import NotEmptyError
-from kazoo.protocol.connection import _CONNECTION_DROP
 
 from streamgale.cluster.state import ClusterState
+from streamgale.cluster.storage import StorageError
+from streamgale.cluster.zk_storage import ZkStorage
 from streamgale.dev.zookeeper_server import ZooKeeperServer, ZooKeeperServerError, find_classpath
 
-__all__ = ["zookeeper", "zk_root", "zk_client", "cluster_state", "make_cluster_state", "expire_session",
-           "drop_connection", "TEST_SESSION_TIMEOUT"]
+__all__ = ["zookeeper", "zk_root", "zk_storage", "cluster_state", "make_cluster_state", "TEST_SESSION_TIMEOUT"]
 
 TEST_SESSION_TIMEOUT = 2.0
 
@@ -45,15 +42,14 @@ def zookeeper(tmp_path_factory):
 
 
 @pytest.fixture
-def zk_client(zookeeper):
-    """A raw kazoo client, for injecting faults and malformed data."""
-    client = KazooClient(zookeeper.address, timeout=TEST_SESSION_TIMEOUT)
-    client.start(timeout=10)
+def zk_storage(zookeeper):
+    """A raw started ZkStorage on the server, for injecting malformed data and stale nodes."""
+    storage = ZkStorage([zookeeper.address], TEST_SESSION_TIMEOUT)
+    storage.start(timeout=10)
     try:
-        yield client
+        yield storage
     finally:
-        client.stop()
-        client.close()
+        storage.close()
 
 
 @pytest.fixture
@@ -61,33 +57,30 @@ def zk_root(zookeeper):
     """A unique root znode for one test; deleted with everything under it afterwards."""
     root = f"/t-{uuid.uuid4().hex}"
     yield root
-    client = KazooClient(zookeeper.address, timeout=TEST_SESSION_TIMEOUT)
+    storage = ZkStorage([zookeeper.address], TEST_SESSION_TIMEOUT)
     try:
-        client.start(timeout=10)
+        storage.start(timeout=10)
         for _ in range(5):  # a daemon still shutting down may add a node meanwhile
             try:
-                client.delete(root, recursive=True)
+                storage.delete(root, recursive=True)
                 break
-            except NotEmptyError:
+            except StorageError:
                 continue
-    except Exception:  # noqa: BLE001 - never created, or the server is gone: nothing to clean
+    except StorageError:  # the server is gone: nothing to clean
         pass
     finally:
-        client.stop()
-        client.close()
+        storage.close()
 
 
 @pytest.fixture
 def make_cluster_state(zookeeper, zk_root):
-    """Factory of started ClusterStates on this test's root; all closed at teardown."""
+    """Factory of started ClusterStates on this test's root, each on its own ZkStorage;
+    all closed at teardown. Keywords: servers, session_timeout, root, max_code_size, start."""
     made: list[ClusterState] = []
 
-    def make(**kw) -> ClusterState:
-        kw.setdefault("servers", [zookeeper.address])
-        kw.setdefault("root", zk_root)
-        kw.setdefault("session_timeout", TEST_SESSION_TIMEOUT)
-        start = kw.pop("start", True)
-        state = ClusterState(**kw)
+    def make(servers=None, session_timeout=TEST_SESSION_TIMEOUT, root=None, start=True, **kw) -> ClusterState:
+        storage = ZkStorage(servers or [zookeeper.address], session_timeout)
+        state = ClusterState(storage, root or zk_root, **kw)
         made.append(state)
         if start:
             state.start(timeout=10)
@@ -104,33 +97,3 @@ def make_cluster_state(zookeeper, zk_root):
 @pytest.fixture
 def cluster_state(make_cluster_state) -> ClusterState:
     return make_cluster_state()
-
-
-def expire_session(state: ClusterState, timeout: float = 10.0) -> None:
-    """Really expire ``state``'s session on the server, as a long partition would.
-
-    A second client takes the session over by id and password and closes it:
-    the server ends the session and deletes its ephemeral znodes, and the
-    original client learns on its next contact that the session expired
-    (LOST), then opens a new one. Returns once the server says it is gone.
-    """
-    zk = state._zk
-    session_id, password = zk.client_id
-    thief = KazooClient(",".join(state.servers), client_id=(session_id, password), timeout=TEST_SESSION_TIMEOUT)
-    thief.start(timeout=timeout)
-    try:
-        if thief.client_id[0] != session_id:
-            raise AssertionError("could not take over the session to expire it")
-    finally:
-        thief.stop()
-        thief.close()
-    deadline = time.monotonic() + timeout
-    while zk.client_id is not None and zk.client_id[0] == session_id:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"session {session_id:#x} did not expire within {timeout} s")
-        time.sleep(0.02)
-
-
-def drop_connection(state: ClusterState) -> None:
-    """Break ``state``'s TCP connection (SUSPENDED); the session survives and kazoo reconnects."""
-    state._zk._call(_CONNECTION_DROP, None)

@@ -1,9 +1,13 @@
 """The worker process: one per (topology, slot), started by a supervisor.
 
-Owns: the executor loop thread (which also owns every ZeroMQ socket of the
-worker), a ClusterState session (watching its topology's status and
-assignment), and its heartbeat file. Watch callbacks arrive on kazoo's thread
-and only enqueue events; the loop thread applies them between turns.
+Owns: the executor loop thread (which also owns every tuple socket of the
+worker: the transport) and the heartbeat thread (which owns the socket to
+its supervisor). A worker holds no ZooKeeper session: it starts from the
+launch file its supervisor wrote (:func:`streamgale.wire.channel.read_launch`)
+and learns of status, log-level and assignment changes from its supervisor
+over the local channel; its heartbeats, metrics and errors go the same way.
+Control messages arrive on the heartbeat thread and are only queued; the loop
+thread applies them between turns.
 """
 
 from __future__ import annotations
@@ -13,33 +17,30 @@ import logging
 import os
 import queue
 import signal
-import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import msgpack
+import psutil
 import zmq
 
-from streamgale.runtime.acking import ACKER
-from streamgale.cluster.state import ClusterState
-from streamgale.config import Config, load_config
-from streamgale.runtime.loader import load_topology
 from streamgale.cluster.records import ACTIVE, Assignment, ErrorRecord, TopologyRecord, slot_id
-from streamgale.topology import Topology
-
+from streamgale.config import Config, load_config
 from streamgale.runtime.assembly import build_executors, stream_index
-from .metrics import MetricsWriter
 from streamgale.runtime.executor import Sink
+from streamgale.runtime.loader import load_topology
 from streamgale.runtime.loop import ExecutorLoop
+from streamgale.runtime.metrics import task_counters
+from streamgale.topology import Topology
+from streamgale.wire import channel
+
+from .heartbeat import Heartbeat, send_once
 from .transport import Inbound, Transport
 
 log = logging.getLogger("streamgale.worker")
 
-HEARTBEAT_INTERVAL = 1.0
-METRICS_INTERVAL = 2.0  # seconds between metrics snapshots (forwarded to nimbus by the supervisor)
 ERROR_REPORT_INTERVAL = 1.0  # at most one error record per component per second
 
 
@@ -52,27 +53,8 @@ class WorkerArgs:
     code_dir: Path
     worker_dir: Path
     config_file: Path | None
-
-
-def heartbeat_path(worker_dir: Path) -> Path:
-    return worker_dir / "heartbeat"
-
-
-def write_heartbeat(worker_dir: Path, topology_id: str, executors: Any) -> None:
-    """Atomically replace the heartbeat file the supervisor reads."""
-    path = heartbeat_path(worker_dir)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgpack.packb({"time": time.monotonic(), "pid": os.getpid(), "topology_id": topology_id,
-                                   "executors": [[c, list(t)] for c, t in executors]}))
-    os.replace(tmp, path)
-
-
-def read_heartbeat(worker_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = msgpack.unpackb(heartbeat_path(worker_dir).read_bytes(), raw=False)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError, msgpack.UnpackException):
-        return None
+    channel: str  # the supervisor's channel, e.g. tcp://127.0.0.1:PORT
+    scheme: str = "tcp"  # how workers reach each other: tcp, or inproc in an in-process cluster
 
 
 def apply_log_levels(levels: dict[str, str]) -> None:
@@ -85,119 +67,146 @@ def apply_log_levels(levels: dict[str, str]) -> None:
 
 
 class WorkerIO:
-    """The loop's I/O hook: transport, control events, heartbeats, error reports."""
+    """The loop's I/O hook: the transport, and control messages from the supervisor."""
 
-    def __init__(self, worker: "Worker"):
+    def __init__(self, worker: "Worker", transport: Transport):
         self.worker = worker
-        self.next_heartbeat = 0.0
-        self.next_metrics = 0.0
+        self.transport = transport
 
     def pump(self, idle: bool, congested: bool) -> int:
-        w = self.worker
-        work = w.transport.pump(idle, congested)
-        if not w.events.empty():
-            w.apply_events()
-        now = time.monotonic()
-        if now >= self.next_heartbeat:
-            self.next_heartbeat = now + HEARTBEAT_INTERVAL
-            write_heartbeat(w.args.worker_dir, w.args.topology_id, w.executor_groups)
-            w.state.worker_beat(w.args.topology_id, w.slot, b"")  # for nimbus; never blocks
-        if now >= self.next_metrics:
-            self.next_metrics = now + METRICS_INTERVAL
-            w.metrics.write(w.loop.executors)
+        work = self.transport.pump(idle, congested)
+        if not self.worker.controls.empty():
+            self.worker.apply_controls()
         return work
 
     def congested(self) -> bool:
-        return self.worker.transport.congested()
+        return self.transport.congested()
 
     def wait(self, timeout: float) -> None:
-        self.worker.transport.wait(timeout)
+        self.transport.wait(timeout)
 
 
 class Worker:
-    def __init__(self, args: WorkerArgs, config: Config):
+    """One worker: ``start()``, ``run()`` (blocks in the loop until :meth:`stop`), ``close()``.
+
+    ``context`` is the ZeroMQ context (shared by the workers of an in-process
+    cluster); ``clock`` is monotonic seconds; ``worker_id`` is the id its
+    supervisor knows it by (default: the process id).
+    """
+
+    def __init__(self, args: WorkerArgs, config: Config, context: zmq.Context,
+                 clock: Callable[[], float] = time.monotonic, worker_id: int = 0):
         self.args = args
+        self.worker_id = worker_id or os.getpid()  # what its beats call it: the pid, or a thread launcher's id
         self.base_config = config
-        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.config = config
+        self.context = context
+        self.clock = clock
+        self.slot = slot_id(args.supervisor_id, args.port)
         self.stopping = False
         self.exit_reason = ""
+        self.started_at = clock()
+        self.controls: queue.SimpleQueue[channel.WorkerControl] = queue.SimpleQueue()
+        self.control_version = 0
+        self.beats = 0
+        self.executor_groups: tuple[tuple[str, tuple[int, ...]], ...] = ()
+        self.endpoints: dict[int, str] = {}
+        self.sinks: dict[int, Sink] = {}
+        self.inbound: Inbound | None = None
+        self.transport: Transport | None = None
+        self.loop: ExecutorLoop | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.process = psutil.Process()
         self._last_error: dict[str, float] = {}
-        self._errors: queue.Queue[ErrorRecord | None] = queue.Queue()
-        self._reporter = threading.Thread(target=self._report_errors, name="error-reporter", daemon=True)
-        self._reporter.start()
-        self.state = ClusterState(config["zookeeper.servers"], config["zookeeper.root"],
-                                  config["zookeeper.session_timeout"])
 
     # -- set-up -------------------------------------------------------------------------------
 
     def start(self) -> None:
         a = self.args
-        self.state.start(timeout=30)
-        record = self.state.topology(a.topology_id)
-        assignment = self.state.assignment(a.topology_id)
-        if record is None or assignment is None:
-            raise RuntimeError(f"topology {a.topology_id} is not assigned (killed?)")
-        my_slot = assignment.slots.get(slot_id(a.supervisor_id, a.port))
-        if my_slot is None:
-            raise RuntimeError(f"slot {a.supervisor_id}:{a.port} has no executors of {a.topology_id}")
-        self.record = record
+        record, assignment = channel.read_launch(a.worker_dir)
+        my_slot = assignment.slots.get(self.slot)
+        if record.id != a.topology_id or my_slot is None:
+            raise RuntimeError(f"the launch file does not give slot {self.slot} executors of {a.topology_id}")
         self.config = self.base_config.merged(record.config, "topology config")
-        ackers = int(record.spec["components"].get(ACKER, {}).get("tasks", 0))
-        self.topology: Topology = load_topology(a.code_dir / record.entry, self.config).with_ackers(ackers)
+        ackers = int(record.spec["components"].get("__acker", {}).get("tasks", 0))
+        topology: Topology = load_topology(a.code_dir / record.entry, self.config).with_ackers(ackers)
         self.executor_groups = my_slot.executors
         self.endpoints = assignment.task_endpoints()
-        self.assignment = assignment
 
-        self.context = zmq.Context.instance()
-        task_component = {t: c for c, ts in self.topology.task_ids().items() for t in ts}
-        self.inbound = Inbound({}, task_component, stream_index(self.topology))
-        self.transport = Transport(self.context, a.port, self.inbound, self.config["topology.batch_size"],
-                                   self.config["topology.batch_linger"])
-        self.sinks: dict[int, Sink] = {}
+        task_component = {t: c for c, ts in topology.task_ids().items() for t in ts}
+        self.inbound = Inbound({}, task_component, stream_index(topology))
+        self.transport = transport = Transport(
+            self.context, a.port, self.inbound, self.config["topology.batch_size"],
+            self.config["topology.batch_linger"], scheme=a.scheme, host=a.host)
         executors = build_executors(
-            self.topology, self.config, self.executor_groups,
-            lambda t: self.transport.sink(t, self.endpoints[t]), self.on_error, sinks=self.sinks,
+            topology, self.config, self.executor_groups,
+            lambda t: transport.sink(t, self.endpoints[t]), self.on_error, sinks=self.sinks,
         )
         self.inbound.queues.update({r.task: r.queue.append for e in executors for r in e.runners})
-        self.loop = ExecutorLoop(executors, self.config["topology.queue_size"], io=WorkerIO(self))
+        self.loop = ExecutorLoop(executors, self.config["topology.queue_size"], io=WorkerIO(self, transport))
+        self.process.cpu_percent()  # the first call only starts the measurement
+        self.heartbeat = Heartbeat(self.context, a.channel, str(a.port).encode(), self._beat, self._metrics,
+                                   self.controls, self.loop, (a.host, a.port), clock=self.clock)
+        self.heartbeat.start()
         self.loop.start()
         self.loop.set_active(record.status == ACTIVE)
         apply_log_levels(record.log_levels)
-        self.slot = slot_id(a.supervisor_id, a.port)
-        self.state.register_worker(a.topology_id, self.slot, b"")
-        self.metrics = MetricsWriter(a.worker_dir, a.topology_id, self.slot, a.host, a.port)
-        self.state.watch_topology(a.topology_id, lambda rec: self.events.put(("topology", rec)))
-        self.state.watch_assignment(a.topology_id, lambda asg: self.events.put(("assignment", asg)))
-        write_heartbeat(a.worker_dir, a.topology_id, self.executor_groups)
         log.info("worker for %s on port %d runs %s", a.topology_id, a.port,
                  ", ".join(f"{c}{list(t)}" for c, t in self.executor_groups))
 
-    # -- events (loop thread) -----------------------------------------------------------------
+    # -- reports (heartbeat thread) -----------------------------------------------------------
 
-    def apply_events(self) -> None:
+    def _beat(self) -> channel.WorkerBeat:
+        self.beats += 1
+        t = self.transport
+        counters = {} if t is None else {"received": t.received, "sent": t.sent,
+                                         "dropped_frames": t.dropped_frames, "dropped_entries": t.dropped_entries}
+        return channel.WorkerBeat(self.args.topology_id, self.args.port, self.worker_id, self.beats,
+                                  self.executor_groups, self.control_version,
+                                  round(self.clock() - self.started_at, 1), counters)
+
+    def _metrics(self) -> dict[str, Any]:
+        a = self.args
+        t = self.transport
+        return {"topology_id": a.topology_id, "slot": self.slot, "host": a.host, "port": a.port,
+                "pid": os.getpid(), "time": time.time(), "uptime_s": round(self.clock() - self.started_at, 1),
+                "cpu_percent": self.process.cpu_percent(),
+                "rss_mb": round(self.process.memory_info().rss / 2**20, 1),
+                "transport": {} if t is None else {
+                    "received": t.received, "sent": t.sent, "dropped_frames": t.dropped_frames,
+                    "dropped_entries": t.dropped_entries},
+                "tasks": task_counters(self.loop.executors) if self.loop is not None else {}}
+
+    # -- control (loop thread) ----------------------------------------------------------------
+
+    def apply_controls(self) -> None:
         while True:
             try:
-                kind, value = self.events.get_nowait()
+                control = self.controls.get_nowait()
             except queue.Empty:
                 return
-            if kind == "topology":
-                self._on_topology(value)
-            elif kind == "assignment":
-                self._on_assignment(value)
+            self.apply_control(control)
 
-    def _on_topology(self, record: TopologyRecord | None) -> None:
-        if record is None:
-            return  # deletion: the assignment watch stops us
-        self.loop.set_active(record.status == ACTIVE)
-        apply_log_levels(record.log_levels)
-
-    def _on_assignment(self, assignment: Assignment | None) -> None:
-        a = self.args
-        mine = None if assignment is None else assignment.slots.get(slot_id(a.supervisor_id, a.port))
+    def apply_control(self, control: channel.WorkerControl) -> None:
+        if control.assignment is None:
+            self.stop("the topology's assignment is gone")
+            return
+        assignment = channel.assignment_from_dict(control.assignment)
+        if assignment.topology_id != self.args.topology_id:
+            return
+        mine = assignment.slots.get(self.slot)
         if mine is None or mine.executors != self.executor_groups:
             # Our own executors changed or went away: the supervisor restarts or stops us.
             self.stop("assignment of this slot changed")
             return
+        assert self.loop is not None and self.transport is not None and self.inbound is not None
+        self.loop.set_active(control.status == ACTIVE)
+        apply_log_levels(control.log_levels)
+        self._repoint(assignment)
+        self.control_version = control.version
+
+    def _repoint(self, assignment: Assignment) -> None:
+        assert self.transport is not None and self.inbound is not None
         endpoints = assignment.task_endpoints()
         moved = [t for t, ep in endpoints.items() if self.endpoints.get(t) != ep and t in self.sinks
                  and t not in self.inbound.queues]
@@ -207,59 +216,46 @@ class Worker:
         if moved:
             log.info("re-pointed %d moved tasks", len(moved))
             self.transport.retarget({endpoints[t] for t in self.sinks if t not in self.inbound.queues})
-        self.assignment = assignment
 
     def on_error(self, component: str, task: int, exc: BaseException, details: str) -> None:
         log.error("component '%s' task %d raised %s: %s\n%s", component, task, type(exc).__name__, exc, details)
-        now = time.monotonic()
-        if now - self._last_error.get(component, 0.0) < ERROR_REPORT_INTERVAL:
+        now = self.clock()
+        if now - self._last_error.get(component, -ERROR_REPORT_INTERVAL) < ERROR_REPORT_INTERVAL:
             return
         self._last_error[component] = now
         message = f"{type(exc).__name__}: {exc}\n{details}"
-        record = ErrorRecord(component, task, self.args.host, self.args.port, time.time(), message[:16000])
-        if self._errors.qsize() < 100:  # written by a thread: ZooKeeper being slow or down never stalls the loop
-            self._errors.put(record)
-
-    def _report_errors(self) -> None:
-        while True:
-            record = self._errors.get()
-            if record is None:
-                return
-            try:
-                self.state.report_error(self.args.topology_id, record)
-            except Exception as e:  # noqa: BLE001 - ZooKeeper down must not kill the worker
-                log.warning("could not record the error in ZooKeeper: %s", e)
+        if self.heartbeat is not None:
+            self.heartbeat.report(ErrorRecord(component, task, self.args.host, self.args.port, time.time(),
+                                              message[:16000]))
 
     # -- run / stop ---------------------------------------------------------------------------
 
     def stop(self, reason: str) -> None:
-        """Ask the loop to stop (safe from a signal handler)."""
+        """Ask the loop to stop (safe from a signal handler and from any thread)."""
         if not self.stopping:
             self.exit_reason = reason
             self.stopping = True
 
     def run(self) -> None:
+        assert self.loop is not None
         self.loop.run(lambda: self.stopping)
 
     def close(self) -> None:
         log.info("worker stopping: %s", self.exit_reason or "closed")
-        loop = getattr(self, "loop", None)
-        if loop is not None:
-            loop.stop()
-        transport = getattr(self, "transport", None)
-        if transport is not None:
-            transport.flush_all()
-            transport.close()
-        self._errors.put(None)
-        self._reporter.join(timeout=2)  # the last errors reach the cluster if ZooKeeper is there
-        self.state.close()
+        if self.loop is not None:
+            self.loop.stop()
+        if self.transport is not None:
+            self.transport.flush_all()
+            self.transport.close()
+        if self.heartbeat is not None:
+            self.heartbeat.close()  # the last errors reach the supervisor
 
 
 def main(args: WorkerArgs) -> int:
     config = load_config(args.config_file) if args.config_file else Config()
     logging.basicConfig(level=config["logging_level"],
                         format=f"%(asctime)s %(levelname)s worker[{args.port}] %(name)s: %(message)s", force=True)
-    worker = Worker(args, config)
+    worker = Worker(args, config, zmq.Context.instance())
     signal.signal(signal.SIGTERM, lambda *_: worker.stop("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: worker.stop("SIGINT"))
     try:
@@ -272,6 +268,12 @@ def main(args: WorkerArgs) -> int:
         worker.run()
     except Exception:
         log.error("worker failed:\n%s", traceback.format_exc())
+        record = ErrorRecord("__worker", -1, args.host, args.port, time.time(),
+                             f"worker failed:\n{traceback.format_exc()}"[:16000])
+        if worker.heartbeat is not None:
+            worker.heartbeat.report(record)
+        else:
+            send_once(worker.context, args.channel, str(args.port).encode(), channel.WorkerErrorReport(record.to_dict()))
         worker.close()
         return 1
     worker.close()

@@ -103,17 +103,21 @@ class Transport:
 
     def __init__(self, context: zmq.Context, port: int, inbound: Inbound, batch_size: int = 1000,
                  linger: float = 0.0005, max_message_bytes: int = 64 << 20, hwm: int = HWM,
-                 bind_host: str = "*"):
+                 bind_host: str = "*", scheme: str = "tcp", host: str = ""):
         self.inbound = inbound
         self.batch_size = batch_size
         self.linger = linger
         self.context = context
         self.hwm = hwm
+        self.scheme = scheme
+        # Peers send at most batch_size tuples a frame; a frame claiming many more is hostile or
+        # broken, and decoding it whole would hold the loop (and the tuples' memory) for seconds.
+        self.max_tuples = max(4 * batch_size, 1024)
         self.pull = context.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.pull.setsockopt(zmq.RCVHWM, hwm)
-        self.pull.bind(f"tcp://{bind_host}:{port}")
+        self.pull.bind(f"tcp://{bind_host}:{port}" if scheme == "tcp" else f"{scheme}://{host}:{port}")
         self._pushes: dict[str, zmq.Socket] = {}
         self._batches: dict[str, Batch] = {}
         self._batch_started: dict[str, float] = {}
@@ -154,7 +158,7 @@ class Transport:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, self.hwm)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on completed connections
-            sock.connect(f"tcp://{endpoint}")
+            sock.connect(f"{self.scheme}://{endpoint}")
             self._pushes[endpoint] = sock
             batch = self._batches[endpoint] = Batch()
         return batch
@@ -250,20 +254,33 @@ class Transport:
         return received
 
     def _deliver(self, frame: bytes) -> int:
+        """Decode one frame group by group (never more than ``max_tuples`` tuples) and deliver it."""
+        # int map keys (anchors: root -> edge) are safe: 64-bit ints cannot flood one hash
+        unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=False,
+                                    max_buffer_size=max(len(frame), 1), max_array_len=self.max_tuples)
+        unpacker.feed(frame)
         try:
-            # int map keys (anchors: root -> edge) are safe: 64-bit ints cannot flood one hash
-            msg = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False)
-            version, kind, entries = msg
-            if version != FRAME_VERSION or kind != TUPLES or type(entries) is not list:
+            if unpacker.read_array_header() != 3:
+                raise ValueError("not a 3-element frame")
+            version, kind = unpacker.unpack(), unpacker.unpack()
+            if version != FRAME_VERSION or kind != TUPLES:
                 raise ValueError(f"unexpected header {version!r}/{kind!r}")
+            groups = unpacker.read_array_header()
         except Exception as e:  # noqa: BLE001 - anything malformed is dropped
             self.dropped_frames += 1
             self._bad.warning("dropped a malformed frame of %d bytes on the worker port: %s", len(frame), e)
             return 0
         inbound = self.inbound
         queues, task_component, index = inbound.queues, inbound.task_component, inbound.index
+        budget = self.max_tuples
         n = 0
-        for entry in entries:
+        for _ in range(groups):
+            try:
+                entry = unpacker.unpack()
+            except Exception as e:  # noqa: BLE001 - the rest of the frame cannot be read
+                self.dropped_frames += 1
+                self._bad.warning("dropped the rest of a frame of %d bytes: %s", len(frame), e)
+                break
             try:
                 dest, src, stream, values_list, anchors_list = entry
                 sink = queues[dest]
@@ -273,10 +290,13 @@ class Transport:
                         anchors_list is not None and (type(anchors_list) is not list
                                                       or len(anchors_list) != len(values_list))):
                     raise ValueError("values and anchors must be parallel lists")
+                if len(values_list) > budget:
+                    raise ValueError(f"the frame holds more than {self.max_tuples} tuples")
             except Exception as e:  # noqa: BLE001
                 self.dropped_entries += 1
                 self._bad.warning("dropped a malformed tuple group %r: %s", str(entry)[:100], e)
                 continue
+            budget -= len(values_list)
             nf = len(fields)
             for i, values in enumerate(values_list):
                 anchors = None if anchors_list is None else anchors_list[i]

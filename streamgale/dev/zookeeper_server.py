@@ -104,7 +104,7 @@ class ZooKeeperServer:
             f"clientPort={self.port}",
             f"clientPortAddress={self.host}",
             "admin.enableServer=false",
-            "4lw.commands.whitelist=ruok,srvr",
+            "4lw.commands.whitelist=*",  # ruok, srvr (readiness), mntr, cons (benchmarks.scale)
             "minSessionTimeout=1000",  # tests use 1-2 s sessions
             "maxSessionTimeout=120000",
             "forceSync=no",  # a dev server: data survives a killed process, not a power cut

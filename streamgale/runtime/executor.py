@@ -24,6 +24,9 @@ from streamgale.tuples import DEFAULT_STREAM, Tuple, tick_tuple
 log = logging.getLogger("streamgale.executor")
 
 Sink = Callable[[Tuple], None]
+# An executor's step returns after this many seconds of user code even if its budget is not
+# spent, so one slow component cannot hold the loop (and what it drives) for long.
+TURN_SECONDS = 0.05
 ErrorHandler = Callable[[str, int, BaseException, str], None]
 
 
@@ -346,9 +349,12 @@ class SpoutExecutor(Executor):
             col = r.collector
             spout = r.instance
             pending = col.pending
-            for _ in range(budget):
+            deadline = perf_counter() + TURN_SECONDS
+            for i in range(budget):
                 if limit is not None and len(pending) >= limit:
                     break
+                if i & 7 == 7 and perf_counter() > deadline:
+                    break  # a slow spout: the loop must get round to the bolts and the transport
                 before = col.emitted
                 try:
                     spout.next_tuple()
@@ -462,17 +468,21 @@ class BoltExecutor(Executor):
             col = r.collector
             auto = col.auto_anchor and col.acks is not None
             ack = col.acks.ack if auto else None  # type: ignore[union-attr]
-            auto_acked = n if col.auto_anchor else 0
             started = perf_counter()
+            deadline = started + TURN_SECONDS
+            done = 0
+            failed = 0
             for _ in range(n):
+                if done & 15 == 15 and perf_counter() > deadline:
+                    break  # a slow bolt: the rest waits for the next turn
+                done += 1
                 tup = pop()
                 col.current = tup
                 try:
                     process(tup)
                 except Exception as exc:  # noqa: BLE001 - user code
                     col.fail(tup)
-                    if auto_acked:
-                        auto_acked -= 1
+                    failed += 1
                     self._report(r, exc, f"in process of bolt '{self.component}' task {r.task} "
                                          f"on {tup!r}")
                     continue
@@ -483,11 +493,12 @@ class BoltExecutor(Executor):
                         ack(root, edge ^ val)
             col.busy += perf_counter() - started
             col.current = None
-            col.executed += n
-            col.acked += auto_acked
+            col.executed += done
+            if col.auto_anchor:
+                col.acked += done - failed
             if col.acks is not None and col.acks.dirty:
                 col.flush_acks()
-            work += n
+            work += done
         return work
 
     def stop(self) -> None:

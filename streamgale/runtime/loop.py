@@ -55,6 +55,10 @@ class ExecutorLoop:
         self.io = io
         self._ticks = [[b.tick_interval, 0.0, b] for b in self.bolts if b.tick_interval]
         self.started = False
+        # The executor whose user code runs now and since when (read by a worker's heartbeat
+        # thread to report a slow component; written only by the loop thread).
+        self.running: Executor | None = None
+        self.running_since = 0.0
 
     def start(self) -> None:
         """Open spouts and prepare bolts (bolts first, so they are ready for tuples)."""
@@ -81,8 +85,11 @@ class ExecutorLoop:
     def step(self) -> int:
         """One turn; returns the number of tuples processed or emitted."""
         work = 0
+        clock = self.clock
         for b in self.bolts:
+            self.running, self.running_since = b, clock()
             work += b.step(BOLT_BUDGET)
+        self.running = None
         if self._ticks:
             now = self.clock()
             for timer in self._ticks:
@@ -96,7 +103,9 @@ class ExecutorLoop:
         io = self.io
         if not congested and not (io is not None and io.congested()):
             for s in self.spouts:
+                self.running, self.running_since = s, clock()
                 work += s.step(SPOUT_BUDGET)
+            self.running = None
         if io is not None:
             work += io.pump(work == 0, congested)
         return work

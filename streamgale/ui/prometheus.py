@@ -90,6 +90,10 @@ def render(cluster: Mapping[str, Any] | None, topologies: Sequence[tuple[Mapping
     queue = family("streamgale_queue_depth", "gauge", "Tuples waiting in the task's input queue.")
     rss = family("streamgale_worker_rss_bytes", "gauge", "Resident memory of the worker process.")
     cpu = family("streamgale_worker_cpu_percent", "gauge", "CPU use of the worker process (100 = one core).")
+    transport = {key: family(f"streamgale_worker_{key}_total", "counter", text) for key, text in (
+        ("received", "Tuples received from other workers."), ("sent", "Tuples sent to other workers."),
+        ("dropped_frames", "Malformed frames dropped on the worker's port."),
+        ("dropped_entries", "Malformed tuples or tuple groups dropped on the worker's port."))}
 
     for row, stats in topologies:
         topology = row["name"]
@@ -110,4 +114,6 @@ def render(cluster: Mapping[str, Any] | None, topologies: Sequence[tuple[Mapping
             if w.get("rss_mb") is not None:
                 rss.add(labels, round(float(w["rss_mb"]) * 1024 * 1024))
             cpu.add(labels, w.get("cpu_percent"))
+            for key, fam_ in transport.items():
+                fam_.add(labels, (w.get("transport") or {}).get(key, 0))
     return "\n".join(line for f in fam.values() for line in f.lines()) + "\n"

@@ -33,7 +33,8 @@ ping            Ping()                                               ``{"address
 topology_stats  TopologyStats(name)                                  windowed metrics per component,
                                                                      task and worker (see
                                                                      ``nimbus/metrics.py``)
-push_metrics    PushMetrics(supervisor_id, reports)                  ``{}`` (leader only)
+supervisor_     SupervisorReport(supervisor_id, heartbeats=[],       ``{}`` (leader only)
+report          metrics=[], errors=[])
 set_log_level   SetLogLevel(name, logger, level)                     ``{}`` (leader only)
 read_log        ReadLog(topology_id, port, offset=-1,                ``{"data": bytes, "offset": int,
                 max_bytes=65536) -- served by supervisors            "size": int}``
@@ -334,9 +335,21 @@ def _level(v: Any) -> str:
     return v.upper()
 
 
+def _port(v: Any) -> int:
+    if not _is_int(v) or not 1 <= v <= 65535:
+        raise _Expected("an integer port 1-65535")
+    return int(v)
+
+
 def _offset(v: Any) -> int:
-    if not _is_int(v):
-        raise _Expected("an integer")
+    if not _is_int(v) or v < -1:
+        raise _Expected("an integer byte offset >= 0, or -1 (from the end)")
+    return int(v)
+
+
+def _byte_count(v: Any) -> int:
+    if not _is_int(v) or v < 1:
+        raise _Expected("an integer number of bytes >= 1")
     return int(v)
 
 
@@ -357,23 +370,33 @@ class ReadLog(Request):
 
     OP: ClassVar[str] = "read_log"
     topology_id: str = _arg(_string)
-    port: int = _arg(_offset)
+    port: int = _arg(_port)
     offset: int = _arg(_offset, default=-1)
-    max_bytes: int = _arg(_offset, default=65536)
+    max_bytes: int = _arg(_byte_count, default=65536)
 
 
 @dataclass(frozen=True)
-class PushMetrics(Request):
-    """A supervisor's periodic report of its workers' metrics (leader only)."""
+class SupervisorReport(Request):
+    """A supervisor's report, every second, to the nimbus leader (leader only).
 
-    OP: ClassVar[str] = "push_metrics"
+    ``heartbeats``: the latest :class:`streamgale.wire.channel.WorkerBeat` dict
+    of each worker on the node (nimbus judges a slot alive while its ``seq``
+    changes); ``metrics``: workers' metrics snapshots not sent before;
+    ``errors``: :class:`ErrorRecord` dicts (component errors, slow
+    components, worker crashes), which the leader stores in ZooKeeper.
+    Heartbeats are per-second traffic and so never go through ZooKeeper.
+    """
+
+    OP: ClassVar[str] = "supervisor_report"
     supervisor_id: str = _arg(_string)
-    reports: list = _arg(_list)
+    heartbeats: list = _arg(_list, default_factory=list)
+    metrics: list = _arg(_list, default_factory=list)
+    errors: list = _arg(_list, default_factory=list)
 
 
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls for cls in (Submit, Kill, Activate, Deactivate, Rebalance, ListTopologies, TopologyInfo,
-                            ClusterInfo, DownloadCode, Ping, TopologyStats, PushMetrics, SetLogLevel, ReadLog)
+                            ClusterInfo, DownloadCode, Ping, TopologyStats, SupervisorReport, SetLogLevel, ReadLog)
 }
 
 

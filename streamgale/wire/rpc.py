@@ -36,7 +36,7 @@ from .protocol import (
     NotLeader,
     Ping,
     ProtocolError,
-    PushMetrics,
+    SupervisorReport,
     ReadLog,
     SetLogLevel,
     TopologyStats,
@@ -306,8 +306,10 @@ class NimbusClient:
         """From a supervisor's log endpoint: ``{"data", "offset" (where to read next), "size"}``."""
         return self._expect(dict, ReadLog, topology_id, port, offset, max_bytes)
 
-    def push_metrics(self, supervisor_id: str, reports: list[dict[str, Any]]) -> None:
-        self._call(PushMetrics, supervisor_id, reports)
+    def report(self, supervisor_id: str, heartbeats: list[dict[str, Any]], metrics: list[dict[str, Any]],
+               errors: list[dict[str, Any]]) -> None:
+        """A supervisor's per-second report to the leader (see :class:`SupervisorReport`)."""
+        self._expect(dict, SupervisorReport, supervisor_id, heartbeats, metrics, errors)
 
     def ping(self) -> Any:
         """The answering nimbus's ``{"address", "leader"}``; any nimbus answers, standbys too."""

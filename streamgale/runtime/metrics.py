@@ -1,0 +1,37 @@
+"""Per-task counters of a running topology, read from the tasks' collectors.
+
+Counters only grow during a process's life; nimbus turns snapshots into
+windows (``nimbus/metrics.py``). Reading them from another thread than the
+executor loop's is safe: they are plain ints and floats, read without locks
+(a snapshot may be a turn old, never torn).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .acker import AckerExecutor
+from .executor import Executor
+
+
+def task_counters(executors: Sequence[Executor]) -> dict[str, dict[str, Any]]:
+    """Task id (as str: RPC maps take only str keys) -> its counters."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in executors:
+        if isinstance(e, AckerExecutor):
+            for t in e.runners:
+                out[str(t.task)] = {"component": e.component, "kind": "acker", "queue": len(t.queue),
+                                    "tracked": len(t.table), "executed": t.executed,  # type: ignore[attr-defined]
+                                    "acked": t.acked, "failed": t.failed,  # type: ignore[attr-defined]
+                                    "malformed": e.malformed}
+            continue
+        for r in e.runners:
+            c = r.collector
+            out[str(r.task)] = {
+                "component": e.component, "kind": e.kind, "queue": len(r.queue),
+                "emitted_by_stream": {s: v[0] for s, v in c.counts.items()},
+                "transferred_by_stream": {s: v[1] for s, v in c.counts.items()},
+                "executed": c.executed, "acked": c.acked, "failed": c.failed,
+                "busy": c.busy, "latency_total": c.latency_total, "pending": len(c.pending),
+            }
+    return out
