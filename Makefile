@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test system-packages clean
+.PHONY: run test lint system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,10 @@ system-packages:
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q zookeeper iproute2 iptables chromium chromium-driver; }
 
+# Lint and type-check first (seconds), then the tests.
 test: $(VENV)/.installed system-packages
+	$(BIN)/ruff check .
+	$(BIN)/mypy streamgale nimbus supervisor worker cli
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

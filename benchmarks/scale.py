@@ -46,8 +46,10 @@ timed alone in this process on the same inputs, to tell its share of (1) and
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+import os
 import re
 import statistics
 import threading
@@ -58,6 +60,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import psutil
+import zmq
 from kazoo.client import KazooClient
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
@@ -66,7 +69,7 @@ from streamgale.cluster.records import Assignment, SupervisorInfo, TopologyRecor
 from streamgale.config import Config
 from streamgale.dev.cluster import ProcessCluster
 from streamgale.dev.zookeeper_server import four_letter
-from streamgale.wire.protocol import NimbusError
+from streamgale.wire.protocol import SupervisorReport, decode_response
 from streamgale.wire.rpc import NimbusClient
 
 TOPOLOGY = Path(__file__).resolve().parent / "topologies" / "scale.py"
@@ -75,6 +78,8 @@ SLOT_BASE = 6700
 SESSION_TIMEOUT = 6.0  # zookeeper.session_timeout's default, what a real supervisor's session uses
 MAX_SESSIONS = 55  # ZooKeeper's maxClientCnxns (60 per address), less nimbus, the watcher and 4lw probes
 MAX_TOPOLOGY_WORKERS = 1024  # topology.workers' upper bound
+REPORT_INTERVAL = 1.0  # as supervisor/daemon.py: one report a second ...
+REPORT_TIMEOUT = 2.0  # ... given up when not answered within 2 s
 
 log = logging.getLogger("benchmarks.scale")
 
@@ -241,18 +246,28 @@ class Supervisors:
 
 @dataclass
 class ReporterStats:
-    reports: int = 0
-    failures: int = 0
-    rtts: list[float] = field(default_factory=list)  # seconds, per report
-    late_rounds: int = 0  # rounds that took longer than the report interval
+    sent: int = 0  # reports sent
+    answered: int = 0  # replies received
+    failures: int = 0  # error replies
+    gave_up: int = 0  # reports unanswered after REPORT_TIMEOUT (a real supervisor sends its next one then)
+    rtts: list[float] = field(default_factory=list)  # seconds, per answered report
 
 
 class Reporters:
-    """``threads`` threads, each with its own NimbusClient, sending every live supervisor's
-    report once a second: a heartbeat for each of its slots that runs executors."""
+    """``threads`` threads sending the supervisors' reports to nimbus, as that many supervisors would.
+
+    Each live supervisor with slots that run executors sends one report a
+    second, with a heartbeat per such slot (``seq`` + 1 each time), and has at
+    most one unanswered: like a real supervisor's client it gives up on a
+    report after ``REPORT_TIMEOUT`` and sends the next. A thread's share of the
+    supervisors is pipelined over one DEALER socket (the protocol's own request
+    encoding, replies matched by request id), so, as with real supervisors,
+    every supervisor can have a report in flight at once; a blocking client per
+    thread would cap that at the number of threads.
+    """
 
     def __init__(self, nimbus: str, watcher: AssignmentWatcher, ids: list[str], threads: int):
-        self._nimbus = nimbus
+        self._endpoint = f"tcp://{nimbus}"
         self._watcher = watcher
         self._shares = [ids[i::threads] for i in range(threads)]
         self.alive = set(ids)
@@ -270,11 +285,10 @@ class Reporters:
             t.start()
 
     def record(self, on: bool) -> None:
-        """Collect round-trip times only while on (the steady-state window)."""
+        """Count and time reports only while on (the steady-state window)."""
         if on:
-            for s in self.stats:
-                s.reports = s.failures = s.late_rounds = 0
-                s.rtts = []
+            for i in range(len(self.stats)):
+                self.stats[i] = ReporterStats()
             self._recording.set()
         else:
             self._recording.clear()
@@ -291,37 +305,65 @@ class Reporters:
         return beats
 
     def _run(self, index: int) -> None:
-        stats = self.stats[index]
-        client = NimbusClient(self._nimbus, timeout=5.0)
+        share = self._shares[index]
+        ids = itertools.count(1)
+        start = time.monotonic()
+        # spread over the second, as independent supervisors' reports are
+        next_at = {sid: start + j * REPORT_INTERVAL / max(1, len(share)) for j, sid in enumerate(share)}
+        waiting: dict[str, tuple[int, float]] = {}  # supervisor -> (request id, sent at) of its open report
+        sent: dict[int, tuple[str, float]] = {}  # request id -> (supervisor, sent at), given-up ones too
+        sock = zmq.Context.instance().socket(zmq.DEALER)
         try:
-            next_round = time.monotonic()
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self._endpoint)
             while not self._stop.is_set():
-                started = time.monotonic()
-                for sid in self._shares[index]:
-                    if sid not in self.alive or self._stop.is_set():
-                        continue  # a lost node reports no more (like a real supervisor, only with work to report)
+                recording = self._recording.is_set()
+                stats = self.stats[index]
+                now = time.monotonic()
+                for sid in share:
+                    if sid not in self.alive or now < next_at[sid]:
+                        continue  # a lost node reports no more
+                    open_ = waiting.get(sid)
+                    if open_ is not None:
+                        if now - open_[1] < REPORT_TIMEOUT:
+                            continue
+                        del waiting[sid]
+                        if recording:
+                            stats.gave_up += 1
+                    next_at[sid] = now + REPORT_INTERVAL
                     beats = self._beats(sid, time.time())
                     if not beats:
-                        continue
-                    t = time.perf_counter()
-                    try:
-                        client.report(sid, beats, [], [])
-                    except NimbusError as e:
-                        stats.failures += 1
-                        log.debug("report of %s failed: %s", sid, e)
-                        continue
-                    if self._recording.is_set():
-                        stats.reports += 1
-                        stats.rtts.append(time.perf_counter() - t)
-                next_round += 1.0
-                now = time.monotonic()
-                if now > next_round:
-                    if self._recording.is_set() and now - started > 1.0:
-                        stats.late_rounds += 1
-                    next_round = now
-                self._stop.wait(max(0.0, next_round - now))
+                        continue  # a real supervisor sends nothing when it has nothing to report
+                    rid = next(ids)
+                    sock.send(SupervisorReport(sid, beats, [], []).encode(rid))
+                    waiting[sid] = (rid, now)
+                    sent[rid] = (sid, now)
+                    if recording:
+                        stats.sent += 1
+                if sock.poll(20):
+                    while True:
+                        try:
+                            frame = sock.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        rid, ok, _ = decode_response(frame)
+                        entry = sent.pop(rid, None)
+                        if entry is None:
+                            continue
+                        sid, at = entry
+                        if waiting.get(sid, (None,))[0] == rid:
+                            del waiting[sid]
+                        if self._recording.is_set():
+                            stats = self.stats[index]
+                            stats.answered += 1
+                            stats.rtts.append(time.monotonic() - at)
+                            if not ok:
+                                stats.failures += 1
+                if len(sent) > 10 * len(share):  # replies that will never come
+                    cutoff = time.monotonic() - 60
+                    sent = {r: e for r, e in sent.items() if e[1] > cutoff}
         finally:
-            client.close()
+            sock.close(linger=0)
 
     def stop(self) -> None:
         self._stop.set()
@@ -388,6 +430,23 @@ def cpu_seconds(p: psutil.Process | None) -> float:
 def _executors(a: Assignment) -> dict[tuple[str, tuple[int, ...]], str]:
     """executor -> the slot id running it."""
     return {e: sid for sid, s in a.slots.items() for e in s.executors}
+
+
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+
+
+def _logged(text: str, topology_id: str) -> dict[str, list[float]]:
+    """Wall times of nimbus's "submitted <id>" and "assigned <id> to N workers" log lines."""
+    out: dict[str, list[float]] = {"submitted": [], "assigned": []}
+    for line in text.splitlines():
+        m = _LOG_TIME.match(line)
+        if m is None:
+            continue
+        for kind in out:
+            if f"{kind} {topology_id} " in line:
+                t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+                out[kind].append(t)
+    return out
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -524,9 +583,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "nimbus_rss_mb": rss_mb,
             "zookeeper_cpu_pct": 100 * (zk_cpu1 - zk_cpu0) / elapsed,
             "benchmark_process_cpu_pct": 100 * (me_cpu1 - me_cpu0) / elapsed,
-            "reports_per_s": sum(s.reports for s in reporters.stats) / elapsed,
-            "report_failures": sum(s.failures for s in reporters.stats),
-            "late_report_rounds": sum(s.late_rounds for s in reporters.stats),
+            "reports_sent_per_s": sum(s.sent for s in reporters.stats) / elapsed,
+            "reports_answered_per_s": sum(s.answered for s in reporters.stats) / elapsed,
+            "report_error_replies": sum(s.failures for s in reporters.stats),
+            "reports_given_up": sum(s.gave_up for s in reporters.stats),
             "report_rtt_ms": {"p50": 1000 * _pct(rtts, 0.5), "p99": 1000 * _pct(rtts, 0.99),
                               "max": 1000 * max(rtts, default=float("nan"))},
             "assignment_writes_in_window": watcher.versions() - versions_before,
@@ -562,9 +622,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"lost node: {len(victim_executors)} executor(s) reassigned "
               f"{report['lost_node']['lost_to_written_s']:.2f} s after its session closed")
 
+        time.sleep(0.5)  # nimbus logs a write after it returns
         alive()
         nimbus_log = (cluster.dir / "nimbus-0.log").read_text(errors="replace")
         report["nimbus_dead_slot_warnings"] = nimbus_log.count("stopped heartbeating")
+        # nimbus's own view (its log's clock, this machine's): when it logged the submit and each write
+        logged = _logged(nimbus_log, topology_id)
+        report["nimbus_log"] = {
+            "submitted_to_first_assigned_s": (logged["assigned"][0] - logged["submitted"][0]
+                                              if logged["submitted"] and logged["assigned"] else None),
+            "assigned_at_s_after_submit_returned": [round(t - returned, 3) for t in logged["assigned"]],
+            "lost_at_s_after_submit_returned": round(lost_at - returned, 3)}
         report["nimbus_log_errors"] = [line for line in nimbus_log.splitlines() if " ERROR " in line][:5]
 
     # The scheduler alone, on the same inputs, in this process, once the cluster is gone.
@@ -612,8 +680,9 @@ def table(r: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         (f"schedule {s['executors']:,} executors on {s['slots']:,} workers: submit returned -> assignment written",
          f"{s['submit_returned_to_written_s']:.2f} s"),
-        ("  the scheduler function alone, same inputs (in the benchmark process)", f"{alone['first_placement_s']:.2f} s"),
-        ("  the submit RPC itself (validate, store code and record)", f"{s['submit_rpc_s']:.2f} s"),
+        ("  the scheduler function alone, same inputs (in the benchmark process)",
+         f"{alone['first_placement_s']:.2f} s"),
+        ("  the submit RPC itself, call to reply (waits for nimbus's loop)", f"{s['submit_rpc_s']:.2f} s"),
         (f"lost node -> its executors reassigned ({lost['victim_executors']} executor(s); "
          f"{lost['executors_moved']} moved in all)", f"{lost['lost_to_written_s']:.2f} s"),
         ("  the scheduler function alone, same inputs", f"{alone['lost_node_s']:.2f} s"),
@@ -628,8 +697,11 @@ def table(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("  the scheduler function alone per reconcile (each second) when nothing changes",
          f"{1000 * alone['unchanged_s']:.0f} ms"),
         ("nimbus resident memory", f"{st['nimbus_rss_mb']:.0f} MB"),
-        ("supervisor reports (heartbeat RPCs) nimbus answered per s", f"{st['reports_per_s']:,.0f}"),
+        ("supervisor reports (heartbeat RPCs) sent / answered per s",
+         f"{st['reports_sent_per_s']:,.0f} / {st['reports_answered_per_s']:,.0f}"),
         ("  report round trip p50 / p99 / max", f"{rtt['p50']:.1f} / {rtt['p99']:.0f} / {rtt['max']:.0f} ms"),
+        (f"  reports unanswered after {REPORT_TIMEOUT:g} s (a supervisor then sends its next)",
+         f"{st['reports_given_up']:,}"),
         ("assignment writes during the steady window", f"{st['assignment_writes_in_window']}"),
         ("ZooKeeper CPU / benchmark process CPU at steady state",
          f"{st['zookeeper_cpu_pct']:.0f}% / {st['benchmark_process_cpu_pct']:.0f}%"),
@@ -646,8 +718,10 @@ def print_report(r: dict[str, Any]) -> None:
     for k, v in rows:
         print(f"{k:<{width}} {v:>16}")
     print(f"notes: the supervisors share {r['sessions']} ZooKeeper sessions (the lost one has its own); "
-          f"{r['report_threads']} threads send their reports; nimbus judged "
-          f"{r['nimbus_dead_slot_warnings']} slot(s) dead for missed heartbeats.")
+          f"{r['report_threads']} threads send their reports, pipelined (each supervisor one a second, at most "
+          f"one unanswered); nimbus judged {r['nimbus_dead_slot_warnings']} slot(s) dead for missed heartbeats; "
+          f"load average {r['load_average_1m']['before']:.1f} before, {r['load_average_1m']['after']:.1f} after "
+          f"({os.cpu_count()} cores).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -675,8 +749,10 @@ def main(argv: list[str] | None = None) -> None:
     from .suite import machine
 
     started = time.monotonic()
+    load_before = os.getloadavg()
     result = run(args)
     result["seconds"] = time.monotonic() - started
+    result["load_average_1m"] = {"before": load_before[0], "after": os.getloadavg()[0]}
     print_report(result)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
               "args": vars(args) | {"json": str(args.json)}, "table": dict(table(result)), **result}

@@ -24,8 +24,8 @@ def submit(state: State, topology_file: str, name: str | None, overrides: tuple[
     with -c topology.workers=N.
     """
     submission = state.submission(topology_file, name, overrides)
-    with state.client(timeout=60) as client:
-        topology_id = client.upload(submission, timeout=60)
+    with state.client() as client:
+        topology_id = client.upload(submission)  # up to a minute: it carries the code package
     click.echo(f"submitted topology '{submission.name}' as {topology_id} ({len(submission.code)} bytes of code)")
 
 

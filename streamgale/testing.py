@@ -18,7 +18,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .components import Bolt, Spout, TopologyContext
 from .config import Config
@@ -90,6 +90,10 @@ class CapturingBolt(Bolt):
             _CAPTURED[self.name].append(tup)
 
 
+
+def _copier(proto: Any) -> Callable[[], Any]:
+    return lambda: copy.deepcopy(proto)
+
 def captured(name: str, clear: bool = False) -> list[Tuple]:
     """Tuples recorded so far by CapturingBolts named ``name``."""
     with _CAPTURED_LOCK:
@@ -149,7 +153,7 @@ def _with_mocks(topology: Topology, mock_sources: Mapping[str, Iterable[Sequence
         proto = FixedTupleSpout(data, {stream: list(fields)}, stream)
         clone.components[name] = copy.copy(comp)
         clone.components[name].cls = FixedTupleSpout
-        clone.components[name].factory = lambda proto=proto: copy.deepcopy(proto)
+        clone.components[name].factory = _copier(proto)
     return clone
 
 

@@ -57,7 +57,7 @@ class ComponentDef:
         }
 
 
-def _factory_for(name: str, component: Any, base: type) -> tuple[type, Callable[[], Component]]:
+def _factory_for(name: str, component: Any, base: type) -> tuple[Any, Callable[[], Any]]:
     kind = "spout" if base is Spout else "bolt"
     if isinstance(component, type):
         if not issubclass(component, base):

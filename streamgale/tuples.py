@@ -51,7 +51,7 @@ class Tuple:
                     f"tuple from '{self.source}' on stream '{self.stream}' has no field "
                     f"{key!r}; its fields are {list(self._index)}"
                 ) from None
-        return self.values[key]
+        return self.values[key]  # type: ignore[index]  # an int position
 
     def get(self, field: str, default: Any = None) -> Any:
         i = self._index.get(field)

@@ -39,7 +39,7 @@ from streamgale.cluster.state import ClusterState
 from streamgale.config import Config
 from streamgale.wire import channel, protocol
 from streamgale.wire.rpc import NimbusClient, NimbusError, RpcServer
-from streamgale.worker.daemon import WorkerArgs
+from streamgale.wire.channel import WorkerArgs
 
 from . import slot as slots
 from .channel import SupervisorChannel
@@ -71,7 +71,7 @@ def control_for(record: TopologyRecord | None, assignment: Assignment | None) ->
     """What the workers of a topology must know; its version is a digest of its content."""
     if record is None or assignment is None:
         return channel.WorkerControl(1, "KILLED", {}, None)
-    body = {"status": record.status, "log_levels": dict(record.log_levels),
+    body: dict[str, Any] = {"status": record.status, "log_levels": dict(record.log_levels),
             "assignment": {**assignment.to_dict(), "version": assignment.version}}
     version = int.from_bytes(hashlib.sha256(msgpack.packb(body, use_bin_type=True)).digest()[:7], "big") | 2
     return channel.WorkerControl(version, body["status"], body["log_levels"], body["assignment"])

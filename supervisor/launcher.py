@@ -17,7 +17,7 @@ from typing import Protocol
 
 import psutil
 
-from streamgale.worker.daemon import WorkerArgs
+from streamgale.wire.channel import WorkerArgs
 
 
 class Launcher(Protocol):

@@ -194,6 +194,7 @@ def _launching(state: SlotState, obs: Observed, timing: SlotTiming, actions: lis
     waited = obs.now - state.launched_at
     if waited > timing.start_timeout:
         reason = f"no heartbeat within {waited:.0f} s of launch"
+        assert state.running is not None
         actions.append(ReportCrash(state.running.topology_id, f"worker pid {state.pid}: {reason}"))
         return _kill(_count_restart(state, obs, timing), obs, actions, reason, force=True)
     return state
@@ -212,6 +213,7 @@ def _running(state: SlotState, obs: Observed, timing: SlotTiming, actions: list[
     silent = obs.now - state.last_heartbeat
     if silent > timing.worker_timeout:
         reason = f"no heartbeat for {silent:.0f} s"
+        assert state.running is not None
         actions.append(ReportCrash(state.running.topology_id, f"worker pid {state.pid}: {reason}"))
         return _kill(_count_restart(state, obs, timing), obs, actions, reason, force=True)
     if state.restarts and obs.now - state.launched_at >= timing.stable_after:

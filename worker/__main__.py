@@ -4,7 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .daemon import WorkerArgs, main
+from streamgale.wire.channel import WorkerArgs
+
+from .daemon import main
 
 
 def parse(argv: list[str]) -> WorkerArgs:

@@ -19,7 +19,6 @@ import queue
 import signal
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +34,7 @@ from streamgale.runtime.loop import ExecutorLoop
 from streamgale.runtime.metrics import task_counters
 from streamgale.topology import Topology
 from streamgale.wire import channel
+from streamgale.wire.channel import WorkerArgs
 
 from .heartbeat import Heartbeat, send_once
 from .transport import Inbound, Transport
@@ -42,19 +42,6 @@ from .transport import Inbound, Transport
 log = logging.getLogger("streamgale.worker")
 
 ERROR_REPORT_INTERVAL = 1.0  # at most one error record per component per second
-
-
-@dataclass(frozen=True)
-class WorkerArgs:
-    topology_id: str
-    port: int
-    supervisor_id: str
-    host: str
-    code_dir: Path
-    worker_dir: Path
-    config_file: Path | None
-    channel: str  # the supervisor's channel, e.g. tcp://127.0.0.1:PORT
-    scheme: str = "tcp"  # how workers reach each other: tcp, or inproc in an in-process cluster
 
 
 def apply_log_levels(levels: dict[str, str]) -> None:

@@ -91,7 +91,7 @@ class Batch:
 class Inbound:
     """How to turn a received entry into a local Tuple: what this worker accepts."""
 
-    def __init__(self, queues: Mapping[int, Callable[[Tuple], None]], task_component: Mapping[int, str],
+    def __init__(self, queues: dict[int, Callable[[Tuple], None]], task_component: Mapping[int, str],
                  index: Mapping[str, Mapping[str, Mapping[str, int]]]):
         self.queues = queues  # local bolt task -> deque.append
         self.task_component = task_component  # every task of the topology -> component

@@ -39,7 +39,7 @@ class _Znode:
     version: int = 0
     owner: int = 0  # the session of an ephemeral; 0 if persistent
     mzxid: int = 0  # the change that last wrote it: what data watches compare
-    cversion: int = 0  # children created and deleted so far: the next sequence number
+    created: int = 0  # children created so far (deletions do not count): the next sequence number
     children: frozenset[str] = frozenset()
 
 
@@ -80,11 +80,11 @@ class _Commit:
         if parent.owner:
             raise StorageError(f"{what}: {parent_path} is ephemeral and cannot have children")
         if sequence:
-            name += f"{parent.cversion:010d}"
+            name += f"{parent.created:010d}"
         path = _join(parent_path, name)
         if path in self.nodes:
             raise NodeExists(f"{what}: {path} exists")
-        self.nodes[parent_path] = replace(parent, cversion=parent.cversion + 1, children=parent.children | {name})
+        self.nodes[parent_path] = replace(parent, created=parent.created + 1, children=parent.children | {name})
         self.nodes[path] = _Znode(value, owner=self.session if ephemeral else 0, mzxid=self.zxid)
         self.touched += [("data", path), ("children", parent_path)]
         return path
@@ -118,7 +118,7 @@ class _Commit:
             raise NotEmpty(f"{what}: it has children {sorted(node.children)[:3]}")
         del self.nodes[path]
         parent = self.nodes[parent_path]
-        self.nodes[parent_path] = replace(parent, cversion=parent.cversion + 1, children=parent.children - {name})
+        self.nodes[parent_path] = replace(parent, children=parent.children - {name})
         self.touched += [("data", path), ("children", parent_path)]
         return True
 
@@ -182,7 +182,13 @@ class MemoryZooKeeper:
         """The session is gone: its ephemerals are deleted; its client hears nothing of it."""
         if self._sessions.pop(session, None) is not None:
             doomed = sorted(p for p, n in self._nodes.items() if n.owner == session)
-            self._commit(session, [(f"delete {p}", lambda c, p=p: c.delete(p, -1)) for p in doomed])
+
+            def delete_ephemerals(change: _Commit) -> bool:
+                for path in doomed:  # ephemerals have no children: this cannot fail
+                    change.delete(path, -1)
+                return True
+
+            self._commit(session, [(f"end session {session:#x}", delete_ephemerals)])
 
     def _commit(self, session: int, ops: Sequence[Op]) -> list[TxnResult]:
         change = _Commit(self._nodes, self._zxid + 1, session)
@@ -322,7 +328,7 @@ class MemoryStorage:
                 self.server._end_session(self._session)
             self._watches.clear()
             if started:
-                self._events.submit(self._deliver_state, LOST)
+                self._events.submit(self._deliver_state, LOST, list(self._listeners))
             self._events.submit(self._worker.stop)  # after whatever LOST's listeners spawn
             self._events.stop()
 
@@ -350,11 +356,13 @@ class MemoryStorage:
         self.server.settle(timeout)
 
     def _set_state(self, state: str) -> None:
+        # The listeners of the moment hear it, as kazoo calls them at the change itself.
         self._state = state
-        self._events.submit(self._deliver_state, state)
+        self._events.submit(self._deliver_state, state, list(self._listeners))
 
-    def _deliver_state(self, state: str) -> None:
-        for cb in list(self._listeners):
+    @staticmethod
+    def _deliver_state(state: str, listeners: list[StateListener]) -> None:
+        for cb in listeners:
             call_quietly(cb, state)
 
     def _live(self, what: str) -> int:

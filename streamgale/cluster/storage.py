@@ -10,7 +10,7 @@ every failure is a :class:`StorageError`.
 Semantics are ZooKeeper's: a znode has data and a version (0 when created, +1
 per write; ``version=-1`` means "any"); an ephemeral znode belongs to the
 session that made it and goes when that session ends; a sequential create
-appends the parent's 10-digit child counter to the name.
+appends the number of children the parent has had created (10 digits) to the name.
 
 Threads, as kazoo's rules have them: a watch's first call happens in the
 caller's thread, later ones on the storage's event thread; connection-state

@@ -30,7 +30,8 @@ from streamgale.dev.ports import free_port
 from streamgale.nimbus.daemon import Nimbus
 from streamgale.supervisor.daemon import Supervisor
 from streamgale.wire.rpc import NimbusClient
-from streamgale.worker.daemon import Worker, WorkerArgs
+from streamgale.wire.channel import WorkerArgs
+from streamgale.worker.daemon import Worker
 
 log = logging.getLogger("streamgale.inprocess")
 

@@ -40,7 +40,7 @@ class AckerExecutor(Executor):
     def __init__(self, tasks: tuple[int, ...], sinks: dict[int, Sink], message_timeout: float,
                  on_error: ErrorHandler, clock: Callable[[], float] = time.monotonic):
         now = clock()
-        super().__init__(ACKER, [AckerTask(t, message_timeout, now) for t in tasks], on_error)  # type: ignore[arg-type]
+        super().__init__(ACKER, [AckerTask(t, message_timeout, now) for t in tasks], on_error)
         self.sinks = sinks
         self.clock = clock
         self.malformed = 0
@@ -53,13 +53,13 @@ class AckerExecutor(Executor):
 
     def tracked(self) -> int:
         """Tuple trees currently tracked (for metrics and tests)."""
-        return sum(len(r.table) for r in self.runners)  # type: ignore[attr-defined]
+        return sum(len(r.table) for r in self.runners)
 
     def step(self, budget: int) -> int:
         work = 0
         now = self.clock()
         for r in self.runners:
-            table: AckerTable = r.table  # type: ignore[attr-defined]
+            table: AckerTable = r.table
             table.expire(now)
             q = r.queue
             if not q:
@@ -79,9 +79,9 @@ class AckerExecutor(Executor):
                     log.warning("acker task %d dropped a malformed ack message from task %d: %s",
                                 r.task, tup.source_task, exc)
             work += n
-            r.executed += n  # type: ignore[attr-defined]
-            r.acked += sum(map(len, acked.values()))  # type: ignore[attr-defined]
-            r.failed += sum(map(len, failed.values()))  # type: ignore[attr-defined]
+            r.executed += n
+            r.acked += sum(map(len, acked.values()))
+            r.failed += sum(map(len, failed.values()))
             for spout_task in set(acked) | set(failed):
                 sink = self.sinks.get(spout_task)
                 if sink is None:

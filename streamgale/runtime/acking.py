@@ -139,15 +139,15 @@ class AckerTable:
             else:
                 entry[2] = True  # failed before its init arrived: fail it when the init comes
         for root in touched:
-            entry = head.get(root)
-            if entry is None or not entry[1]:
+            done = head.get(root)
+            if done is None or not done[1]:
                 continue
-            if entry[2]:
+            if done[2]:
                 del head[root]
-                failed.setdefault(entry[1], []).append(root)
-            elif entry[0] == 0:
+                failed.setdefault(done[1], []).append(root)
+            elif done[0] == 0:
                 del head[root]
-                acked.setdefault(entry[1], []).append(root)
+                acked.setdefault(done[1], []).append(root)
 
     def expire(self, now: float) -> int:
         """Rotate buckets that are due; returns how many roots were forgotten."""

@@ -273,7 +273,7 @@ class TaskRunner:
 
     __slots__ = ("task", "instance", "context", "collector", "queue")
 
-    def __init__(self, task: int, instance: Spout | Bolt, context: TopologyContext, collector: Collector):
+    def __init__(self, task: int, instance: Any, context: TopologyContext, collector: Collector):
         self.task = task
         self.instance = instance
         self.context = context
@@ -286,8 +286,8 @@ class TaskRunner:
             instance.emit_direct = collector.spout_emit_direct  # type: ignore[method-assign]
         else:
             collector.auto_anchor = bool(instance.auto_ack)
-            instance.emit = collector.bolt_emit  # type: ignore[method-assign]
-            instance.emit_direct = collector.bolt_emit_direct  # type: ignore[method-assign]
+            instance.emit = collector.bolt_emit
+            instance.emit_direct = collector.bolt_emit_direct
 
 
 class Executor:
@@ -295,11 +295,21 @@ class Executor:
     of work, return how much), ``stop`` (close/cleanup)."""
 
     kind = ""
+    tick_interval: float | None = None
 
-    def __init__(self, component: str, runners: list[TaskRunner], on_error: ErrorHandler):
+    def __init__(self, component: str, runners: list[Any], on_error: ErrorHandler):
         self.component = component
-        self.runners = runners
+        self.runners = runners  # TaskRunner, or the acker's AckerTask
         self.on_error = on_error
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def step(self, budget: int) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
 
     def _report(self, runner: TaskRunner, exc: BaseException, doing: str) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -467,7 +477,7 @@ class BoltExecutor(Executor):
             pop = q.popleft
             col = r.collector
             auto = col.auto_anchor and col.acks is not None
-            ack = col.acks.ack if auto else None  # type: ignore[union-attr]
+            ack: Any = col.acks.ack if auto else None
             started = perf_counter()
             deadline = started + TURN_SECONDS
             done = 0

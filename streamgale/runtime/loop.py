@@ -14,7 +14,7 @@ polls its sockets.
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from .executor import Executor, SpoutExecutor
 
@@ -53,7 +53,7 @@ class ExecutorLoop:
         self.queue_size = queue_size
         self.clock = clock
         self.io = io
-        self._ticks = [[b.tick_interval, 0.0, b] for b in self.bolts if b.tick_interval]
+        self._ticks: list[list[Any]] = [[b.tick_interval, 0.0, b] for b in self.bolts if b.tick_interval]
         self.started = False
         # The executor whose user code runs now and since when (read by a worker's heartbeat
         # thread to report a slow component; written only by the loop thread).
@@ -133,10 +133,10 @@ class ExecutorLoop:
         """Close spouts, then clean up bolts; errors are reported, not raised."""
         if not self.started:
             return
-        for e in self.spouts:
-            e.stop()
-        for e in self.bolts:
-            e.stop()
+        for spout in self.spouts:
+            spout.stop()
+        for bolt in self.bolts:
+            bolt.stop()
         self.started = False
 
     def set_active(self, active: bool) -> None:

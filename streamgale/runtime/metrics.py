@@ -21,8 +21,8 @@ def task_counters(executors: Sequence[Executor]) -> dict[str, dict[str, Any]]:
         if isinstance(e, AckerExecutor):
             for t in e.runners:
                 out[str(t.task)] = {"component": e.component, "kind": "acker", "queue": len(t.queue),
-                                    "tracked": len(t.table), "executed": t.executed,  # type: ignore[attr-defined]
-                                    "acked": t.acked, "failed": t.failed,  # type: ignore[attr-defined]
+                                    "tracked": len(t.table), "executed": t.executed,
+                                    "acked": t.acked, "failed": t.failed,
                                     "malformed": e.malformed}
             continue
         for r in e.runners:

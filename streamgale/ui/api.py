@@ -100,7 +100,7 @@ def _components(info: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 def _ordered(components: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Spouts, then bolts, then system components; by name within each."""
-    return sorted(components, key=lambda n: (KIND_ORDER.get(components[n].get("kind"), 1), n))
+    return sorted(components, key=lambda n: (KIND_ORDER.get(str(components[n].get("kind")), 1), n))
 
 
 def _error(e: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def topology_detail(row: Mapping[str, Any], info: Mapping[str, Any], stats: Mapp
     g = graph(comps, parallelism)
     depth = {n["id"]: n["depth"] for n in g["nodes"]}
     components = []
-    for name in sorted(comps, key=lambda n: (KIND_ORDER.get(comps[n].get("kind"), 1), depth.get(n, 0), n)):
+    for name in sorted(comps, key=lambda n: (KIND_ORDER.get(str(comps[n].get("kind")), 1), depth.get(n, 0), n)):
         spec = comps[name]
         last = (errors.get(name) or [None])[-1]
         components.append({

@@ -59,7 +59,7 @@ class UiServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{host!s}:{port}/" if isinstance(host, str) else f"http://{host.decode()}:{port}/"
 
 
 def make_server(host: str, port: int, nimbus: Sequence[str], timeout: float = 3.0) -> UiServer:
@@ -88,7 +88,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         url = urlsplit(self.path)
-        window = (parse_qs(url.query).get("window") or [None])[-1]
+        windows: list[str | None] = [*parse_qs(url.query).get("window", [])] or [None]
+        window = windows[-1]
         if url.path == "/metrics":
             return self._guard(lambda: self._send(200, self._metrics().encode(), prometheus.CONTENT_TYPE))
         if url.path == "/" or url.path.startswith("/static/"):

@@ -194,6 +194,24 @@ def decode(frame: bytes) -> Message:
     return result
 
 
+# -- the launch: what a supervisor starts a worker with --------------------------------------
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """A worker's command line (``python -m streamgale.worker``), as its supervisor builds it."""
+
+    topology_id: str
+    port: int
+    supervisor_id: str
+    host: str
+    code_dir: Path
+    worker_dir: Path
+    config_file: Path | None
+    channel: str  # the supervisor's channel, e.g. tcp://127.0.0.1:PORT
+    scheme: str = "tcp"  # how workers reach each other: tcp, or inproc in an in-process cluster
+
+
+
 # -- the launch file -------------------------------------------------------------------------
 
 LAUNCH_FILE = "launch"

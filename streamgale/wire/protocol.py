@@ -419,7 +419,7 @@ def _unpack(frame: bytes, what: str, max_bytes: int) -> Any:
 
 def _envelope_id(obj: Any) -> int | None:
     rid = obj.get("id") if isinstance(obj, dict) else None
-    return rid if _is_int(rid) and 0 <= rid < 1 << 64 else None
+    return rid if isinstance(rid, int) and _is_int(rid) and 0 <= rid < 1 << 64 else None
 
 
 def _check_version(obj: dict[str, Any], what: str, rid: int | None) -> None:
