@@ -136,7 +136,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("supervisor.worker_start_timeout", "a number of seconds > 0", 30.0, _float(),
                 "a launched worker that has not heartbeaten after this is killed and restarted"),
         Setting("nimbus.task_timeout", "a number of seconds > 0", 10.0, _float(),
-                "a worker whose ZooKeeper heartbeat stops this long has its executors moved elsewhere"),
+                "a worker whose heartbeats (forwarded by its supervisor) stop this long has its executors moved elsewhere"),
         Setting("nimbus.task_launch_timeout", "a number of seconds > 0", 30.0, _float(),
                 "time a newly assigned worker gets to send its first heartbeat before nimbus moves it"),
         Setting("topology.workers", "an integer >= 1", 1, _int(1, 1024),
