@@ -22,18 +22,18 @@ import argparse
 import statistics
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import msgpack
 import zmq
+from streamgale.worker.transport import FRAME_VERSION, TUPLES, Batch, Inbound, Transport
 
 from streamgale import Bolt
-from streamgale.runtime.acking import AckBuffer, AckerTable, new_id
 from streamgale.components import TopologyContext
 from streamgale.groupings import FieldsRouter
-from streamgale.tuples import Tuple
+from streamgale.runtime.acking import AckBuffer, AckerTable, new_id
 from streamgale.runtime.executor import BoltExecutor, Collector, Routes, TaskRunner
-from streamgale.worker.transport import FRAME_VERSION, TUPLES, Batch, Inbound, Transport
+from streamgale.tuples import Tuple
 
 from .wordcount import sentences
 

@@ -25,7 +25,7 @@ class BenchCluster:
         self.dir = self.cluster.dir
         self.config_file = self.cluster.config_file
 
-    def __enter__(self) -> "BenchCluster":
+    def __enter__(self) -> BenchCluster:
         try:
             self.start()
         except BaseException:

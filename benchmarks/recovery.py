@@ -16,7 +16,6 @@ import argparse
 import time
 from pathlib import Path
 
-
 from .cluster import BenchCluster
 
 TOPOLOGY = Path(__file__).resolve().parent / "topologies" / "recovery.py"

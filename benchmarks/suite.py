@@ -27,8 +27,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .wordcount import local_word_count, sentences
 

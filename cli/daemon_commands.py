@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import time
@@ -85,6 +84,7 @@ def supervisor(state: State, host: str | None, shutdown_workers: bool, overrides
     """
     from streamgale.supervisor.daemon import Supervisor
     from streamgale.supervisor.launcher import ProcessLauncher
+
     from streamgale.wire.rpc import NimbusClient
 
     config = daemon_config(state, overrides)

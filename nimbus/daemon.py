@@ -13,18 +13,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
-from streamgale.wire import protocol as p
+from streamgale.cluster.election import Leadership
 from streamgale.cluster.errors import FencedOut, StaleAssignment, TopologyExists
+from streamgale.cluster.package import digest
+from streamgale.cluster.records import (
+    ACTIVE,
+    INACTIVE,
+    KILLED,
+    REBALANCING,
+    ErrorRecord,
+    RecordError,
+    TopologyRecord,
+    slot_id,
+)
 from streamgale.cluster.state import ClusterState
 from streamgale.config import Config, ConfigError
-from streamgale.cluster.package import digest
-from streamgale.cluster.election import Leadership
-from streamgale.cluster.records import (ACTIVE, INACTIVE, KILLED, REBALANCING, ErrorRecord, RecordError,
-                                        TopologyRecord, slot_id)
+from streamgale.wire import protocol as p
 from streamgale.wire.rpc import RpcServer
 
 from .liveness import SlotLiveness

@@ -18,8 +18,8 @@ the full ``launch_timeout`` before judging it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from streamgale.cluster.records import Assignment, SupervisorInfo, slot_id
 

@@ -31,8 +31,9 @@ and all time (keys "600", "10800", "86400", "all")::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 WINDOWS: tuple[tuple[str, float | None], ...] = (("600", 600.0), ("10800", 10800.0), ("86400", 86400.0),
                                                 ("all", None))

@@ -22,9 +22,16 @@ Policy (Storm's even scheduler, made sticky):
 from __future__ import annotations
 
 from collections import Counter
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from streamgale.cluster.records import Assignment, Executor, SlotAssignment, SupervisorInfo, TopologyRecord, slot_id
+from streamgale.cluster.records import (
+    Assignment,
+    ExecutorTasks,
+    SlotAssignment,
+    SupervisorInfo,
+    TopologyRecord,
+    slot_id,
+)
 
 Slot = tuple[str, int]  # (supervisor id, port); sorts by supervisor id, then port
 
@@ -88,7 +95,7 @@ def _schedule_one(rec: TopologyRecord, supervisors: Mapping[str, SupervisorInfo]
     return Assignment(rec.id, rec.code_digest, out, now, cur.version if cur is not None else -1)
 
 
-def _still_good(rec: TopologyRecord, cur: Assignment, executors: list[Executor], wanted: int,
+def _still_good(rec: TopologyRecord, cur: Assignment, executors: list[ExecutorTasks], wanted: int,
                 supervisors: Mapping[str, SupervisorInfo], free: list[Slot], own: set[str],
                 held_by_others: set[str]) -> bool:
     """Whether ``cur`` may stay exactly as it is."""
@@ -150,7 +157,8 @@ def _add_free(kept: list[Slot], free: list[Slot], wanted: int) -> list[Slot]:
     return slots
 
 
-def _place(executors: list[Executor], slots: list[Slot], cur: Assignment | None) -> dict[Slot, tuple[Executor, ...]]:
+def _place(executors: list[ExecutorTasks], slots: list[Slot],
+           cur: Assignment | None) -> dict[Slot, tuple[ExecutorTasks, ...]]:
     """Spread ``executors`` over ``slots`` (loads differ by at most one).
 
     An executor stays on the slot it runs on now while that slot is within its
@@ -158,9 +166,9 @@ def _place(executors: list[Executor], slots: list[Slot], cur: Assignment | None)
     shares. The rest fill the least-loaded slots in slot order.
     """
     order = {e: i for i, e in enumerate(executors)}
-    now_on: dict[Slot, list[Executor]] = {s: [] for s in slots}
+    now_on: dict[Slot, list[ExecutorTasks]] = {s: [] for s in slots}
     if cur is not None:
-        seen: set[Executor] = set()  # a corrupt assignment may list an executor twice
+        seen: set[ExecutorTasks] = set()  # a corrupt assignment may list an executor twice
         for s in sorted(cur.slots.values(), key=lambda s: (s.supervisor_id, s.port)):
             key = (s.supervisor_id, s.port)
             if key in now_on:
@@ -170,7 +178,7 @@ def _place(executors: list[Executor], slots: list[Slot], cur: Assignment | None)
     base, extra = divmod(len(executors), len(slots))
     by_load = sorted(slots, key=lambda s: (-len(now_on[s]), s))
     share = {s: base + (1 if i < extra else 0) for i, s in enumerate(by_load)}
-    placed: dict[Slot, list[Executor]] = {s: now_on[s][:share[s]] for s in slots}
+    placed: dict[Slot, list[ExecutorTasks]] = {s: now_on[s][:share[s]] for s in slots}
     done = {e for group in placed.values() for e in group}
     for e in executors:
         if e in done:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from streamgale.runtime.acking import ACKER
 from streamgale.groupings import KINDS
+from streamgale.runtime.acking import ACKER
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 MAX_COMPONENTS = 1000

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable, Mapping, Sequence, TypedDict, Union
+from typing import Any, TypedDict, Union
 
 from .cluster.package import PackageError, digest, pack_directory
 from .config import Config, ConfigError, load_config, parse_override
@@ -191,7 +192,7 @@ def topology_from_file(path: str | os.PathLike[str], *, base: Config,
     try:
         layer, source = _override_layer(config)
         with_overrides = base.merged(layer, source)
-        topology = load_topology(path, with_overrides)
+        topology = load_topology(Path(path), with_overrides)
         return topology, with_overrides.merged(topology.config, "topology config").merged(layer, source)
     except TopologyError as e:
         raise TopologyError(f"invalid topology in {path}: {e}") from e
@@ -256,14 +257,14 @@ def _defining_file(topology: Topology, config: Config) -> Path:
                             if c.kind != "acker" and c.cls.__module__.split(".")[0] != "streamgale")
     differing = []
     for module_name in modules:
-        module = sys.modules.get(module_name)
-        file = _source(module)
-        candidate = _module_topology(module, file, config) if file is not None else None
-        if candidate is None:
+        defining = sys.modules.get(module_name)
+        source = _source(defining)
+        candidate = _module_topology(defining, source, config) if source is not None else None
+        if candidate is None or source is None:
             continue
         if candidate.with_ackers(0).spec() == wanted:
-            return file  # type: ignore[return-value]
-        differing.append(str(file))
+            return source
+        differing.append(str(source))
     if differing:
         raise TopologyError(
             f"topology '{topology.name}' differs from the one {' and '.join(differing)} defines, which is what "
@@ -447,7 +448,7 @@ class Client:
             client.close()
         self._supervisors.clear()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -12,8 +12,9 @@ with no arguments per task; one given as an instance is deep-copied per task.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .tuples import Tuple
 
@@ -30,7 +31,7 @@ class TopologyContext:
     task_id: int
     task_index: int  # 0..task_count-1 within the component
     task_count: int
-    config: "Config"
+    config: Config
     component_tasks: Mapping[str, tuple[int, ...]] = field(repr=False)
     outputs: Mapping[str, tuple[str, ...]] = field(repr=False)
 

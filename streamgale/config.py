@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -136,7 +136,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("supervisor.worker_start_timeout", "a number of seconds > 0", 30.0, _float(),
                 "a launched worker that has not heartbeaten after this is killed and restarted"),
         Setting("nimbus.task_timeout", "a number of seconds > 0", 10.0, _float(),
-                "a worker whose heartbeats (forwarded by its supervisor) stop this long has its executors moved elsewhere"),
+                "a worker whose heartbeats (forwarded by its supervisor) stop this long has its executors moved "
+                "elsewhere"),
         Setting("nimbus.task_launch_timeout", "a number of seconds > 0", 30.0, _float(),
                 "time a newly assigned worker gets to send its first heartbeat before nimbus moves it"),
         Setting("topology.workers", "an integer >= 1", 1, _int(1, 1024),
@@ -236,13 +237,13 @@ class Config(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"Config({self._values!r})"
 
-    def merged(self, layer: Mapping[str, Any], source: str, allow_user_keys: bool = True) -> "Config":
+    def merged(self, layer: Mapping[str, Any], source: str, allow_user_keys: bool = True) -> Config:
         """Return a new Config with ``layer`` (possibly nested) applied on top."""
         flat = flatten(layer)
         checked = {k: check_value(k, v, source, allow_user_keys) for k, v in flat.items()}
         return Config({**self._values, **checked})
 
-    def with_overrides(self, overrides: Iterable[str]) -> "Config":
+    def with_overrides(self, overrides: Iterable[str]) -> Config:
         """Apply ``-c key=value`` strings."""
         layer = dict(parse_override(o) for o in overrides)
         return self.merged(layer, "-c option")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from streamgale.runtime.assembly import Capture, build_executors
 from streamgale.runtime.loop import ExecutorLoop

@@ -17,8 +17,9 @@ import copy
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .components import Bolt, Spout, TopologyContext
 from .config import Config
@@ -45,7 +46,8 @@ class FixedTupleSpout(Spout):
     ``failed`` record what came back.
     """
 
-    def __init__(self, tuples: Iterable[Sequence[Any]], outputs: Sequence[str] | Mapping[str, Sequence[str]] = ("value",),
+    def __init__(self, tuples: Iterable[Sequence[Any]],
+                 outputs: Sequence[str] | Mapping[str, Sequence[str]] = ("value",),
                  stream: str = "default"):
         self.tuples = [list(t) for t in tuples]
         self.outputs = outputs  # type: ignore[misc]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .components import Bolt, Component, Spout, normalise_outputs
 from .groupings import CustomGrouping, Grouping
@@ -76,11 +77,11 @@ def _factory_for(name: str, component: Any, base: type) -> tuple[Any, Callable[[
 class BoltDeclarer:
     """Returned by :meth:`Topology.bolt`; chain groupings to subscribe to streams."""
 
-    def __init__(self, topology: "Topology", component: ComponentDef):
+    def __init__(self, topology: Topology, component: ComponentDef):
         self._topology = topology
         self._component = component
 
-    def _add(self, source: str, stream: str, grouping: Grouping) -> "BoltDeclarer":
+    def _add(self, source: str, stream: str, grouping: Grouping) -> BoltDeclarer:
         if not isinstance(source, str):
             raise TopologyError(
                 f"bolt '{self._component.name}': source must be a component name, got {source!r}"
@@ -88,11 +89,11 @@ class BoltDeclarer:
         self._component.inputs.append(Subscription(source, stream, grouping))
         return self
 
-    def shuffle(self, source: str, stream: str = "default") -> "BoltDeclarer":
+    def shuffle(self, source: str, stream: str = "default") -> BoltDeclarer:
         """Tuples are spread evenly over the tasks, at random."""
         return self._add(source, stream, Grouping("shuffle"))
 
-    def fields(self, source: str, *fields: str, stream: str = "default") -> "BoltDeclarer":
+    def fields(self, source: str, *fields: str, stream: str = "default") -> BoltDeclarer:
         """Tuples with equal values of ``fields`` always go to the same task."""
         if not fields:
             raise TopologyError(
@@ -100,7 +101,7 @@ class BoltDeclarer:
             )
         return self._add(source, stream, Grouping("fields", tuple(fields)))
 
-    def partial_key(self, source: str, *fields: str, stream: str = "default") -> "BoltDeclarer":
+    def partial_key(self, source: str, *fields: str, stream: str = "default") -> BoltDeclarer:
         """Like fields grouping, but each key may go to one of two tasks, to balance skew."""
         if not fields:
             raise TopologyError(
@@ -108,28 +109,28 @@ class BoltDeclarer:
             )
         return self._add(source, stream, Grouping("partial_key", tuple(fields)))
 
-    def all(self, source: str, stream: str = "default") -> "BoltDeclarer":
+    def all(self, source: str, stream: str = "default") -> BoltDeclarer:
         """Every task receives every tuple."""
         return self._add(source, stream, Grouping("all"))
 
-    def global_(self, source: str, stream: str = "default") -> "BoltDeclarer":
+    def global_(self, source: str, stream: str = "default") -> BoltDeclarer:
         """Every tuple goes to one task (the lowest task id)."""
         return self._add(source, stream, Grouping("global"))
 
-    def none(self, source: str, stream: str = "default") -> "BoltDeclarer":
+    def none(self, source: str, stream: str = "default") -> BoltDeclarer:
         """No preference (currently the same as shuffle)."""
         return self._add(source, stream, Grouping("none"))
 
-    def direct(self, source: str, stream: str = "default") -> "BoltDeclarer":
+    def direct(self, source: str, stream: str = "default") -> BoltDeclarer:
         """The emitter picks the task with ``emit_direct``."""
         return self._add(source, stream, Grouping("direct"))
 
-    def local_or_shuffle(self, source: str, stream: str = "default") -> "BoltDeclarer":
+    def local_or_shuffle(self, source: str, stream: str = "default") -> BoltDeclarer:
         """Shuffle among tasks in the emitter's worker if there are any, else among all."""
         return self._add(source, stream, Grouping("local_or_shuffle"))
 
     def custom(self, source: str, grouping: type[CustomGrouping] | CustomGrouping,
-               stream: str = "default") -> "BoltDeclarer":
+               stream: str = "default") -> BoltDeclarer:
         """A :class:`CustomGrouping` subclass or instance chooses the tasks."""
         is_cls = isinstance(grouping, type) and issubclass(grouping, CustomGrouping)
         if not (is_cls or isinstance(grouping, CustomGrouping)):
@@ -193,7 +194,7 @@ class Topology:
 
     # -- validation -----------------------------------------------------------------------
 
-    def validate(self) -> "Topology":
+    def validate(self) -> Topology:
         """Raise :class:`TopologyError` naming the first fault found; return self."""
         from .config import Config, ConfigError
 
@@ -281,10 +282,10 @@ class Topology:
                 out.setdefault((sub.source, sub.stream), []).append((comp.name, sub))
         return out
 
-    def with_ackers(self, count: int) -> "Topology":
+    def with_ackers(self, count: int) -> Topology:
         """A copy with ``count`` acker executors (system component ``__acker``); 0: none."""
-        from .runtime.acking import ACKER
         from .components import Bolt
+        from .runtime.acking import ACKER
 
         clone = copy.copy(self)
         clone.components = {n: c for n, c in self.components.items() if c.kind != "acker"}

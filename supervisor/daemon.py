@@ -24,8 +24,9 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import psutil
@@ -38,8 +39,8 @@ from streamgale.cluster.records import Assignment, ErrorRecord, SupervisorInfo, 
 from streamgale.cluster.state import ClusterState
 from streamgale.config import Config
 from streamgale.wire import channel, protocol
-from streamgale.wire.rpc import NimbusClient, NimbusError, RpcServer
 from streamgale.wire.channel import WorkerArgs
+from streamgale.wire.rpc import NimbusClient, NimbusError, RpcServer
 
 from . import slot as slots
 from .channel import SupervisorChannel
@@ -384,7 +385,8 @@ class Supervisor:
                           self.worker_config, self.channel.url, self.worker_scheme)
         pid = self.launcher.launch(args, wdir / "worker.log")
         (wdir / PROCESS_FILE).write_bytes(msgpack.packb(
-            {"pid": pid, "topology_id": desired.topology_id, "executors": [[c, list(t)] for c, t in desired.executors]}))
+            {"pid": pid, "topology_id": desired.topology_id,
+             "executors": [[c, list(t)] for c, t in desired.executors]}))
         self.beats.pop(port, None)
         self.sent_control.pop(port, None)
         log.info("launched worker pid %d on port %d for %s", pid, port, desired.topology_id)

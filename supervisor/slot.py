@@ -21,12 +21,22 @@ Phases::
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import Enum
 
-from streamgale.cluster.records import Executor
+from streamgale.cluster.records import ExecutorTasks
 
-EMPTY, WAITING_FOR_CODE, LAUNCHING, RUNNING, KILLING = (
-    "EMPTY", "WAITING_FOR_CODE", "LAUNCHING", "RUNNING", "KILLING")
-PHASES = (EMPTY, WAITING_FOR_CODE, LAUNCHING, RUNNING, KILLING)
+
+class Phase(str, Enum):
+    """Where a slot is in its life (a str, so it prints and compares as its name)."""
+
+    EMPTY = "EMPTY"
+    WAITING_FOR_CODE = "WAITING_FOR_CODE"
+    LAUNCHING = "LAUNCHING"
+    RUNNING = "RUNNING"
+    KILLING = "KILLING"
+
+
+EMPTY, WAITING_FOR_CODE, LAUNCHING, RUNNING, KILLING = Phase
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,7 @@ class Desired:
 
     topology_id: str
     code_digest: str
-    executors: tuple[Executor, ...]
+    executors: tuple[ExecutorTasks, ...]
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,7 @@ class Heartbeat:
     time: float
     pid: int
     topology_id: str
-    executors: tuple[Executor, ...]
+    executors: tuple[ExecutorTasks, ...]
     code_digest: str = ""
 
 
@@ -83,7 +93,7 @@ class SlotState:
     """Invariants: ``running`` is None exactly in EMPTY; ``pid`` is set in
     RUNNING and KILLING, and in LAUNCHING once :func:`launched` recorded it."""
 
-    phase: str
+    phase: Phase
     running: Desired | None = None
     pid: int | None = None
     launched_at: float = 0.0
@@ -94,7 +104,7 @@ class SlotState:
     code_requested_at: float = 0.0
 
     @classmethod
-    def empty(cls) -> "SlotState":
+    def empty(cls) -> SlotState:
         return cls(EMPTY)
 
 
@@ -300,7 +310,7 @@ def _note_heartbeat(state: SlotState, obs: Observed) -> SlotState:
     return replace(state, last_heartbeat=hb.time)
 
 
-def _norm(executors: tuple[Executor, ...]) -> tuple[Executor, ...]:
+def _norm(executors: tuple[ExecutorTasks, ...]) -> tuple[ExecutorTasks, ...]:
     return tuple(sorted((str(c), tuple(int(t) for t in ts)) for c, ts in executors))
 
 

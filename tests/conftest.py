@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from zk_fixtures import *  # noqa: F401,F403  (real ZooKeeper fixtures)
 
@@ -54,7 +55,7 @@ class Processes:
                 pass
 
 
-def worker_processes(directory: Path) -> list[tuple["psutil.Process", list[str]]]:
+def worker_processes(directory: Path) -> list[tuple[psutil.Process, list[str]]]:
     """Live ``streamgale.worker`` processes whose command line names ``directory`` (a test's
     cluster directory), with their command lines. Workers run in their own sessions, so this is
     how a test finds (and cleans up) the ones its supervisors started."""

@@ -18,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import psutil
-
 from conftest import ROOT, Processes
 from netns import NetLab, unavailable_reason
 
 from streamgale.cluster.state import ClusterState
+from streamgale.cluster.zk_storage import ZkStorage
 from streamgale.dev.cluster import ProcessCluster, SupervisorNode, find_workers
 from streamgale.dev.zookeeper_server import ZooKeeperServer
 
@@ -56,9 +56,9 @@ class FaultCluster(ProcessCluster):
 
     # -- start ----------------------------------------------------------------------------------
 
-    def start(self, nimbuses: int = 1) -> "FaultCluster":
+    def start(self, nimbuses: int = 1) -> FaultCluster:
         self.start_zookeeper()
-        self.state = ClusterState([self.zk.address], session_timeout=10)
+        self.state = ClusterState(ZkStorage([self.zk.address], session_timeout=10))
         self.state.start(timeout=30)
         super().start(nimbuses)
         return self

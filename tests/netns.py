@@ -86,7 +86,7 @@ def _run(args: Sequence[str], *, check: bool = True) -> subprocess.CompletedProc
     return proc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unavailable_reason() -> str | None:
     """Return ``None`` if :class:`NetLab` can be used here, else a human-readable reason.
 
@@ -296,7 +296,7 @@ class NetLab:
     # -- construction -----------------------------------------------------------------
 
     def _build(self, count: int) -> None:
-        for attempt in range(5):
+        for _ in range(5):
             self.subnet = _pick_subnet()
             gateway = self.subnet[1]
             self.bridge_address = str(gateway)

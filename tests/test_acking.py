@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from streamgale import Bolt, LocalCluster, ReliableSpout, Spout, Topology
-from streamgale.runtime.acking import AckBuffer, AckerTable, PendingRoots, new_id
 from streamgale.config import Config
 from streamgale.runtime.acker import AckerExecutor
+from streamgale.runtime.acking import AckBuffer, AckerTable, PendingRoots, new_id
 from streamgale.runtime.executor import SpoutExecutor, TaskRunner
 from streamgale.runtime.loop import ExecutorLoop
 
@@ -419,7 +419,7 @@ def test_acker_table_completes_a_tree_whatever_the_order_of_messages():
         rng.shuffle(msgs)
         table = AckerTable(30, now=0)
         acked: dict = {}
-        for i, (kind, val) in enumerate(msgs):
+        for kind, val in msgs:
             assert not acked, "completed early"
             table.apply([[root, val, 9]] if kind == "init" else [], [[root, val]] if kind == "ack" else [],
                         [], acked, {})

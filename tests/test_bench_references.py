@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from benchmarks import ceiling
-from benchmarks.wordcount import sentences
 from benchmarks.ceiling import zmq_ceiling
+from benchmarks.wordcount import sentences
 
 
 def words_of(n: int) -> list[str]:

@@ -5,7 +5,6 @@ import textwrap
 
 from conftest import run_cli, wait_for
 
-
 COMMANDS = ("local", "config", "submit", "list", "kill", "activate", "deactivate", "rebalance", "info", "stats",
             "monitor", "logs", "set-log-level", "cluster", "nimbus", "supervisor", "dev-zookeeper", "dev-cluster", "ui")
 

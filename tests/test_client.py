@@ -16,12 +16,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-import streamgale
 from cluster_fixtures import cluster  # noqa: F401  (fixture)
 from conftest import ROOT
+
+import streamgale
 from streamgale import Config, ConfigError, Topology, TopologyError, load_config
-from streamgale.cluster.package import digest
 from streamgale.client import (
     Client,
     NotFound,
@@ -31,6 +30,7 @@ from streamgale.client import (
     prepare,
     topology_from_file,
 )
+from streamgale.cluster.package import digest
 
 sys.path.insert(0, str(ROOT / "tests" / "topologies"))
 import cluster_word_count as wc  # noqa: E402

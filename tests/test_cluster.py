@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from cluster_fixtures import cluster  # noqa: F401  (fixture)
 from conftest import ROOT, run_cli, wait_for
 

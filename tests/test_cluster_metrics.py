@@ -6,7 +6,6 @@ import json
 import sys
 
 import pytest
-
 from cluster_fixtures import cluster  # noqa: F401  (fixture)
 from conftest import ROOT
 

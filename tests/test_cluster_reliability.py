@@ -8,7 +8,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from cluster_fixtures import cluster  # noqa: F401  (fixture)
 from conftest import ROOT
 

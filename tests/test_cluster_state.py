@@ -11,17 +11,31 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from conftest import wait_for
 from memory_fixtures import memory_zookeeper  # noqa: F401 - a fixture
 
 from streamgale.cluster.election import contenders
-from streamgale.cluster.records import (ACTIVE, INACTIVE, Assignment, ErrorRecord, SlotAssignment, SupervisorInfo,
-                                        TopologyRecord)
-from streamgale.cluster.state import (CHUNK_SIZE, ClusterState, ClusterStateError, FencedOut, StaleAssignment,
-                                      TopologyExists, open_cluster_state)
+from streamgale.cluster.records import (
+    ACTIVE,
+    INACTIVE,
+    Assignment,
+    ErrorRecord,
+    SlotAssignment,
+    SupervisorInfo,
+    TopologyRecord,
+)
+from streamgale.cluster.state import (
+    CHUNK_SIZE,
+    ClusterState,
+    ClusterStateError,
+    FencedOut,
+    StaleAssignment,
+    TopologyExists,
+    open_cluster_state,
+)
 from streamgale.cluster.storage import Storage
 from streamgale.cluster.zk_storage import ZkStorage
 from streamgale.config import Config

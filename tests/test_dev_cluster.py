@@ -6,7 +6,6 @@ import subprocess
 import psutil
 import pytest
 import yaml
-
 from conftest import ROOT, STREAMGALE, wait_for
 
 from streamgale.dev.ports import free_port_range

@@ -9,7 +9,6 @@ import socket
 import psutil
 import pytest
 import yaml
-
 from conftest import ROOT, wait_for
 
 from streamgale.config import load_config

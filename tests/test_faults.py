@@ -14,7 +14,6 @@ import signal
 import time
 
 import pytest
-
 from fault_cluster import FaultCluster, assert_healthy_end, recovery_after, work_records
 
 pytestmark = pytest.mark.slow

@@ -138,3 +138,22 @@ def test_a_deposed_leader_stops_scheduling_while_its_session_is_suspended(cluste
             client.kill("nothing", wait=0)
     cluster.storages["nimbus-0"].reconnect()
     cluster.wait(lambda: leader.is_leader, message="leader again once verified")
+
+
+def test_slow_user_code_does_not_get_a_worker_killed(tmp_path):
+    """Heartbeats come from the heartbeat thread, so slow next_tuple/process calls (80 ms and 25 ms)
+    keep the worker alive for many times the supervisor's 1 s heartbeat timeout."""
+    config = {"supervisor.worker_timeout": 1.0}
+    with InProcessCluster(supervisors=1, slots=1, config=config, directory=tmp_path / "cluster") as c:
+        c.wait(lambda: c.leader() is not None and c.leader().state.supervisors(), message="ready")
+        sg.submit(str(Path(__file__).parent / "topologies" / "slow.py"), name="slow",
+                  nimbus=f"127.0.0.1:{c.nimbus_ports[0]}", config={"topology.workers": 1})
+        [(wid, worker)] = c.wait(lambda: list(c.workers().items()), message="the worker")
+        bolt = next(e for e in worker.loop.bolts if e.component == "slow-bolt")
+
+        def executed() -> int:
+            return sum(r.collector.executed for r in bolt.runners)
+
+        c.wait(lambda: executed() >= 120, timeout=30, message="120 tuples through the 25 ms bolt (3+ s)")
+        assert list(c.workers()) == [wid]  # never restarted
+        assert c.supervisors[0].slots[6700].phase == "RUNNING"

@@ -1,7 +1,8 @@
 """Nimbus's judgement of dead worker slots (pure logic, its own clock)."""
 
-from streamgale.cluster.records import Assignment, SlotAssignment, SupervisorInfo
 from streamgale.nimbus.liveness import SlotLiveness
+
+from streamgale.cluster.records import Assignment, SlotAssignment, SupervisorInfo
 
 
 def assignment(*slots: str) -> dict[str, Assignment]:

@@ -8,8 +8,7 @@ import pytest
 from streamgale import Bolt, Spout, Topology
 from streamgale.config import Config
 from streamgale.local import LocalCluster
-from streamgale.testing import (CapturingBolt, FixedTupleSpout, TopologyRunError, captured,
-                                complete_topology)
+from streamgale.testing import CapturingBolt, FixedTupleSpout, TopologyRunError, captured, complete_topology
 
 TEXT = [
     "the quick brown fox jumps over the lazy dog",

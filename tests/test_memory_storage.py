@@ -9,7 +9,7 @@ makes the memory store a faithful stand-in. The memory store's own controls
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from conftest import wait_for
@@ -17,8 +17,17 @@ from memory_fixtures import memory_zookeeper  # noqa: F401 - a fixture
 from zk_fixtures import TEST_SESSION_TIMEOUT
 
 from streamgale.cluster.memory_storage import MemoryStorage
-from streamgale.cluster.storage import (BadVersion, NodeExists, NoNode, NotEmpty, RolledBack, Stat, Storage,
-                                        StorageError, StorageTimeout)
+from streamgale.cluster.storage import (
+    BadVersion,
+    NodeExists,
+    NoNode,
+    NotEmpty,
+    RolledBack,
+    Stat,
+    Storage,
+    StorageError,
+    StorageTimeout,
+)
 from streamgale.cluster.zk_storage import ZkStorage
 
 

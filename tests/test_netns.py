@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_for
 from netns import Host, NetLab, unavailable_reason
 

@@ -6,15 +6,17 @@ import queue
 import random
 import socket
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import pytest
 import zmq
+from conftest import wait_for
 from zmq.utils.monitor import recv_monitor_message
 
-from streamgale.wire import protocol as p
 from streamgale.dev.ports import free_port
+from streamgale.wire import protocol as p
 from streamgale.wire.rpc import (
     AlreadyExists,
     BadRequest,
@@ -26,8 +28,6 @@ from streamgale.wire.rpc import (
     NotLeader,
     RpcServer,
 )
-
-from conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -227,7 +227,7 @@ class FakeNimbus:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "FakeNimbus":
+    def start(self) -> FakeNimbus:
         self._thread.start()
         assert self._ready.wait(10), "fake nimbus did not start"
         if self.error:

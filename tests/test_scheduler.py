@@ -3,6 +3,7 @@
 from collections import Counter
 
 from streamgale.nimbus.scheduler import schedule
+
 from streamgale.cluster.records import ACTIVE, Assignment, SupervisorInfo, TopologyRecord
 
 

@@ -3,10 +3,25 @@
 from dataclasses import replace
 
 import pytest
-
 from streamgale.supervisor.slot import (
-    EMPTY, KILLING, LAUNCHING, RUNNING, WAITING_FOR_CODE, Desired, DownloadCode, Heartbeat, Kill, Launch, Observed,
-    ReportCrash, SlotState, SlotTiming, adopt, launched, step)
+    EMPTY,
+    KILLING,
+    LAUNCHING,
+    RUNNING,
+    WAITING_FOR_CODE,
+    Desired,
+    DownloadCode,
+    Heartbeat,
+    Kill,
+    Launch,
+    Observed,
+    ReportCrash,
+    SlotState,
+    SlotTiming,
+    adopt,
+    launched,
+    step,
+)
 
 T = SlotTiming()
 WC = Desired("wc-1", "d1", (("count", (1, 2)), ("split", (5,))))

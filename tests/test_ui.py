@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from cluster_fixtures import cluster  # noqa: F401  (fixture)
 from conftest import ROOT, STREAMGALE, wait_for
 
@@ -209,8 +208,8 @@ class FakeClient:
 def test_http_shell_routes_maps_nimbus_errors_and_survives_missing_stats():
     import threading
 
-    from streamgale.wire.protocol import NimbusUnavailable
     from streamgale.ui.server import UiServer
+    from streamgale.wire.protocol import NimbusUnavailable
 
     fail = {"now": None}
     server = UiServer(("127.0.0.1", 0), lambda: FakeClient(fail["now"]))

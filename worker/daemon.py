@@ -19,13 +19,13 @@ import queue
 import signal
 import time
 import traceback
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 import zmq
 
-from streamgale.cluster.records import ACTIVE, Assignment, ErrorRecord, TopologyRecord, slot_id
+from streamgale.cluster.records import ACTIVE, Assignment, ErrorRecord, slot_id
 from streamgale.config import Config, load_config
 from streamgale.runtime.assembly import build_executors, stream_index
 from streamgale.runtime.executor import Sink
@@ -56,7 +56,7 @@ def apply_log_levels(levels: dict[str, str]) -> None:
 class WorkerIO:
     """The loop's I/O hook: the transport, and control messages from the supervisor."""
 
-    def __init__(self, worker: "Worker", transport: Transport):
+    def __init__(self, worker: Worker, transport: Transport):
         self.worker = worker
         self.transport = transport
 
@@ -253,14 +253,15 @@ def main(args: WorkerArgs) -> int:
         gc.collect()
         gc.freeze()
         worker.run()
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure ends the worker, reported to its supervisor
         log.error("worker failed:\n%s", traceback.format_exc())
         record = ErrorRecord("__worker", -1, args.host, args.port, time.time(),
                              f"worker failed:\n{traceback.format_exc()}"[:16000])
         if worker.heartbeat is not None:
             worker.heartbeat.report(record)
         else:
-            send_once(worker.context, args.channel, str(args.port).encode(), channel.WorkerErrorReport(record.to_dict()))
+            send_once(worker.context, args.channel, str(args.port).encode(),
+                      channel.WorkerErrorReport(record.to_dict()))
         worker.close()
         return 1
     worker.close()

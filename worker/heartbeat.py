@@ -19,7 +19,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -36,7 +37,7 @@ class Heartbeat:
     """Start with :meth:`start`; :meth:`close` sends what is queued and joins the thread."""
 
     def __init__(self, context: zmq.Context, url: str, identity: bytes, beat: Callable[[], channel.WorkerBeat],
-                 metrics: Callable[[], dict[str, Any]], controls: "queue.SimpleQueue[channel.WorkerControl]",
+                 metrics: Callable[[], dict[str, Any]], controls: queue.SimpleQueue[channel.WorkerControl],
                  loop: ExecutorLoop, where: tuple[str, int],
                  interval: float = 1.0, metrics_interval: float = 2.0, slow_after: float = 5.0,
                  slow_every: float = 30.0, clock: Callable[[], float] = time.monotonic):

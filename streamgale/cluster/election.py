@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .storage import CONNECTED, NoNode, Storage, StorageError, call_quietly
 

@@ -22,15 +22,31 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from .storage import (CONNECTED, LOST, SUSPENDED, BadVersion, ChildrenCallback, DataCallback, NodeExists, NoNode,
-                      NotEmpty, RolledBack, Stat, StateListener, StorageError, StorageTimeout, TxnResult,
-                      call_quietly)
+from .storage import (
+    CONNECTED,
+    LOST,
+    SUSPENDED,
+    BadVersion,
+    ChildrenCallback,
+    DataCallback,
+    NodeExists,
+    NoNode,
+    NotEmpty,
+    RolledBack,
+    Stat,
+    StateListener,
+    StorageError,
+    StorageTimeout,
+    TxnResult,
+    call_quietly,
+)
 
 _NEW, _CLOSED = "NEW", "CLOSED"  # client states besides the three listeners see
-Op = tuple[str, Callable[["_Commit"], TxnResult]]  # (what it does, for messages; how)
+_Op = tuple[str, Callable[["_Commit"], TxnResult]]  # (what it does, for messages; how)
 
 
 @dataclass(frozen=True)
@@ -146,7 +162,7 @@ class MemoryZooKeeper:
         self._idle = threading.Condition()  # guards _pending; never held while taking _lock
         self._pending = 0  # callbacks queued or running on any client's threads
 
-    def client(self) -> "MemoryStorage":
+    def client(self) -> MemoryStorage:
         """A new, not yet started client."""
         return MemoryStorage(self)
 
@@ -173,7 +189,7 @@ class MemoryZooKeeper:
 
     # -- for clients, under _lock --------------------------------------------------------------
 
-    def _open_session(self, client: "MemoryStorage") -> int:
+    def _open_session(self, client: MemoryStorage) -> int:
         session = next(self._session_ids)
         self._sessions[session] = client
         return session
@@ -190,7 +206,7 @@ class MemoryZooKeeper:
 
             self._commit(session, [(f"end session {session:#x}", delete_ephemerals)])
 
-    def _commit(self, session: int, ops: Sequence[Op]) -> list[TxnResult]:
+    def _commit(self, session: int, ops: Sequence[_Op]) -> list[TxnResult]:
         change = _Commit(self._nodes, self._zxid + 1, session)
         results = []
         for i, (what, op) in enumerate(ops):
@@ -244,7 +260,7 @@ class _Watch:
 
     _UNSEEN = object()
 
-    def __init__(self, client: "MemoryStorage", path: str, cb: Callable[..., bool | None], children: bool):
+    def __init__(self, client: MemoryStorage, path: str, cb: Callable[..., bool | None], children: bool):
         self.client, self.path, self.cb, self.children = client, path, cb, children
         self.lock = threading.RLock()  # one delivery at a time, as kazoo's watchers have it
         self.seen: object = self._UNSEEN
@@ -263,8 +279,9 @@ class _Watch:
                     if node is None:  # kazoo's ChildrenWatch ends quietly when its node goes
                         self._stop()
                         return
-                    seen: object = sorted(node.children)
-                    args: tuple[Any, ...] = (sorted(node.children),)
+                    names = sorted(node.children)
+                    seen: object = names
+                    args: tuple[Any, ...] = (list(names),)
                 else:
                     seen = None if node is None else node.mzxid
                     args = (None, None) if node is None else (node.data, Stat(node.version, node.owner))
@@ -413,7 +430,7 @@ class MemoryStorage:
 
     # -- operations ----------------------------------------------------------------------------
 
-    def _commit(self, what: str, ops: Sequence[Op]) -> list[TxnResult]:
+    def _commit(self, what: str, ops: Sequence[_Op]) -> list[TxnResult]:
         with self.server._lock:
             return self.server._commit(self._live(what), ops)
 
@@ -461,7 +478,7 @@ class MemoryStorage:
     def ensure_path(self, path: str) -> None:
         self._one(f"ensure_path {path}", lambda c: c.ensure(path))
 
-    def transaction(self) -> "_MemoryTransaction":
+    def transaction(self) -> _MemoryTransaction:
         return _MemoryTransaction(self)
 
     def watch_children(self, path: str, cb: ChildrenCallback) -> None:
@@ -488,7 +505,7 @@ class MemoryStorage:
 class _MemoryTransaction:
     def __init__(self, storage: MemoryStorage):
         self._storage = storage
-        self._ops: list[Op] = []
+        self._ops: list[_Op] = []
 
     def check(self, path: str, version: int) -> None:
         self._ops.append((f"check {path}", lambda c: c.check(path, version)))

@@ -7,8 +7,9 @@ with an explicit format version. Decoding validates types and raises
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import msgpack
 
@@ -17,7 +18,7 @@ FORMAT = 1
 ACTIVE, INACTIVE, REBALANCING, KILLED = "ACTIVE", "INACTIVE", "REBALANCING", "KILLED"
 STATUSES = (ACTIVE, INACTIVE, REBALANCING, KILLED)
 
-Executor = tuple[str, tuple[int, ...]]  # (component, task ids)
+ExecutorTasks = tuple[str, tuple[int, ...]]  # one executor as (component, its task ids); not the runtime's Executor
 
 
 class RecordError(ValueError):
@@ -31,7 +32,7 @@ def _encode(kind: str, body: dict[str, Any]) -> bytes:
 def _decode(kind: str, data: bytes) -> dict[str, Any]:
     try:
         obj = msgpack.unpackb(data, raw=False)
-    except Exception as e:  # msgpack raises several types
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types
         raise RecordError(f"{kind} record is not valid msgpack: {e}") from None
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         raise RecordError(f"expected a {kind} record, got {str(obj)[:80]!r}")
@@ -40,7 +41,7 @@ def _decode(kind: str, data: bytes) -> dict[str, Any]:
     return obj
 
 
-def _executors(value: Any) -> tuple[Executor, ...]:
+def _executors(value: Any) -> tuple[ExecutorTasks, ...]:
     out = []
     for item in value:
         component, tasks = item
@@ -71,7 +72,7 @@ class SupervisorInfo:
                 "memory_mb": self.memory_mb, "started_at": self.started_at, "log_port": self.log_port}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SupervisorInfo":
+    def from_dict(cls, d: Mapping[str, Any]) -> SupervisorInfo:
         try:
             return cls(str(d["id"]), str(d["host"]), tuple(int(p) for p in d["ports"]),
                        int(d.get("cpu_count", 0)), int(d.get("memory_mb", 0)), float(d.get("started_at", 0.0)),
@@ -83,7 +84,7 @@ class SupervisorInfo:
         return _encode("supervisor", self.to_dict())
 
     @classmethod
-    def decode(cls, data: bytes) -> "SupervisorInfo":
+    def decode(cls, data: bytes) -> SupervisorInfo:
         return cls.from_dict(_decode("supervisor", data))
 
 
@@ -110,7 +111,7 @@ class TopologyRecord:
     pending: dict[str, Any] | None = None
     log_levels: dict[str, str] = field(default_factory=dict)  # logger name -> level, applied by workers
 
-    def with_(self, **changes: Any) -> "TopologyRecord":
+    def with_(self, **changes: Any) -> TopologyRecord:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,7 +121,7 @@ class TopologyRecord:
                 "submitted_at": self.submitted_at, "pending": self.pending, "log_levels": dict(self.log_levels)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TopologyRecord":
+    def from_dict(cls, d: Mapping[str, Any]) -> TopologyRecord:
         try:
             rec = cls(str(d["id"]), str(d["name"]), str(d["status"]), dict(d["spec"]), dict(d["config"]),
                       str(d["code_digest"]), str(d["entry"]), int(d["workers"]),
@@ -137,15 +138,15 @@ class TopologyRecord:
         return _encode("topology", self.to_dict())
 
     @classmethod
-    def decode(cls, data: bytes) -> "TopologyRecord":
+    def decode(cls, data: bytes) -> TopologyRecord:
         return cls.from_dict(_decode("topology", data))
 
-    def executors(self) -> list[Executor]:
+    def executors(self) -> list[ExecutorTasks]:
         """Every executor of the topology under the current parallelism, in task order."""
         from streamgale.topology import layout_tasks, split_evenly
 
         components = self.spec["components"]
-        out: list[Executor] = []
+        out: list[ExecutorTasks] = []
         for name, tasks in layout_tasks({n: int(c["tasks"]) for n, c in components.items()}).items():
             for group in split_evenly(tasks, self.parallelism.get(name, components[name]["parallelism"])):
                 out.append((name, group))
@@ -159,14 +160,14 @@ class SlotAssignment:
     supervisor_id: str
     host: str
     port: int
-    executors: tuple[Executor, ...]
+    executors: tuple[ExecutorTasks, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {"supervisor_id": self.supervisor_id, "host": self.host, "port": self.port,
                 "executors": [[c, list(t)] for c, t in self.executors]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SlotAssignment":
+    def from_dict(cls, d: Mapping[str, Any]) -> SlotAssignment:
         try:
             return cls(str(d["supervisor_id"]), str(d["host"]), int(d["port"]), _executors(d["executors"]))
         except (KeyError, TypeError, ValueError) as e:
@@ -200,7 +201,7 @@ class Assignment:
                 "slots": {k: v.to_dict() for k, v in self.slots.items()}, "assigned_at": self.assigned_at}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], version: int = -1) -> "Assignment":
+    def from_dict(cls, d: Mapping[str, Any], version: int = -1) -> Assignment:
         try:
             slots = {str(k): SlotAssignment.from_dict(v) for k, v in d["slots"].items()}
             return cls(str(d["topology_id"]), str(d["code_digest"]), slots, float(d.get("assigned_at", 0.0)),
@@ -212,14 +213,14 @@ class Assignment:
         return _encode("assignment", self.to_dict())
 
     @classmethod
-    def decode(cls, data: bytes, version: int = -1) -> "Assignment":
+    def decode(cls, data: bytes, version: int = -1) -> Assignment:
         return cls.from_dict(_decode("assignment", data), version)
 
     def task_endpoints(self) -> dict[int, str]:
         """Task id -> ``host:port`` of the worker running it."""
         return {t: s.endpoint for s in self.slots.values() for _, ts in s.executors for t in ts}
 
-    def same_placement(self, other: "Assignment | None") -> bool:
+    def same_placement(self, other: Assignment | None) -> bool:
         return other is not None and self.slots == other.slots and self.code_digest == other.code_digest
 
 
@@ -239,7 +240,7 @@ class ErrorRecord:
                 "time": self.time, "message": self.message}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ErrorRecord":
+    def from_dict(cls, d: Mapping[str, Any]) -> ErrorRecord:
         try:
             return cls(str(d["component"]), int(d["task"]), str(d["host"]), int(d["port"]), float(d["time"]),
                        str(d["message"]))
@@ -250,5 +251,5 @@ class ErrorRecord:
         return _encode("error", self.to_dict())
 
     @classmethod
-    def decode(cls, data: bytes) -> "ErrorRecord":
+    def decode(cls, data: bytes) -> ErrorRecord:
         return cls.from_dict(_decode("error", data))

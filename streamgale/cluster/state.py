@@ -20,17 +20,28 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from functools import wraps
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .code_store import CHUNK_SIZE, MAX_CODE_SIZE, CodeStore
 from .election import Leadership, leader_address
 from .errors import ClusterStateError, FencedOut, StaleAssignment, TopologyExists
 from .paths import Paths
 from .records import Assignment, ErrorRecord, RecordError, SupervisorInfo, TopologyRecord
-from .storage import (CONNECTED, BadVersion, NodeExists, NoNode, NotEmpty, StateListener, Storage, StorageError,
-                      Transaction, delete_tree)
+from .storage import (
+    CONNECTED,
+    BadVersion,
+    NodeExists,
+    NoNode,
+    NotEmpty,
+    StateListener,
+    Storage,
+    StorageError,
+    Transaction,
+    delete_tree,
+)
 from .watches import ChildrenDataWatch, Watch, decoded, watch_node
 from .zk_storage import ZkStorage
 
@@ -51,7 +62,7 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
     """Callers see ClusterStateError, never the storage's exceptions."""
 
     @wraps(method)
-    def wrapper(self: "ClusterState", *args: Any, **kwargs: Any) -> T:
+    def wrapper(self: ClusterState, *args: Any, **kwargs: Any) -> T:
         try:
             return method(self, *args, **kwargs)
         except StorageError as e:
@@ -60,7 +71,7 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def open_cluster_state(config: Config) -> "ClusterState":
+def open_cluster_state(config: Config) -> ClusterState:
     """A ClusterState on the ZooKeeper of ``config`` (``zookeeper.servers``, ``.root``,
     ``.session_timeout``); not started: call :meth:`ClusterState.start`."""
     storage = ZkStorage(config["zookeeper.servers"], config["zookeeper.session_timeout"])
@@ -107,7 +118,7 @@ class ClusterState:
         self._closing = True
         self.storage.close()
 
-    def __enter__(self) -> "ClusterState":
+    def __enter__(self) -> ClusterState:
         self.start()
         return self
 

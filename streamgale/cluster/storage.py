@@ -23,7 +23,8 @@ not stop the watch or the other listeners.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 log = logging.getLogger(__name__)
 

@@ -12,18 +12,39 @@ storage's own, naming the operation and the path.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError, NotEmptyError,
-                              RolledBackError, RuntimeInconsistency)
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RolledBackError,
+    RuntimeInconsistency,
+)
 from kazoo.protocol.connection import _CONNECTION_DROP
 from kazoo.protocol.states import ZnodeStat
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
-from .storage import (BadVersion, ChildrenCallback, DataCallback, NodeExists, NoNode, NotEmpty, RolledBack, Stat,
-                      StateListener, StorageError, StorageTimeout, TxnResult, call_quietly)
+from .storage import (
+    BadVersion,
+    ChildrenCallback,
+    DataCallback,
+    NodeExists,
+    NoNode,
+    NotEmpty,
+    RolledBack,
+    Stat,
+    StateListener,
+    StorageError,
+    StorageTimeout,
+    TxnResult,
+    call_quietly,
+)
 
 _ERRORS: tuple[tuple[type[Exception], type[StorageError]], ...] = (
     (NoNodeError, NoNode), (NodeExistsError, NodeExists), (BadVersionError, BadVersion),
@@ -143,7 +164,7 @@ class ZkStorage:
         with self._translated(f"ensure_path {path}"):
             self._zk.retry(self._zk.ensure_path, path)
 
-    def transaction(self) -> "_ZkTransaction":
+    def transaction(self) -> _ZkTransaction:
         return _ZkTransaction(self)
 
     def watch_children(self, path: str, cb: ChildrenCallback) -> None:

@@ -141,9 +141,11 @@ class ProcessCluster:
             while nimbus_port in reserved:
                 nimbus_port = free_port(host)
         self.nimbus_ports: dict[int, int] = {0: nimbus_port}
-        self.zookeeper = (ZooKeeperServer(port=zookeeper_port, data_dir=self.dir / "zookeeper", host=host)
-                          if zookeeper is None else None)
-        self.zookeeper_address = zookeeper if zookeeper is not None else self.zookeeper.address
+        self.zookeeper: ZooKeeperServer | None = None  # its own, if it runs one
+        if zookeeper is None:
+            self.zookeeper = ZooKeeperServer(port=zookeeper_port, data_dir=self.dir / "zookeeper", host=host)
+            zookeeper = self.zookeeper.address
+        self.zookeeper_address = zookeeper
         self.nimbus_procs: dict[int, subprocess.Popen] = {}
         self.supervisor_procs: dict[int, subprocess.Popen] = {}
         self._started: list[subprocess.Popen] = []  # every daemon ever started, for close()
@@ -158,7 +160,7 @@ class ProcessCluster:
 
     # -- start ----------------------------------------------------------------------------------
 
-    def start(self, nimbuses: int = 1, timeout: float = 60.0) -> "ProcessCluster":
+    def start(self, nimbuses: int = 1, timeout: float = 60.0) -> ProcessCluster:
         """ZooKeeper (if its own), ``nimbuses`` nimbuses and every supervisor; returns once
         ready (see :meth:`wait_ready`). On failure the caller still owns ``close()``."""
         self.start_zookeeper()
@@ -375,7 +377,7 @@ class ProcessCluster:
                     pass
             psutil.wait_procs(workers, timeout=1.0)
 
-    def __enter__(self) -> "ProcessCluster":
+    def __enter__(self) -> ProcessCluster:
         try:
             self.start()
         except BaseException:

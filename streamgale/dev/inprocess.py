@@ -18,8 +18,9 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -29,8 +30,8 @@ from streamgale.config import Config
 from streamgale.dev.ports import free_port
 from streamgale.nimbus.daemon import Nimbus
 from streamgale.supervisor.daemon import Supervisor
-from streamgale.wire.rpc import NimbusClient
 from streamgale.wire.channel import WorkerArgs
+from streamgale.wire.rpc import NimbusClient
 from streamgale.worker.daemon import Worker
 
 log = logging.getLogger("streamgale.inprocess")
@@ -109,7 +110,7 @@ class InProcessCluster:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def __enter__(self) -> "InProcessCluster":
+    def __enter__(self) -> InProcessCluster:
         try:
             for i in range(len(self.nimbuses)):
                 self.start_nimbus(i)

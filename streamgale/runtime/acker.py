@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from streamgale.runtime.acking import ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, ACKER, AckerTable
 from streamgale.tuples import Tuple

@@ -26,7 +26,8 @@ import os
 import random
 import time
 from collections import OrderedDict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 ACKER = "__acker"
 ACK_STREAM = "__ack"  # any task -> acker: [inits [[root, xor, spout task]...], acks [[root, xor]...], fails [root...]]

@@ -6,12 +6,13 @@ here and how to reach a task that runs elsewhere, return ready executors.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
-from streamgale.runtime.acking import ACK_INDEX, ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, AckBuffer
 from streamgale.components import TopologyContext
 from streamgale.config import Config
 from streamgale.groupings import DirectRouter, make_router
+from streamgale.runtime.acking import ACK_INDEX, ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, AckBuffer
 from streamgale.topology import Topology
 
 from .acker import AckerExecutor
@@ -77,7 +78,7 @@ def build_executors(
         if comp.kind == "acker":
             continue
         conf = component_config(topology, config, component)
-        for i, task in enumerate(tasks):
+        for task in tasks:
             context = TopologyContext(
                 topology=topology.name, component=component, task_id=task,
                 task_index=task_ids[component].index(task), task_count=len(task_ids[component]),

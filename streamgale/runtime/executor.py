@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from time import perf_counter
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from time import perf_counter
+from typing import Any
 
+from streamgale.components import Spout, TopologyContext
 from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, _getrandbits, new_id
-from streamgale.components import Bolt, Spout, TopologyContext
 from streamgale.tuples import DEFAULT_STREAM, Tuple, tick_tuple
 
 log = logging.getLogger("streamgale.executor")

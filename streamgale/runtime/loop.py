@@ -14,7 +14,8 @@ polls its sockets.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .executor import Executor, SpoutExecutor
 

@@ -8,7 +8,8 @@ executor loop's is safe: they are plain ints and floats, read without locks
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .acker import AckerExecutor
 from .executor import Executor

@@ -9,7 +9,8 @@ The HTTP shell is :mod:`streamgale.ui.server`.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from streamgale.topology import layout_tasks
 
@@ -151,7 +152,8 @@ def workers(info: Mapping[str, Any], stats: Mapping[str, Any] | None) -> list[di
         out.append({"host": slot["host"], "port": slot["port"], "supervisor": slot.get("supervisor_id"),
                     "components": sorted({c for c, _ in slot["executors"]}), "executors": len(slot["executors"]),
                     "tasks": tasks, "pid": w.get("pid"), "cpuPercent": w.get("cpu_percent"),
-                    "rssMb": w.get("rss_mb"), "uptimeSeconds": _seconds(w.get("uptime_s")), "reportAgeSeconds": w.get("age_s")})
+                    "rssMb": w.get("rss_mb"), "uptimeSeconds": _seconds(w.get("uptime_s")),
+                    "reportAgeSeconds": w.get("age_s")})
     return out
 
 

@@ -8,7 +8,8 @@ current load rather than the topology's whole life.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 GAUGE_WINDOW = "600"
@@ -83,9 +84,9 @@ def render(cluster: Mapping[str, Any] | None, topologies: Sequence[tuple[Mapping
     family("streamgale_topologies", "gauge", "Topologies on the cluster.").add({}, len(topologies))
     info = family("streamgale_topology_info", "gauge", "One per topology; its id and status are labels.")
     uptime = family("streamgale_topology_uptime_seconds", "gauge", "Seconds since the topology was submitted.")
-    for key, name, help_text in COUNTERS:
+    for _, name, help_text in COUNTERS:
         family(name, "counter", help_text)
-    for key, name, help_text in GAUGES:
+    for _, name, help_text in GAUGES:
         family(name, "gauge", help_text)
     queue = family("streamgale_queue_depth", "gauge", "Tuples waiting in the task's input queue.")
     rss = family("streamgale_worker_rss_bytes", "gauge", "Resident memory of the worker process.")

@@ -13,9 +13,10 @@ import json
 import logging
 import mimetypes
 import re
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from streamgale.wire.protocol import NimbusError

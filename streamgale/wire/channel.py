@@ -28,9 +28,10 @@ validates everything and raises :class:`ChannelError` naming the field.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import msgpack
 
@@ -108,7 +109,7 @@ class WorkerBeat:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WorkerBeat":
+    def from_dict(cls, d: Mapping[str, Any]) -> WorkerBeat:
         transport = _dict(d, "transport") if "transport" in d else {}
         return cls(_str(d, "topology_id"), _int(d, "port"), _int(d, "pid"), _int(d, "seq"), _executors(d),
                    _int(d, "control_version"), _num(d, "uptime_s"),
@@ -124,7 +125,7 @@ class WorkerMetrics:
         return {"report": self.report}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WorkerMetrics":
+    def from_dict(cls, d: Mapping[str, Any]) -> WorkerMetrics:
         return cls(_dict(d, "report"))
 
 
@@ -139,7 +140,7 @@ class WorkerErrorReport:
         return {"record": self.record}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WorkerErrorReport":
+    def from_dict(cls, d: Mapping[str, Any]) -> WorkerErrorReport:
         return cls(_dict(d, "record"))
 
 
@@ -161,7 +162,7 @@ class WorkerControl:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "WorkerControl":
+    def from_dict(cls, d: Mapping[str, Any]) -> WorkerControl:
         assignment = d.get("assignment")
         if assignment is not None and not isinstance(assignment, dict):
             raise ChannelError("control: field 'assignment' must be a map or None")

@@ -53,8 +53,9 @@ error carries it (``request_id``) so the server can answer with BadRequest.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -237,7 +238,7 @@ class Request:
                              use_bin_type=True)
 
     @classmethod
-    def from_args(cls, args: Mapping[str, Any], request_id: int = 0) -> "Request":
+    def from_args(cls, args: Mapping[str, Any], request_id: int = 0) -> Request:
         known = {f.name: f for f in fields(cls) if f.name != "request_id"}
         unknown = sorted(str(k) for k in args if k not in known)
         if unknown:

@@ -11,8 +11,9 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import zmq
 
@@ -36,14 +37,14 @@ from .protocol import (
     NotLeader,
     Ping,
     ProtocolError,
-    SupervisorReport,
     ReadLog,
-    SetLogLevel,
-    TopologyStats,
     Rebalance,
     Request,
+    SetLogLevel,
     Submit,
+    SupervisorReport,
     TopologyInfo,
+    TopologyStats,
     decode_request,
     decode_response,
     encode_error,
@@ -196,7 +197,7 @@ class RpcServer:
         if not self._socket.closed:
             self._socket.close(linger=0)
 
-    def __enter__(self) -> "RpcServer":
+    def __enter__(self) -> RpcServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -322,7 +323,7 @@ class NimbusClient:
             self._socket = None
             self._socket_address = None
 
-    def __enter__(self) -> "NimbusClient":
+    def __enter__(self) -> NimbusClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
