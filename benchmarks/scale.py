@@ -1,7 +1,7 @@
 """Nimbus at scale: a real nimbus and ZooKeeper with 1,000 simulated supervisors.
 
 Run alone: ``python -m benchmarks.scale [--supervisors 1000 --slots 10 --executors 1000]``
-(about a minute; ``--supervisors 50`` for a quick check). Prints a table and
+(about 30 s on a quiet machine; ``--supervisors 50`` for a quick check). Prints a table and
 writes every figure to ``--json`` (default benchmarks/results/scale.json).
 
 What runs: ZooKeeper (``streamgale.dev.zookeeper_server``) and the real nimbus,
@@ -54,10 +54,11 @@ import re
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import zmq
@@ -137,7 +138,7 @@ class AssignmentWatcher:
                     self.current.pop(topology_id, None)
                     self._watched.discard(topology_id)
                 else:
-                    a = Assignment.decode(data, stat.version)
+                    a = Assignment.decode(data or b"", stat.version)
                     self.current[topology_id] = a
                     self.history.append(Seen(now, stat.mtime / 1000.0, a))
                 slots: dict[str, list[tuple[str, int]]] = {}
@@ -312,7 +313,7 @@ class Reporters:
         next_at = {sid: start + j * REPORT_INTERVAL / max(1, len(share)) for j, sid in enumerate(share)}
         waiting: dict[str, tuple[int, float]] = {}  # supervisor -> (request id, sent at) of its open report
         sent: dict[int, tuple[str, float]] = {}  # request id -> (supervisor, sent at), given-up ones too
-        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self._endpoint)
@@ -601,7 +602,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             for e in s.executors]
         if not victim_executors:
             raise RuntimeError(f"{sups.victim} runs no executors; the lost-node measurement would move nothing")
-        before = _executors(current)
+        placed_before = _executors(current)
         since = watcher.versions()
         reporters.alive.discard(sups.victim)
         lost_at = sups.lose_victim()
@@ -617,7 +618,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["lost_node"] = {"supervisor": sups.victim, "lost_to_written_s": moved.written_at - lost_at,
                                "lost_to_seen_s": moved.seen_at - lost_at,
                                "victim_executors": len(victim_executors),
-                               "executors_moved": sum(1 for e, slot in after.items() if before.get(e) != slot),
+                               "executors_moved": sum(1 for e, slot in after.items() if placed_before.get(e) != slot),
                                "assignment_versions_written": watcher.versions() - since}
         print(f"lost node: {len(victim_executors)} executor(s) reassigned "
               f"{report['lost_node']['lost_to_written_s']:.2f} s after its session closed")

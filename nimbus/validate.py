@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from streamgale.groupings import KINDS
-from streamgale.runtime.acking import ACKER
+from streamgale.runtime.acking import ACK_RESULT_STREAM, ACKER
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 MAX_COMPONENTS = 1000
@@ -67,6 +67,8 @@ def validate_spec(spec: Any, name: str) -> None:
             if not isinstance(sub, dict):
                 raise SpecError(f"an input of '{cname}' is not a mapping")
             source, stream, kind = sub.get("source"), sub.get("stream"), sub.get("type")
+            if source == ACKER and (comp["kind"], stream, kind) == ("spout", ACK_RESULT_STREAM, "direct"):
+                continue  # the system subscription every spout has: ack results, direct from the acker
             if source not in components or source == ACKER:
                 raise SpecError(f"bolt '{cname}' subscribes to unknown component {source!r}")
             declared = components[source]["outputs"]

@@ -44,7 +44,7 @@ class LocalCluster:
 
     def __init__(self, topology: Topology, config: Config, capture: Capture | None = None,
                  on_error: Callable[[ComponentError], None] | None = None):
-        topology = topology.validate().with_ackers(acker_count(config))
+        topology = topology.validate().with_ackers(acker_count(config), config["topology.message_timeout"])
         self.topology = topology
         self.config = config
         self.errors: list[ComponentError] = []

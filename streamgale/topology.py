@@ -8,6 +8,7 @@ returning one. See ``docs/topologies.md``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -207,9 +208,7 @@ class Topology:
         except ConfigError as e:
             raise TopologyError(str(e)) from None
         for comp in self.components.values():
-            if comp.kind == "acker":
-                continue
-            if comp.kind == "spout" and comp.inputs:
+            if comp.kind == "spout" and any(not s.stream.startswith("__") for s in comp.inputs):
                 raise TopologyError(f"spout '{comp.name}' cannot subscribe to streams")
             seen = set()
             for sub in comp.inputs:
@@ -282,15 +281,30 @@ class Topology:
                 out.setdefault((sub.source, sub.stream), []).append((comp.name, sub))
         return out
 
-    def with_ackers(self, count: int) -> Topology:
-        """A copy with ``count`` acker executors (system component ``__acker``); 0: none."""
-        from .components import Bolt
-        from .runtime.acking import ACKER
+    def with_ackers(self, count: int, message_timeout: float = 30.0) -> Topology:
+        """A copy with ``count`` acker executors (system bolt ``__acker``); 0: none.
 
+        As in Storm's system topology, every spout subscribes to the acker's
+        ``__ack_result`` stream with direct grouping; the acker's tick interval
+        is a quarter of ``message_timeout``, so it forgets expired roots in time.
+        """
+        from .runtime.acker import Acker
+        from .runtime.acking import ACK_RESULT_STREAM, ACKER
+
+        system = Subscription(ACKER, ACK_RESULT_STREAM, Grouping("direct"))
         clone = copy.copy(self)
-        clone.components = {n: c for n, c in self.components.items() if c.kind != "acker"}
+        clone.components = {}
+        for name, c in self.components.items():
+            if name == ACKER:
+                continue
+            inputs = [s for s in c.inputs if s.source != ACKER]
+            if count and c.kind == "spout":
+                inputs.append(system)
+            clone.components[name] = dataclasses.replace(c, inputs=inputs)
         if count:
-            clone.components[ACKER] = ComponentDef(ACKER, "acker", Bolt, Bolt, count, count, {})
+            outputs = {stream: tuple(fields) for stream, fields in Acker.outputs.items()}  # a system stream
+            clone.components[ACKER] = ComponentDef(ACKER, "acker", Acker, Acker, count, count, outputs,
+                                                   {"topology.tick_interval": message_timeout / 4})
         return clone
 
     def acker_tasks(self) -> tuple[int, ...]:

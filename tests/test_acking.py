@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from streamgale import Bolt, LocalCluster, ReliableSpout, Spout, Topology
 from streamgale.config import Config
-from streamgale.runtime.acker import AckerExecutor
+from streamgale.runtime.acker import Acker
 from streamgale.runtime.acking import AckBuffer, AckerTable, PendingRoots, new_id
 from streamgale.runtime.executor import SpoutExecutor, TaskRunner
 from streamgale.runtime.loop import ExecutorLoop
@@ -39,18 +39,16 @@ class ManualClock:
 def on_clock(cluster: LocalCluster, clock: ManualClock) -> LocalCluster:
     """Make every part of ``cluster`` that reads time read ``clock``.
 
-    LocalCluster builds its executors without a clock, so the spout and acker
-    executors are rebuilt around the same tasks with their ``clock=``
-    parameter, the collectors (which stamp spout tuples) are pointed at it, and
+    LocalCluster builds its executors without a clock, so the spout executors
+    are rebuilt around the same tasks with their ``clock=`` parameter, the
+    acker tasks get the clock, the collectors (which stamp spout tuples) are pointed at it, and
     the loop (tick timers) is rebuilt with it.
     """
-    timeout = cluster.config["topology.message_timeout"]
     executors = []
     for e in cluster.executors:
-        if isinstance(e, AckerExecutor):
-            e = AckerExecutor(tuple(e.tasks()), e.sinks, timeout, e.on_error, clock=clock)
+        if e.kind == "acker":
             for r in e.runners:
-                e.sinks[r.task] = r.queue.append
+                r.instance.clock = clock
         elif isinstance(e, SpoutExecutor):
             e = SpoutExecutor(e.component, e.runners, e.on_error, e.message_timeout, e.max_pending, clock=clock)
         for r in e.runners:
@@ -60,6 +58,11 @@ def on_clock(cluster: LocalCluster, clock: ManualClock) -> LocalCluster:
     cluster.executors = executors
     cluster.loop = ExecutorLoop(executors, cluster.config["topology.queue_size"], clock=clock)
     return cluster
+
+
+def tracked(acker) -> int:
+    """Tuple trees the acker executor's tasks track now."""
+    return sum(r.instance.tracked() for r in acker.runners)
 
 
 def settle(cluster: LocalCluster, until: Callable[[], bool] = lambda: False, max_turns: int = 100_000) -> None:
@@ -223,11 +226,11 @@ def test_a_tree_not_completed_in_time_fails_at_the_timeout_and_the_acker_forgets
     t.spout("once", spout)
     t.bolt("hold", Holder).shuffle("once")
     cluster = on_clock(LocalCluster(t, config(topology__message_timeout=0.5)), clock)
-    [acker] = [e for e in cluster.executors if isinstance(e, AckerExecutor)]
+    [acker] = [e for e in cluster.executors if e.kind == "acker"]
     try:
         settle(cluster)
         [s] = spout.log.values()
-        assert s.events == [] and acker.tracked() == 1
+        assert s.events == [] and tracked(acker) == 1
         clock.advance(0.499)
         settle(cluster)
         assert s.events == []  # not a moment before the timeout
@@ -235,10 +238,10 @@ def test_a_tree_not_completed_in_time_fails_at_the_timeout_and_the_acker_forgets
         settle(cluster)
         assert s.events == [("fail", "m", 0.5)]
         # The acker forgets the root between timeout and 1.5 x timeout (3 buckets).
-        assert acker.tracked() == 1
+        assert tracked(acker) == 1
         clock.advance(0.25)
         settle(cluster)
-        assert acker.tracked() == 0
+        assert tracked(acker) == 0
         assert s.events == [("fail", "m", 0.5)]  # failed once, never acked
     finally:
         cluster.loop.stop()
@@ -293,13 +296,13 @@ def test_acker_memory_does_not_grow_with_the_tree():
     t.bolt("explode", Explode).shuffle("once")
     t.bolt("sink", Sink, parallelism=2).shuffle("explode")
     cluster = on_clock(LocalCluster(t, config()), ManualClock())
-    [acker] = [e for e in cluster.executors if isinstance(e, AckerExecutor)]
-    tracked = []
+    [acker] = [e for e in cluster.executors if e.kind == "acker"]
+    sizes = []
     original = acker.step
 
     def step(budget):
         work = original(budget)
-        tracked.append(acker.tracked())
+        sizes.append(tracked(acker))
         return work
     acker.step = step
     try:
@@ -308,8 +311,8 @@ def test_acker_memory_does_not_grow_with_the_tree():
         cluster.loop.stop()
     [s] = spout.log.values()
     assert [e[:2] for e in s.events] == [("ack", "m")]
-    assert max(tracked) == 1  # one entry for the whole 10,001-tuple tree
-    assert acker.tracked() == 0
+    assert max(sizes) == 1  # one entry for the whole 10,001-tuple tree
+    assert tracked(acker) == 0
 
 
 def test_with_acking_off_spout_tuples_are_acked_at_once():
@@ -318,7 +321,7 @@ def test_with_acking_off_spout_tuples_are_acked_at_once():
     t.spout("once", spout)
     t.bolt("hold", Holder).shuffle("once")
     cluster = run(t, once_events(spout), topology__acker_executors=0)
-    assert not [e for e in cluster.executors if isinstance(e, AckerExecutor)]
+    assert not [e for e in cluster.executors if e.kind == "acker"]
     [s] = spout.log.values()
     assert [e[:2] for e in s.events] == [("ack", "m")]
 

@@ -116,7 +116,8 @@ class Worker:
             raise RuntimeError(f"the launch file does not give slot {self.slot} executors of {a.topology_id}")
         self.config = self.base_config.merged(record.config, "topology config")
         ackers = int(record.spec["components"].get("__acker", {}).get("tasks", 0))
-        topology: Topology = load_topology(a.code_dir / record.entry, self.config).with_ackers(ackers)
+        topology: Topology = load_topology(a.code_dir / record.entry, self.config).with_ackers(
+            ackers, self.config["topology.message_timeout"])
         self.executor_groups = my_slot.executors
         self.endpoints = assignment.task_endpoints()
 

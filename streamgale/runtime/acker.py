@@ -1,92 +1,83 @@
-"""The acker executor: tracks tuple trees for the spouts (Storm's ``__acker`` bolt).
+"""The acker: Storm's ``__acker`` system bolt, run by the runtime like any other bolt.
 
-Each acker task owns an :class:`~streamgale.runtime.acking.AckerTable`. It reads
-``__ack`` tuples (batched inits, acks and fails from any task), and answers
-each spout task once per step with one ``__ack_result`` tuple listing the roots
-that completed or failed.
+Each acker task owns an :class:`~streamgale.runtime.acking.AckerTable`. It
+reads ``__ack`` tuples (batched inits, acks and fails from any task) a batch
+at a time (``process_batch``) and answers each spout task once per batch with
+one ``__ack_result`` tuple, sent with ``emit_direct``: every spout subscribes
+to ``__ack_result`` with direct grouping (added by
+:meth:`~streamgale.topology.Topology.with_ackers`, as Storm's system topology
+does). Tick tuples make it forget expired roots while no ack traffic arrives.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from streamgale.runtime.acking import ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, ACKER, AckerTable
+from streamgale.components import Bolt, TopologyContext
 from streamgale.tuples import Tuple
 
-from .executor import ErrorHandler, Executor, Sink
+from .acking import ACK_RESULT_STREAM, ACK_STREAM, AckerTable
 
 log = logging.getLogger("streamgale.acker")
 
-
-class AckerTask:
-    __slots__ = ("task", "queue", "table", "executed", "acked", "failed")
-
-    def __init__(self, task: int, timeout: float, now: float):
-        self.task = task
-        self.queue: deque[Tuple] = deque()
-        self.table = AckerTable(timeout, now=now)
-        self.executed = 0  # ack messages processed
-        self.acked = 0  # trees completed
-        self.failed = 0  # trees failed
+ACK_RESULT_FIELDS = ("acked", "failed")
 
 
-class AckerExecutor(Executor):
-    kind = "acker"
-    tick_interval = None
+class Acker(Bolt):
+    """Tracks tuple trees for the spouts. ``clock`` is monotonic seconds (tests inject one)."""
 
-    def __init__(self, tasks: tuple[int, ...], sinks: dict[int, Sink], message_timeout: float,
-                 on_error: ErrorHandler, clock: Callable[[], float] = time.monotonic):
-        now = clock()
-        super().__init__(ACKER, [AckerTask(t, message_timeout, now) for t in tasks], on_error)
-        self.sinks = sinks
+    outputs = {ACK_RESULT_STREAM: list(ACK_RESULT_FIELDS)}
+    auto_ack = False  # its inputs are untracked system tuples
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
+        self.table: AckerTable | None = None
+        self.task = -1
+        self.trees_acked = 0
+        self.trees_failed = 0
         self.malformed = 0
 
-    def start(self) -> None:
-        pass
+    def prepare(self, context: TopologyContext) -> None:
+        self.task = context.task_id
+        self.table = AckerTable(float(context.config["topology.message_timeout"]), now=self.clock())
 
-    def stop(self) -> None:
-        pass
+    def process(self, tup: Tuple) -> None:
+        self.process_batch([tup])
+
+    def process_batch(self, tuples: Sequence[Tuple]) -> None:
+        table = self.table
+        assert table is not None, "prepare() first"
+        table.expire(self.clock())
+        acked: dict[int, list[int]] = {}
+        failed: dict[int, list[int]] = {}
+        for tup in tuples:
+            if tup.stream != ACK_STREAM:
+                continue  # a tick: the expiry above was its purpose
+            try:
+                inits, acks, fails = tup.values
+                table.apply(inits, acks, fails, acked, failed)
+            except (TypeError, ValueError, KeyError) as exc:
+                self.malformed += 1
+                log.warning("acker task %d dropped a malformed ack message from task %d: %s",
+                            self.task, tup.source_task, exc)
+        self.trees_acked += sum(map(len, acked.values()))
+        self.trees_failed += sum(map(len, failed.values()))
+        for spout_task in set(acked) | set(failed):
+            try:
+                self.emit_direct(spout_task, [acked.get(spout_task, []), failed.get(spout_task, [])],
+                                 stream=ACK_RESULT_STREAM)
+            except ValueError:
+                self.malformed += 1  # an init naming a task that is no spout
+                log.warning("acker task %d: task %d is no spout; its results are dropped", self.task, spout_task)
 
     def tracked(self) -> int:
-        """Tuple trees currently tracked (for metrics and tests)."""
-        return sum(len(r.table) for r in self.runners)
+        """Tuple trees tracked now (for metrics and tests)."""
+        return 0 if self.table is None else len(self.table)
 
-    def step(self, budget: int) -> int:
-        work = 0
-        now = self.clock()
-        for r in self.runners:
-            table: AckerTable = r.table
-            table.expire(now)
-            q = r.queue
-            if not q:
-                continue
-            acked: dict[int, list[int]] = {}
-            failed: dict[int, list[int]] = {}
-            n = min(len(q), budget)
-            for _ in range(n):
-                tup = q.popleft()
-                if tup.stream != ACK_STREAM:
-                    continue
-                try:
-                    inits, acks, fails = tup.values
-                    table.apply(inits, acks, fails, acked, failed)
-                except (TypeError, ValueError, KeyError) as exc:
-                    self.malformed += 1
-                    log.warning("acker task %d dropped a malformed ack message from task %d: %s",
-                                r.task, tup.source_task, exc)
-            work += n
-            r.executed += n
-            r.acked += sum(map(len, acked.values()))
-            r.failed += sum(map(len, failed.values()))
-            for spout_task in set(acked) | set(failed):
-                sink = self.sinks.get(spout_task)
-                if sink is None:
-                    log.warning("acker task %d: no route to spout task %d", r.task, spout_task)
-                    continue
-                sink(Tuple([acked.get(spout_task, []), failed.get(spout_task, [])], ACK_RESULT_STREAM,
-                           ACKER, r.task, ACK_RESULT_INDEX, None))
-        return work
+    def counters(self) -> dict[str, Any]:
+        """What this task reports beside its collector's counters (trees, not ack messages)."""
+        return {"tracked": self.tracked(), "acked": self.trees_acked, "failed": self.trees_failed,
+                "malformed": self.malformed}

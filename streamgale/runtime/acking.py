@@ -33,7 +33,6 @@ ACKER = "__acker"
 ACK_STREAM = "__ack"  # any task -> acker: [inits [[root, xor, spout task]...], acks [[root, xor]...], fails [root...]]
 ACK_RESULT_STREAM = "__ack_result"  # acker -> spout task: [acked roots, failed roots]
 ACK_INDEX = {"inits": 0, "acks": 1, "fails": 2}
-ACK_RESULT_INDEX = {"acked": 0, "failed": 1}
 
 _random = random.Random(os.urandom(16))
 _getrandbits = _random.getrandbits

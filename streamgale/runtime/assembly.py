@@ -12,10 +12,9 @@ from typing import Any
 from streamgale.components import TopologyContext
 from streamgale.config import Config
 from streamgale.groupings import DirectRouter, make_router
-from streamgale.runtime.acking import ACK_INDEX, ACK_RESULT_INDEX, ACK_RESULT_STREAM, ACK_STREAM, AckBuffer
+from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, AckBuffer
 from streamgale.topology import Topology
 
-from .acker import AckerExecutor
 from .executor import BoltExecutor, Collector, ErrorHandler, Executor, Routes, Sink, SpoutExecutor, TaskRunner
 
 Capture = Callable[[str, int, str, Sequence[Any]], None]
@@ -30,14 +29,12 @@ def component_config(topology: Topology, config: Config, component: str) -> Conf
 
 
 def stream_index(topology: Topology) -> dict[str, dict[str, dict[str, int]]]:
-    """component -> stream -> field name -> position, system streams included:
-    every component may send ``__ack``; the acker sends ``__ack_result``."""
+    """component -> stream -> field name -> position: its declared streams, and ``__ack``,
+    which every task may send (the acker declares its ``__ack_result`` like any output)."""
     index: dict[str, dict[str, dict[str, int]]] = {}
     for name, comp in topology.components.items():
         streams = {stream: {f: i for i, f in enumerate(fields)} for stream, fields in comp.outputs.items()}
         streams[ACK_STREAM] = ACK_INDEX
-        if comp.kind == "acker":
-            streams[ACK_RESULT_STREAM] = ACK_RESULT_INDEX
         index[name] = streams
     return index
 
@@ -75,8 +72,6 @@ def build_executors(
 
     for component, tasks in local:
         comp = topology.components[component]
-        if comp.kind == "acker":
-            continue
         conf = component_config(topology, config, component)
         for task in tasks:
             context = TopologyContext(
@@ -101,16 +96,13 @@ def build_executors(
     executors: list[Executor] = []
     for component, tasks in local:
         comp = topology.components[component]
-        if comp.kind == "acker":
-            executors.append(AckerExecutor(tasks, sinks, config["topology.message_timeout"], on_error))
-            continue
         group = [runners[t] for t in tasks]
         conf = component_config(topology, config, component)
         if comp.kind == "spout":
             pending = conf["topology.max_spout_pending"] if ackers else None
             executors.append(SpoutExecutor(component, group, on_error, conf["topology.message_timeout"], pending))
         else:
-            executors.append(BoltExecutor(component, group, on_error, conf["topology.tick_interval"]))
+            executors.append(BoltExecutor(component, group, on_error, conf["topology.tick_interval"], comp.kind))
 
     for e in executors:
         for r in e.runners:

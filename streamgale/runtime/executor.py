@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
-from streamgale.components import Spout, TopologyContext
+from streamgale.components import Bolt, Spout, TopologyContext
 from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, _getrandbits, new_id
 from streamgale.tuples import DEFAULT_STREAM, Tuple, tick_tuple
 
@@ -272,7 +272,7 @@ class Collector:
 class TaskRunner:
     """One task: its component instance, context and collector."""
 
-    __slots__ = ("task", "instance", "context", "collector", "queue")
+    __slots__ = ("task", "instance", "context", "collector", "queue", "batch")
 
     def __init__(self, task: int, instance: Any, context: TopologyContext, collector: Collector):
         self.task = task
@@ -280,6 +280,9 @@ class TaskRunner:
         self.context = context
         self.collector = collector
         self.queue: deque[Tuple] = deque()  # bolts: input tuples; spouts: ack results
+        # A bolt may take its input a batch at a time (``process_batch(tuples)``, e.g. the acker).
+        self.batch: Callable[[list[Tuple]], None] | None = (
+            getattr(instance, "process_batch", None) if isinstance(instance, Bolt) else None)
         instance._collector = collector
         # Bind emit straight to the collector: one call less on the hot path.
         if isinstance(instance, Spout):
@@ -448,9 +451,10 @@ class BoltExecutor(Executor):
     kind = "bolt"
 
     def __init__(self, component: str, runners: list[TaskRunner], on_error: ErrorHandler,
-                 tick_interval: float | None):
+                 tick_interval: float | None, kind: str = "bolt"):
         super().__init__(component, runners, on_error)
         self.tick_interval = tick_interval
+        self.kind = kind  # the component's declared kind: "bolt", or "acker" for the system bolt
 
     def start(self) -> None:
         for r in self.runners:
@@ -474,6 +478,9 @@ class BoltExecutor(Executor):
                 continue
             if n > budget:
                 n = budget
+            if r.batch is not None:
+                work += self._step_batch(r, n)
+                continue
             process = r.instance.process
             pop = q.popleft
             col = r.collector
@@ -511,6 +518,29 @@ class BoltExecutor(Executor):
                 col.flush_acks()
             work += done
         return work
+
+    def _step_batch(self, r: TaskRunner, n: int) -> int:
+        """``process_batch`` with up to ``n`` queued tuples: auto-ack bolts have every input acked
+        when it returns; if it raises, every input of the batch is failed."""
+        q, col, batch = r.queue, r.collector, r.batch
+        assert batch is not None
+        tuples = [q.popleft() for _ in range(n)]
+        started = perf_counter()
+        try:
+            batch(tuples)
+        except Exception as exc:  # noqa: BLE001 - user code
+            for tup in tuples:
+                col.fail(tup)
+            self._report(r, exc, f"in process_batch of bolt '{self.component}' task {r.task} on {n} tuples")
+        else:
+            if col.auto_anchor:
+                for tup in tuples:
+                    col.ack(tup)
+        col.busy += perf_counter() - started
+        col.executed += n
+        if col.acks is not None and col.acks.dirty:
+            col.flush_acks()
+        return n
 
     def stop(self) -> None:
         for r in self.runners:

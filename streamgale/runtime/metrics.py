@@ -3,7 +3,9 @@
 Counters only grow during a process's life; nimbus turns snapshots into
 windows (``nimbus/metrics.py``). Reading them from another thread than the
 executor loop's is safe: they are plain ints and floats, read without locks
-(a snapshot may be a turn old, never torn).
+(a snapshot may be a turn old, never torn). A component may report more
+through a ``counters()`` method (the acker reports the trees it tracks,
+completed and failed, and malformed ack messages).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .acker import AckerExecutor
 from .executor import Executor
 
 
@@ -19,20 +20,17 @@ def task_counters(executors: Sequence[Executor]) -> dict[str, dict[str, Any]]:
     """Task id (as str: RPC maps take only str keys) -> its counters."""
     out: dict[str, dict[str, Any]] = {}
     for e in executors:
-        if isinstance(e, AckerExecutor):
-            for t in e.runners:
-                out[str(t.task)] = {"component": e.component, "kind": "acker", "queue": len(t.queue),
-                                    "tracked": len(t.table), "executed": t.executed,
-                                    "acked": t.acked, "failed": t.failed,
-                                    "malformed": e.malformed}
-            continue
         for r in e.runners:
             c = r.collector
-            out[str(r.task)] = {
+            counters = {
                 "component": e.component, "kind": e.kind, "queue": len(r.queue),
                 "emitted_by_stream": {s: v[0] for s, v in c.counts.items()},
                 "transferred_by_stream": {s: v[1] for s, v in c.counts.items()},
                 "executed": c.executed, "acked": c.acked, "failed": c.failed,
                 "busy": c.busy, "latency_total": c.latency_total, "pending": len(c.pending),
             }
+            extra = getattr(r.instance, "counters", None)
+            if callable(extra):
+                counters.update(extra())
+            out[str(r.task)] = counters
     return out
