@@ -28,6 +28,7 @@ from streamgale.cluster.records import (
     REBALANCING,
     ErrorRecord,
     RecordError,
+    SupervisorInfo,
     TopologyRecord,
     slot_id,
 )
@@ -69,6 +70,7 @@ class Nimbus:
         self.liveness = SlotLiveness(config["nimbus.task_timeout"], config["nimbus.task_launch_timeout"])
         # topology id -> slot id -> the heartbeat sequence its supervisor forwarded last
         self.worker_beats: dict[str, dict[str, int]] = {}
+        self.supervisors: dict[str, SupervisorInfo] = {}  # live supervisors, kept by a watch
         self._handlers: dict[type, Callable[[Any], Any]] = {
             p.Submit: self.submit, p.Kill: self.kill, p.Activate: self.activate,
             p.Deactivate: self.deactivate, p.Rebalance: self.rebalance,
@@ -86,8 +88,14 @@ class Nimbus:
         self.state.start(timeout=30)
         self.state.register_nimbus(self.address)
         self.leadership = self.state.elect_leader(self.address, self._on_elected, self._on_deposed)
-        self.state.watch_supervisors(lambda _: self._dirty.set())
+        self.state.watch_supervisors(self._on_supervisors)
         log.info("nimbus listening on %s", self.address)
+
+    def _on_supervisors(self, supervisors: dict[str, SupervisorInfo]) -> None:
+        # kazoo's event thread: keep the map (replaced whole, so the loop reads a consistent one)
+        # and wake the loop; reconcile never re-reads every supervisor from ZooKeeper.
+        self.supervisors = supervisors
+        self._dirty.set()
 
     def _on_elected(self) -> None:
         log.info("nimbus %s is now the leader", self.address)
@@ -339,7 +347,7 @@ class Nimbus:
         for slot in self.liveness.observe(current, self.worker_beats, self.clock()):
             log.warning("worker slot %s stopped heartbeating; moving its executors", slot)
         wanted = schedule(sorted(records.values(), key=lambda r: (r.submitted_at, r.id)),
-                          self.liveness.usable(self.state.supervisors()), current, time.time())
+                          self.liveness.usable(self.supervisors), current, time.time())
         for tid, assignment in wanted.items():
             if not assignment.same_placement(current.get(tid)):
                 try:

@@ -470,3 +470,43 @@ def test_pending_roots_expire_oldest_first():
 def test_new_ids_are_64_bit_and_non_zero():
     ids = {new_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(0 < i < 2**64 for i in ids)
+
+
+class BatchDouble(Bolt):
+    """Takes its input a batch at a time and emits each value twice, anchored explicitly."""
+
+    outputs = ["n"]
+    batches: list = []
+
+    def process_batch(self, tuples):
+        type(self).batches.append(len(tuples))
+        for tup in tuples:
+            self.emit([tup["n"] * 2], anchors=tup)
+
+
+class FailOdd(Bolt):
+    """Fails the first sight of each value 2 (mod 4), acks everything else."""
+
+    auto_ack = False
+
+    def prepare(self, context):
+        self.seen = set()
+
+    def process(self, tup):
+        n = tup["n"]
+        first = n not in self.seen
+        self.seen.add(n)
+        (self.fail if first and n % 4 == 2 else self.ack)(tup)
+
+
+def test_process_batch_inputs_are_acked_and_explicit_anchors_keep_the_trees():
+    spout = fresh(Numbers, total=300)
+    BatchDouble.batches = []
+    t = Topology("batches")
+    t.spout("numbers", spout)
+    t.bolt("double", BatchDouble).shuffle("numbers")
+    t.bolt("check", FailOdd).shuffle("double")
+    run(t, lambda: sum(len(s.acked_ids) for s in spout.log.values()) == 300)
+    assert sum(BatchDouble.batches) >= 300 and max(BatchDouble.batches) > 1  # batches, not one by one
+    failed = sorted(m for s in spout.log.values() for m in s.failed_ids)
+    assert failed == list(range(1, 300, 2))  # 2n % 4 == 2 exactly for odd n: each of their trees failed once
