@@ -40,8 +40,12 @@ def stats_table(stats: dict[str, Any], window: str) -> str:
             f"window {WINDOW_NAMES.get(window, window)}")
     out = [head, *lines]
     for w in stats.get("workers", []):
+        transport = w.get("transport") or {}
+        dropped = (f", dropped {transport.get('dropped_frames', 0)} malformed frames and "
+                   f"{transport.get('dropped_entries', 0)} tuples on its port"
+                   if transport.get("dropped_frames") or transport.get("dropped_entries") else "")
         out.append(f"worker {w['host']}:{w['port']} pid {w['pid']}: cpu {w['cpu_percent']}%, "
-                   f"{w['rss_mb']} MB resident, up {w['uptime_s']} s")
+                   f"{w['rss_mb']} MB resident, up {w['uptime_s']} s{dropped}")
     for component, records in sorted(stats["errors"].items()):
         last = records[-1]
         first_line = str(last.get("message", "")).splitlines()[0] if last.get("message") else ""

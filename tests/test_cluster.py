@@ -3,6 +3,7 @@ started through the CLI, real worker processes exchanging tuples over ZeroMQ."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
@@ -274,6 +275,18 @@ def test_garbage_on_nimbus_and_worker_ports_is_survived(cluster, cluster_state, 
     cluster.wait(exact, timeout=60, message="exact counts of every sentence")
     assert len(sink_lines(out)) == sum(expected.values())  # each word counted once, none twice
     assert {p.pid for p in cluster.worker_processes()} == workers  # neither worker died and was restarted
+
+    # What was dropped reaches the metrics: `streamgale stats` shows it per worker.
+    def dropped() -> dict[int, dict]:
+        r = cluster.cli("stats", "cluster-wc", "--json")
+        return {w["port"]: w.get("transport", {}) for w in json.loads(r.stdout)["workers"]} if r.returncode == 0 else {}
+    counts = cluster.wait(lambda: (lambda d: d if len(d) == 2 and all(t.get("dropped_entries", 0) >= len(entries)
+                                                                      and t.get("dropped_frames", 0) >= 1
+                                                                      for t in d.values()) else None)(dropped()),
+                          timeout=30, message="dropped frames and tuples in the stats of both workers")
+    assert set(counts) == {s.port for s in slots}
+    text = cluster.cli("stats", "cluster-wc").stdout
+    assert "malformed frames and" in text and "tuples on its port" in text
 
 
 def test_invalid_topology_is_rejected_before_upload(cluster, cluster_state, tmp_path):
