@@ -36,11 +36,11 @@ from streamgale.cluster.state import ClusterState
 from streamgale.config import Config, ConfigError
 from streamgale.wire import protocol as p
 from streamgale.wire.rpc import RpcServer
+from streamgale.wire.spec import SpecError
 
 from .liveness import SlotLiveness
 from .metrics import MetricsStore
 from .scheduler import schedule
-from .validate import SpecError, validate_spec
 
 log = logging.getLogger("streamgale.nimbus")
 
@@ -170,7 +170,7 @@ class Nimbus:
     def submit(self, req: p.Submit) -> dict[str, Any]:
         self._require_leader()
         try:
-            validate_spec(req.spec, req.name)
+            spec = req.spec.named(req.name).validate()  # the rules the client's builder applied too
             config = Config().merged(req.config, "topology config")
         except (SpecError, ConfigError) as e:
             raise p.InvalidTopology(str(e)) from None
@@ -181,10 +181,10 @@ class Nimbus:
                 raise p.AlreadyExists(f"a topology named '{req.name}' is already running "
                                                 f"(id {rec.id}); kill it first or choose another --name")
         topology_id = f"{req.name}-{int(time.time())}"
-        comps = req.spec["components"]
-        rec = TopologyRecord(topology_id, req.name, ACTIVE, req.spec, dict(req.config), req.code_digest,
-                             req.entry, config["topology.workers"],
-                             {n: int(c["parallelism"]) for n, c in comps.items()}, time.time())
+        comps = spec.components
+        rec = TopologyRecord(topology_id, req.name, ACTIVE, spec, dict(req.config), req.code_digest,
+                             req.entry, config["topology.workers"], {n: c.parallelism for n, c in comps.items()},
+                             time.time())
         self.state.put_code(topology_id, req.code)
         try:
             self.state.create_topology(rec)
@@ -235,14 +235,14 @@ class Nimbus:
         rec = self._by_name(req.name)
         if rec.status in (KILLED, REBALANCING):
             raise p.BadRequest(f"topology '{req.name}' is {rec.status.lower()}")
-        comps = rec.spec["components"]
+        comps = rec.spec.components
         for comp, n in (req.parallelism or {}).items():
             if comp not in comps:
                 raise p.BadRequest(f"no component '{comp}' in topology '{req.name}' "
                                              f"(components: {', '.join(sorted(comps))})")
-            if not 1 <= n <= comps[comp]["tasks"]:
+            if not 1 <= n <= comps[comp].tasks:
                 raise p.BadRequest(f"parallelism of '{comp}' must be between 1 and its task "
-                                             f"count {comps[comp]['tasks']}, got {n}")
+                                   f"count {comps[comp].tasks}, got {n}")
         if req.workers is not None and req.workers < 1:
             raise p.BadRequest(f"workers must be >= 1, got {req.workers}")
         at = time.time() + self._wait(rec, req.wait)

@@ -47,6 +47,7 @@ from .wire.protocol import (
     NotLeader,
 )
 from .wire.rpc import NimbusClient
+from .wire.spec import TopologySpec
 
 __all__ = [
     "AlreadyExists",
@@ -149,7 +150,7 @@ class Submission:
     """Everything a submit sends nimbus; made by :func:`prepare`, sent by :meth:`Client.upload`."""
 
     name: str  # the name it runs under
-    spec: dict[str, Any]  # Topology.spec() with the ackers, named ``name``
+    spec: TopologySpec  # Topology.spec() with the ackers, named ``name``
     config: dict[str, Any]  # the topology's own config with the overrides on top (nimbus keeps this layer)
     entry: str  # the topology file inside the code package, which workers load
     code: bytes = field(repr=False)  # the code package: a tar.gz of the code directory
@@ -239,8 +240,7 @@ def prepare(topology: Topology | str | os.PathLike[str], *, name: str | None = N
                            f"pass a code_dir that contains it") from None
     code = pack_directory(directory)
     name = name or topology.name
-    spec = topology.spec()
-    spec["name"] = name
+    spec = topology.spec().named(name)
     return Submission(name, spec, {**topology.config, **layer}, entry, code, digest(code))
 
 

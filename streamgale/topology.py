@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .components import Bolt, Component, Spout, normalise_outputs
 from .groupings import CustomGrouping, Grouping
-
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+from .wire.spec import (
+    ComponentSpec,
+    InputSpec,
+    SpecError,
+    TopologySpec,
+    check_component_name,
+    check_parallelism,
+    check_topology_name,
+)
 
 
 class TopologyError(ValueError):
@@ -45,18 +51,11 @@ class ComponentDef:
     config: dict[str, Any] = field(default_factory=dict)
     inputs: list[Subscription] = field(default_factory=list)
 
-    def to_spec(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "class": f"{self.cls.__module__}.{self.cls.__qualname__}",
-            "parallelism": self.parallelism,
-            "tasks": self.tasks,
-            "outputs": {s: list(f) for s, f in self.outputs.items()},
-            "inputs": [
-                {"source": s.source, "stream": s.stream, **s.grouping.to_spec()} for s in self.inputs
-            ],
-            "config": dict(self.config),
-        }
+    def to_spec(self) -> ComponentSpec:
+        inputs = tuple(InputSpec.from_dict({"source": s.source, "stream": s.stream, **s.grouping.to_spec()},
+                                           self.name) for s in self.inputs)
+        return ComponentSpec(self.kind, f"{self.cls.__module__}.{self.cls.__qualname__}", self.parallelism,
+                             self.tasks, dict(self.outputs), inputs, dict(self.config))
 
 
 def _factory_for(name: str, component: Any, base: type) -> tuple[Any, Callable[[], Any]]:
@@ -150,33 +149,23 @@ class Topology:
     """
 
     def __init__(self, name: str, config: Mapping[str, Any] | None = None):
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise TopologyError(
-                f"topology name {name!r} is invalid: use 1-64 letters, digits, '_' or '-', "
-                "starting with a letter"
-            )
-        self.name = name
+        try:
+            self.name = check_topology_name(name)
+        except SpecError as e:
+            raise TopologyError(str(e)) from None
         self.config: dict[str, Any] = dict(config or {})
         self.components: dict[str, ComponentDef] = {}
 
     def _declare(self, name: str, component: Any, base: type, parallelism: int,
                  tasks: int | None, config: Mapping[str, Any] | None) -> ComponentDef:
         kind = "spout" if base is Spout else "bolt"
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise TopologyError(
-                f"{kind} name {name!r} is invalid: use 1-64 letters, digits, '_' or '-', "
-                "starting with a letter"
-            )
-        if name in self.components:
-            raise TopologyError(f"component name '{name}' is declared twice in topology '{self.name}'")
-        if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 1:
-            raise TopologyError(f"{kind} '{name}': parallelism must be an integer >= 1, got {parallelism!r}")
-        if tasks is None:
-            tasks = parallelism
-        if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < parallelism:
-            raise TopologyError(
-                f"{kind} '{name}': tasks must be an integer >= parallelism ({parallelism}), got {tasks!r}"
-            )
+        try:
+            check_component_name(kind, name)
+            if name in self.components:
+                raise SpecError(f"component name '{name}' is declared twice in topology '{self.name}'")
+            parallelism, tasks = check_parallelism(kind, name, parallelism, parallelism if tasks is None else tasks)
+        except SpecError as e:
+            raise TopologyError(str(e)) from None
         cls, factory = _factory_for(name, component, base)
         outputs = normalise_outputs(cls.outputs if isinstance(component, type) else component.outputs, name)
         cdef = ComponentDef(name, kind, cls, factory, parallelism, tasks, outputs, dict(config or {}))
@@ -196,57 +185,23 @@ class Topology:
     # -- validation -----------------------------------------------------------------------
 
     def validate(self) -> Topology:
-        """Raise :class:`TopologyError` naming the first fault found; return self."""
+        """Raise :class:`TopologyError` naming the first fault found; return self.
+
+        The structural rules are :meth:`TopologySpec.validate`'s, the same nimbus applies.
+        """
         from .config import Config, ConfigError
 
-        if not any(c.kind == "spout" for c in self.components.values()):
-            raise TopologyError(f"topology '{self.name}' has no spout")
         try:
             Config().merged(self.config, f"config of topology '{self.name}'")
             for comp in self.components.values():
                 Config().merged(comp.config, f"config of component '{comp.name}'")
         except ConfigError as e:
             raise TopologyError(str(e)) from None
-        for comp in self.components.values():
-            if comp.kind == "spout" and any(not s.stream.startswith("__") for s in comp.inputs):
-                raise TopologyError(f"spout '{comp.name}' cannot subscribe to streams")
-            seen = set()
-            for sub in comp.inputs:
-                self._validate_subscription(comp, sub)
-                key = (sub.source, sub.stream)
-                if key in seen:
-                    raise TopologyError(
-                        f"bolt '{comp.name}' subscribes to stream '{sub.stream}' of "
-                        f"'{sub.source}' twice"
-                    )
-                seen.add(key)
-            if comp.kind == "bolt" and not comp.inputs:
-                raise TopologyError(
-                    f"bolt '{comp.name}' subscribes to no stream; add a grouping such as "
-                    f"topology.bolt('{comp.name}', ...).shuffle('<source>')"
-                )
+        try:
+            self.spec().validate()
+        except SpecError as e:
+            raise TopologyError(str(e)) from None
         return self
-
-    def _validate_subscription(self, comp: ComponentDef, sub: Subscription) -> None:
-        source = self.components.get(sub.source)
-        if source is None:
-            known = ", ".join(f"'{n}'" for n in self.components) or "none"
-            raise TopologyError(
-                f"bolt '{comp.name}' subscribes to unknown component '{sub.source}' (components: {known})"
-            )
-        if sub.stream not in source.outputs:
-            declared = ", ".join(f"'{s}'" for s in source.outputs) or "no stream"
-            raise TopologyError(
-                f"component '{comp.name}' subscribes to stream '{sub.stream}' of '{sub.source}', "
-                f"which declares only {declared}"
-            )
-        fields = source.outputs[sub.stream]
-        for f in sub.grouping.fields:
-            if f not in fields:
-                raise TopologyError(
-                    f"bolt '{comp.name}' groups stream '{sub.stream}' of '{sub.source}' by field "
-                    f"'{f}', which is not declared (fields: {list(fields)})"
-                )
 
     # -- derived views --------------------------------------------------------------------
 
@@ -265,13 +220,9 @@ class Topology:
             out[name] = split_evenly(tasks, self.components[name].parallelism)
         return out
 
-    def spec(self) -> dict[str, Any]:
-        """A JSON/msgpack-serialisable description (stored by nimbus, shown by the UI)."""
-        return {
-            "name": self.name,
-            "config": dict(self.config),
-            "components": {n: c.to_spec() for n, c in self.components.items()},
-        }
+    def spec(self) -> TopologySpec:
+        """What this topology is, as the cluster stores it and the UI shows it."""
+        return TopologySpec(self.name, dict(self.config), {n: c.to_spec() for n, c in self.components.items()})
 
     def subscribers(self) -> dict[tuple[str, str], list[tuple[str, Subscription]]]:
         """(source component, stream) -> [(subscribing component, subscription)]."""

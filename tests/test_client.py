@@ -139,10 +139,10 @@ def test_submission_of_a_file_carries_its_layer_ackers_and_package(tmp_path):
     (tmp_path / "__pycache__" / "junk.pyc").write_bytes(b"\0")
 
     submission = prepare(path, name="renamed", config={"topology.workers": 3}, base=Config())
-    assert submission.name == "renamed" and submission.spec["name"] == "renamed"
+    assert submission.name == "renamed" and submission.spec.name == "renamed"
     assert submission.entry == path.name
     assert submission.config == {"topology.workers": 3, "numbers.label": "from-topology"}
-    assert submission.spec["components"]["__acker"]["tasks"] == 3  # one acker per worker by default
+    assert submission.spec.components["__acker"].tasks == 3  # one acker per worker by default
     assert members(submission.code) == {path.name, "helper.py"}
     assert submission.code_digest == digest(submission.code)
     assert "code=" not in repr(submission)

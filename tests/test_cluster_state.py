@@ -48,7 +48,7 @@ def supervisor(sid: str = "sup-1") -> SupervisorInfo:
 
 
 def topology(tid: str = "wc-1", name: str = "wc") -> TopologyRecord:
-    spec = {"components": {"split": {"tasks": 2, "parallelism": 2}}}
+    spec = {"components": {"split": {"kind": "bolt", "tasks": 2, "parallelism": 2}}}
     return TopologyRecord(tid, name, ACTIVE, spec, {"topology.workers": 1}, "d" * 64, "wc.py", 1,
                           {"split": 2}, 100.0)
 

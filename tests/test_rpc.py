@@ -59,8 +59,8 @@ def test_every_request_round_trips(request_):
     decoded = p.decode_request(request_.encode(request_id=41))
     assert decoded == request_ and type(decoded) is type(request_)
     assert decoded.request_id == 41
-    for name, value in request_.args().items():
-        assert type(getattr(decoded, name)) is type(value), name
+    for name in request_.args():
+        assert type(getattr(decoded, name)) is type(getattr(request_, name)), name  # typed fields stay typed
 
 
 def test_fields_are_normalised_and_code_is_kept_out_of_repr():
@@ -81,8 +81,11 @@ def test_fields_are_normalised_and_code_is_kept_out_of_repr():
     ("rebalance", {"name": "wc", "parallelism": [1]}, "parallelism", "a map of component name"),
     ("submit", {"name": "wc", "spec": [], "config": {}, "entry": "t.py", "code": b"", "code_digest": "d"},
      "spec", "a map with string keys"),
-    ("submit", {"name": "wc", "spec": {}, "config": {}, "entry": "t.py", "code": "text", "code_digest": "d"},
+    ("submit", {"name": "wc", "spec": SPEC, "config": {}, "entry": "t.py", "code": "text", "code_digest": "d"},
      "code", "bytes"),
+    ("submit", {"name": "wc", "spec": {"components": {"w": {"kind": "stream"}}}, "config": {}, "entry": "t.py",
+                "code": b"", "code_digest": "d"},
+     "spec", "a topology spec (component 'w' must have kind 'spout' or 'bolt', got 'stream')"),
     ("download_code", {"topology_id": None}, "topology_id", "a string"),
     ("read_log", {"topology_id": "wc-1", "port": -5}, "port", "an integer port 1-65535, got int -5"),
     ("read_log", {"topology_id": "wc-1", "port": 0}, "port", "an integer port 1-65535, got int 0"),

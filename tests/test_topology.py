@@ -2,6 +2,7 @@
 
 import pytest
 
+from streamgale.wire.spec import SpecError, TopologySpec
 from streamgale import Bolt, Spout, Topology, TopologyError
 
 
@@ -131,13 +132,32 @@ def test_tasks_are_numbered_by_component_name_and_split_over_executors():
     assert one_per_task.executors() == {"b": [(1,), (2,), (3,), (4,), (5,)], "src": [(6,)]}
 
 
-def test_spec_is_plain_data():
+def test_spec_is_a_typed_record_whose_wire_form_is_plain_data_and_round_trips():
     t = base()
     t.bolt("b", Pass, parallelism=2).fields("src", "word")
     spec = t.validate().spec()
-    assert spec["components"]["b"] == {
+    assert TopologySpec.from_dict(spec.to_dict()) == spec
+    assert spec.components["b"].inputs[0].grouping == "fields"
+    assert spec.to_dict()["components"]["b"] == {
         "kind": "bolt", "class": "test_topology.Pass", "parallelism": 2, "tasks": 2,
         "outputs": {"default": ["word"]},
         "inputs": [{"source": "src", "stream": "default", "type": "fields", "fields": ["word"]}],
         "config": {},
     }
+
+
+def test_the_cluster_applies_the_same_rules_as_the_builder():
+    """nimbus validates a submitted spec with TopologySpec.validate: a spec edited on the wire
+    (a bolt subscribing to an undeclared stream) gets the builder's message."""
+    t = base()
+    t.bolt("b", Pass).shuffle("src")
+    wire = t.spec().to_dict()
+    wire["components"]["b"]["inputs"][0]["stream"] = "nope"
+    with pytest.raises(SpecError, match="component 'b' subscribes to stream 'nope' of 'src', which declares only "
+                                        "'default'"):
+        TopologySpec.from_dict(wire).validate()
+    wire["components"]["b"]["inputs"] = []
+    with pytest.raises(SpecError, match=r"bolt 'b' subscribes to no stream; add a grouping such as"):
+        TopologySpec.from_dict(wire).validate()
+    with pytest.raises(SpecError, match="must have kind 'spout' or 'bolt', got 'nonsense'"):
+        TopologySpec.from_dict({"components": {"x": {"kind": "nonsense"}}})

@@ -27,6 +27,7 @@ import zmq
 
 from streamgale.cluster.records import ACTIVE, Assignment, ErrorRecord, slot_id
 from streamgale.config import Config, load_config
+from streamgale.runtime.acking import ACKER
 from streamgale.runtime.assembly import build_executors, stream_index
 from streamgale.runtime.executor import Sink
 from streamgale.runtime.loader import load_topology
@@ -115,7 +116,8 @@ class Worker:
         if record.id != a.topology_id or my_slot is None:
             raise RuntimeError(f"the launch file does not give slot {self.slot} executors of {a.topology_id}")
         self.config = self.base_config.merged(record.config, "topology config")
-        ackers = int(record.spec["components"].get("__acker", {}).get("tasks", 0))
+        acker = record.spec.components.get(ACKER)
+        ackers = acker.tasks if acker is not None else 0
         topology: Topology = load_topology(a.code_dir / record.entry, self.config).with_ackers(
             ackers, self.config["topology.message_timeout"])
         self.executor_groups = my_slot.executors

@@ -13,6 +13,8 @@ from typing import Any
 
 import msgpack
 
+from streamgale.wire.spec import SpecError, TopologySpec
+
 FORMAT = 1
 
 ACTIVE, INACTIVE, REBALANCING, KILLED = "ACTIVE", "INACTIVE", "REBALANCING", "KILLED"
@@ -92,7 +94,8 @@ class SupervisorInfo:
 class TopologyRecord:
     """A submitted topology (znode ``topologies/<id>``).
 
-    ``spec`` is :meth:`Topology.spec`; ``parallelism`` the executors per
+    ``spec`` is :meth:`Topology.spec` (a wire map given here is read into a
+    :class:`TopologySpec`); ``parallelism`` the executors per
     component now in force (rebalance changes it); ``pending`` a pending
     action ``{"action": "kill"|"rebalance", "at": wall time, ...}`` that a
     restarted or standby nimbus resumes.
@@ -101,7 +104,7 @@ class TopologyRecord:
     id: str
     name: str
     status: str
-    spec: dict[str, Any]
+    spec: TopologySpec
     config: dict[str, Any]
     code_digest: str
     entry: str  # topology file name inside the code package
@@ -111,11 +114,18 @@ class TopologyRecord:
     pending: dict[str, Any] | None = None
     log_levels: dict[str, str] = field(default_factory=dict)  # logger name -> level, applied by workers
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, TopologySpec):
+            try:
+                object.__setattr__(self, "spec", TopologySpec.from_dict(self.spec))
+            except SpecError as e:
+                raise RecordError(f"bad topology record: {e}") from None
+
     def with_(self, **changes: Any) -> TopologyRecord:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "status": self.status, "spec": self.spec,
+        return {"id": self.id, "name": self.name, "status": self.status, "spec": self.spec.to_dict(),
                 "config": self.config, "code_digest": self.code_digest, "entry": self.entry,
                 "workers": self.workers, "parallelism": dict(self.parallelism),
                 "submitted_at": self.submitted_at, "pending": self.pending, "log_levels": dict(self.log_levels)}
@@ -123,12 +133,13 @@ class TopologyRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TopologyRecord:
         try:
-            rec = cls(str(d["id"]), str(d["name"]), str(d["status"]), dict(d["spec"]), dict(d["config"]),
+            rec = cls(str(d["id"]), str(d["name"]), str(d["status"]), TopologySpec.from_dict(d["spec"]),
+                      dict(d["config"]),
                       str(d["code_digest"]), str(d["entry"]), int(d["workers"]),
                       {str(k): int(v) for k, v in d["parallelism"].items()}, float(d["submitted_at"]),
                       dict(d["pending"]) if d.get("pending") else None,
                       {str(k): str(v) for k, v in (d.get("log_levels") or {}).items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # SpecError is a ValueError
             raise RecordError(f"bad topology record: {e}") from None
         if rec.status not in STATUSES:
             raise RecordError(f"bad topology status {rec.status!r}")
@@ -145,10 +156,10 @@ class TopologyRecord:
         """Every executor of the topology under the current parallelism, in task order."""
         from streamgale.topology import layout_tasks, split_evenly
 
-        components = self.spec["components"]
+        components = self.spec.components
         out: list[ExecutorTasks] = []
-        for name, tasks in layout_tasks({n: int(c["tasks"]) for n, c in components.items()}).items():
-            for group in split_evenly(tasks, self.parallelism.get(name, components[name]["parallelism"])):
+        for name, tasks in layout_tasks({n: c.tasks for n, c in components.items()}).items():
+            for group in split_evenly(tasks, self.parallelism.get(name, components[name].parallelism)):
                 out.append((name, group))
         return out
 

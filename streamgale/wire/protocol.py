@@ -59,6 +59,8 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from .spec import SpecError, TopologySpec
+
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MAX_MESSAGE_BYTES = 128 << 20  # default frame limit, either direction
@@ -168,6 +170,15 @@ def _map(v: Any) -> dict[str, Any]:
     return v
 
 
+def _spec(v: Any) -> TopologySpec:
+    if not isinstance(v, (dict, TopologySpec)) or (isinstance(v, dict) and not all(isinstance(k, str) for k in v)):
+        raise _Expected("a map with string keys")
+    try:
+        return TopologySpec.from_dict(v)
+    except SpecError as e:
+        raise _Expected(f"a topology spec ({e})") from None
+
+
 def _seconds(v: Any) -> float | None:
     if v is None:
         return None
@@ -230,7 +241,13 @@ class Request:
                                     f"{type(value).__name__} {_show(value)}", self.request_id) from None
 
     def args(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request_id"}
+        """The fields as the wire carries them (typed records as their maps)."""
+        out = {}
+        for f in fields(self):
+            if f.name != "request_id":
+                value = getattr(self, f.name)
+                out[f.name] = value.to_dict() if isinstance(value, TopologySpec) else value
+        return out
 
     def encode(self, request_id: int | None = None) -> bytes:
         rid = self.request_id if request_id is None else request_id
@@ -255,7 +272,7 @@ class Request:
 class Submit(Request):
     OP: ClassVar[str] = "submit"
     name: str = _arg(_string)
-    spec: dict[str, Any] = _arg(_map)
+    spec: TopologySpec = _arg(_spec)  # a wire map is read into the typed record (its shape checked)
     config: dict[str, Any] = _arg(_map)
     entry: str = _arg(_string)  # topology file name inside the code package
     code: bytes = _arg(_binary, repr=False)

@@ -50,6 +50,7 @@ from .protocol import (
     encode_error,
     error_from_reply,
 )
+from .spec import TopologySpec
 
 __all__ = [
     "AlreadyExists",
@@ -258,7 +259,7 @@ class NimbusClient:
 
     # -- API -----------------------------------------------------------------------------------
 
-    def submit(self, name: str, spec: dict[str, Any], config: dict[str, Any], entry: str, code: bytes,
+    def submit(self, name: str, spec: TopologySpec | dict[str, Any], config: dict[str, Any], entry: str, code: bytes,
                code_digest: str) -> str:
         """Upload and start a topology; returns its topology id."""
         result = self._call(Submit, name, spec, config, entry, code, code_digest)
