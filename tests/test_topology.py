@@ -2,8 +2,8 @@
 
 import pytest
 
-from streamgale.wire.spec import SpecError, TopologySpec
 from streamgale import Bolt, Spout, Topology, TopologyError
+from streamgale.wire.spec import SpecError, TopologySpec
 
 
 class Src(Spout):
