@@ -21,7 +21,9 @@ and all time (keys "600", "10800", "86400", "all")::
                   "transport": {"received", "sent", "dropped_frames", "dropped_entries"}}]}
 
     COUNTS = {"emitted", "transferred", "executed", "acked", "failed",
-              "execute_latency_ms", "capacity", "complete_latency_ms"}
+              "execute_latency_ms", "capacity", "complete_latency_ms", "malformed"?}
+
+``malformed`` (ackers, only when non-zero) counts ack messages dropped as malformed.
 
 ``capacity`` is the share of the window a bolt task spent in ``process``
 (averaged over tasks for a component; near 1 means it is the bottleneck);
@@ -37,7 +39,7 @@ from typing import Any
 
 WINDOWS: tuple[tuple[str, float | None], ...] = (("600", 600.0), ("10800", 10800.0), ("86400", 86400.0),
                                                 ("all", None))
-COUNTERS = ("emitted", "transferred", "executed", "acked", "failed", "busy", "latency_total")
+COUNTERS = ("emitted", "transferred", "executed", "acked", "failed", "busy", "latency_total", "malformed")
 # Checkpoint spacing by age: (younger than, keep one per) seconds.
 THINNING = ((600.0, 0.0), (10800.0, 60.0), (86400.0, 600.0))
 STALE_WORKER = 30.0  # a worker report older than this is dropped from "workers"
@@ -116,6 +118,8 @@ def _derived(c: Mapping[str, float], covered: float, tasks: int) -> dict[str, An
     out["capacity"] = round(c.get("busy", 0.0) / (covered * max(tasks, 1)), 3) if executed else None
     lat = c.get("latency_total", 0.0)
     out["complete_latency_ms"] = round(lat / acked * 1000, 3) if lat and acked else None
+    if c.get("malformed"):  # the acker's dropped ack messages: shown only when there are some
+        out["malformed"] = int(c["malformed"])
     return out
 
 

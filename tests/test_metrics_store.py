@@ -42,3 +42,14 @@ def test_stale_workers_drop_out_and_killed_topologies_are_forgotten():
     assert m.stats("t", now=100)["workers"] == []
     m.forget("t")
     assert m.stats("t", now=100)["components"] == {}
+
+
+def test_an_ackers_malformed_messages_reach_the_stats_only_when_there_are_some():
+    store = MetricsStore()
+    base = {"topology_id": "t-1", "slot": "s:1", "host": "h", "port": 1, "pid": 7}
+    store.add({**base, "tasks": {"1": {"component": "__acker", "kind": "acker", "executed": 10,
+                                       "malformed": 0}}}, 100.0)
+    assert "malformed" not in store.stats("t-1", 100.0)["components"]["__acker"]["windows"]["all"]
+    store.add({**base, "tasks": {"1": {"component": "__acker", "kind": "acker", "executed": 12,
+                                       "malformed": 3}}}, 102.0)
+    assert store.stats("t-1", 102.0)["components"]["__acker"]["windows"]["all"]["malformed"] == 3
