@@ -14,7 +14,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 TOPOLOGY = str(ROOT / "tests" / "topologies" / "reliable.py")
-SLOW_RUN_SECONDS = 60
+SLOW_RUN_SECONDS = 25
 RSS_BOUND = 150 * 2**20
 
 

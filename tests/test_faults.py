@@ -18,8 +18,8 @@ from fault_cluster import FaultCluster, assert_healthy_end, recovery_after, work
 
 pytestmark = pytest.mark.slow
 
-TOTAL = 3000
-RATE = 75  # messages per second per spout task: about 20 s of input
+TOTAL = 2250
+RATE = 75  # messages per second per spout task: about 15 s of input
 
 
 @pytest.fixture

@@ -149,7 +149,8 @@ def test_slow_user_code_does_not_get_a_worker_killed(tmp_path):
         c.wait(lambda: c.leader() is not None and c.leader().state.supervisors(), message="ready")
         sg.submit(str(Path(__file__).parent / "topologies" / "slow.py"), name="slow",
                   nimbus=f"127.0.0.1:{c.nimbus_ports[0]}", config={"topology.workers": 1})
-        [(wid, worker)] = c.wait(lambda: list(c.workers().items()), message="the worker")
+        [(wid, worker)] = c.wait(lambda: [(i, w) for i, w in c.workers().items() if w.loop and w.loop.started],
+                                 message="the worker, started")
         bolt = next(e for e in worker.loop.bolts if e.component == "slow-bolt")
 
         def executed() -> int:
@@ -158,3 +159,21 @@ def test_slow_user_code_does_not_get_a_worker_killed(tmp_path):
         c.wait(lambda: executed() >= 60, timeout=30, message="60 tuples from the 80 ms spouts (6+ s: one thread)")
         assert list(c.workers()) == [wid]  # never restarted
         assert c.supervisors[0].slots[6700].phase == "RUNNING"
+
+
+def test_a_worker_whose_heartbeats_stop_has_its_executors_moved_by_nimbus(tmp_path):
+    """Liveness through the supervisors' reports: the worker's heartbeat thread stops (its process
+    would be alive but mute), its supervisor (patient here) keeps forwarding the last beat, nimbus
+    sees the beat sequence stand still for nimbus.task_timeout and moves the slot's executors."""
+    config = {"nimbus.task_timeout": 2.0, "supervisor.worker_timeout": 60.0}
+    with InProcessCluster(supervisors=2, slots=2, config=config, directory=tmp_path / "cluster") as c:
+        c.wait(lambda: c.leader() is not None and len(c.leader().state.supervisors()) == 2, message="ready")
+        tid = submit(c, tmp_path / "out", 10, **{"topology.workers": 1})
+        [worker] = c.wait(lambda: assignment(c, tid) and [w for w in c.workers().values() if w.heartbeat],
+                          message="one worker, beating")
+        [slot] = assignment(c, tid).slots
+        c.wait(lambda: tid in c.leader().worker_beats, message="nimbus to hear its beats")
+        worker.heartbeat.close()  # mute: no more beats, the loop goes on
+        c.wait(lambda: assignment(c, tid) and slot not in assignment(c, tid).slots, timeout=15,
+               message="the mute slot's executors moved")
+        assert slot in c.leader().liveness.dead  # kept out of scheduling for a while
