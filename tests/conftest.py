@@ -11,20 +11,15 @@ import psutil
 import pytest
 from zk_fixtures import *  # noqa: F401,F403  (real ZooKeeper fixtures)
 
+from streamgale.dev.polling import poll_until
+
 ROOT = Path(__file__).resolve().parent.parent
 STREAMGALE = [sys.executable, "-m", "streamgale.cli"]
 
 
 def wait_for(predicate, timeout=10.0, interval=0.02, message="condition"):
     """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
+    return poll_until(predicate, timeout, message, interval)
 
 
 class Processes:

@@ -23,6 +23,7 @@ def test_wheel_contains_every_module_and_no_colliding_top_level(tmp_path):
         if "__pycache__" not in p.parts
     }
     assert on_disk - names == set()
+    assert "streamgale/py.typed" in names  # the package says it is typed (PEP 561)
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top_level == {"streamgale"}
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -37,6 +37,7 @@ import yaml
 from streamgale.wire.protocol import NimbusError
 from streamgale.wire.rpc import NimbusClient
 
+from .polling import poll_until
 from .ports import free_port, free_port_range
 from .zookeeper_server import ZooKeeperServer
 
@@ -284,15 +285,7 @@ class ProcessCluster:
              interval: float = 0.05) -> T:
         """Poll ``predicate`` until it returns something truthy (returned); fail at once if a
         daemon dies, or after ``timeout`` seconds naming ``message``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise ProcessClusterError(f"timed out after {timeout} s waiting for {message}")
-            time.sleep(interval)
+        return poll_until(predicate, timeout, message, interval, check=self.check_alive, error=ProcessClusterError)
 
     def wait_ready(self, supervisors: int | None = None, timeout: float = 60.0) -> None:
         """Until a nimbus answers, a leader is elected and ``supervisors`` supervisors (default:

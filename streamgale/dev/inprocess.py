@@ -17,7 +17,6 @@ import itertools
 import logging
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import zmq
 from streamgale.cluster.memory_storage import MemoryStorage, MemoryZooKeeper
 from streamgale.cluster.state import ClusterState
 from streamgale.config import Config
+from streamgale.dev.polling import poll_until
 from streamgale.dev.ports import free_port
 from streamgale.nimbus.daemon import Nimbus
 from streamgale.supervisor.daemon import Supervisor
@@ -209,11 +209,4 @@ class InProcessCluster:
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 20.0, message: str = "condition") -> Any:
         """Poll ``predicate`` until it is truthy (every 20 ms); AssertionError after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-            time.sleep(0.02)
+        return poll_until(predicate, timeout, message)
