@@ -368,7 +368,11 @@ class ProcessCluster:
                     p.kill()
                 except psutil.NoSuchProcess:
                     pass
-            psutil.wait_procs(workers, timeout=1.0)
+            # A killed worker whose supervisor is gone stays a zombie until init reaps it, which
+            # psutil.wait_procs would wait out; worker_processes() already leaves zombies out.
+            gone_by = time.monotonic() + 1.0
+            while self.worker_processes() and time.monotonic() < gone_by:
+                time.sleep(0.02)
 
     def __enter__(self) -> ProcessCluster:
         try:
