@@ -26,6 +26,7 @@ from streamgale.cluster.records import (
     INACTIVE,
     KILLED,
     REBALANCING,
+    Assignment,
     ErrorRecord,
     RecordError,
     SupervisorInfo,
@@ -71,6 +72,8 @@ class Nimbus:
         # topology id -> slot id -> the heartbeat sequence its supervisor forwarded last
         self.worker_beats: dict[str, dict[str, int]] = {}
         self.supervisors: dict[str, SupervisorInfo] = {}  # live supervisors, kept by a watch
+        # topology id -> slot id -> the executors its worker's last forwarded beat runs (sorted)
+        self.worker_executors: dict[str, dict[str, list[tuple[str, tuple[int, ...]]]]] = {}
         self._handlers: dict[type, Callable[[Any], Any]] = {
             p.Submit: self.submit, p.Kill: self.kill, p.Activate: self.activate,
             p.Deactivate: self.deactivate, p.Rebalance: self.rebalance,
@@ -297,6 +300,8 @@ class Nimbus:
             for beat in req.heartbeats:
                 slot = slot_id(req.supervisor_id, int(beat["port"]))
                 self.worker_beats.setdefault(str(beat["topology_id"]), {})[slot] = int(beat["seq"])
+                self.worker_executors.setdefault(str(beat["topology_id"]), {})[slot] = sorted(
+                    (str(c), tuple(int(t) for t in ts)) for c, ts in beat.get("executors", []))
             for report in req.metrics:
                 self.metrics.add(report, now)
             errors = [(str(e["topology_id"]), ErrorRecord.from_dict(e["record"])) for e in req.errors]
@@ -335,7 +340,7 @@ class Nimbus:
         now = time.time()
         records = self.state.topologies()
         for rec in list(records.values()):
-            if not rec.pending or rec.pending.get("at", 0) > now:
+            if not rec.pending or rec.pending.get("at", 0) > now or rec.pending["action"] == "resume":
                 continue
             if rec.pending["action"] == "kill":
                 self._finish_kill(rec)
@@ -344,6 +349,7 @@ class Nimbus:
                 records[rec.id] = self._finish_rebalance(rec)
         current = self.state.assignments()
         self.worker_beats = {tid: beats for tid, beats in self.worker_beats.items() if tid in current}
+        self.worker_executors = {tid: e for tid, e in self.worker_executors.items() if tid in current}
         for slot in self.liveness.observe(current, self.worker_beats, self.clock()):
             log.warning("worker slot %s stopped heartbeating; moving its executors", slot)
         wanted = schedule(sorted(records.values(), key=lambda r: (r.submitted_at, r.id)),
@@ -359,6 +365,26 @@ class Nimbus:
         for tid in current:
             if tid not in records:
                 self.state.delete_assignment(tid, self.leadership)
+        for rec in records.values():
+            if rec.pending and rec.pending["action"] == "resume":
+                self._resume_when_placed(rec, wanted.get(rec.id), now)
+
+    def _resume_when_placed(self, rec: TopologyRecord, assignment: Assignment | None, now: float) -> None:
+        """A rebalanced topology stays REBALANCING (spouts paused) until every slot of its new
+        assignment beats with exactly its new executors, so no tuple is sent to a worker
+        that is about to go; after ``nimbus.task_launch_timeout`` it resumes regardless."""
+        beats = self.worker_executors.get(rec.id, {})
+        placed = assignment is not None and all(
+            beats.get(slot) == sorted(s.executors) for slot, s in assignment.slots.items())
+        pending = rec.pending or {}
+        if not placed and now < pending.get("at", 0):
+            return
+        if not placed:
+            log.warning("resuming %s although its new placement is not running yet", rec.id)
+        resume = pending.get("resume", ACTIVE)
+        self.state.update_topology(rec.id, lambda r: r.with_(status=resume, pending=None)
+                                   if r.pending and r.pending.get("action") == "resume" else None)
+        log.info("rebalanced %s: its new placement runs; status %s", rec.id, resume)
 
     def _finish_kill(self, rec: TopologyRecord) -> None:
         try:
@@ -374,11 +400,14 @@ class Nimbus:
     def _finish_rebalance(self, rec: TopologyRecord) -> TopologyRecord:
         pending = rec.pending or {}
 
+        # Still REBALANCING: the spouts resume once the new placement runs (_resume_when_placed).
+        resume = {"action": "resume", "resume": pending.get("resume", ACTIVE),
+                  "at": time.time() + self.config["nimbus.task_launch_timeout"]}
+
         def apply(r: TopologyRecord) -> TopologyRecord:
-            return r.with_(status=pending.get("resume", ACTIVE), pending=None,
-                           workers=pending.get("workers") or r.workers,
+            return r.with_(pending=resume, workers=pending.get("workers") or r.workers,
                            parallelism={**r.parallelism, **pending.get("parallelism", {})})
 
         updated = self.state.update_topology(rec.id, apply)
-        log.info("rebalanced %s", rec.id)
+        log.info("rebalancing %s: moving its executors", rec.id)
         return updated or apply(rec)

@@ -281,6 +281,7 @@ class Supervisor:
             self.beats[port] = (message, now)
             self.outbox.beat(port, {"topology_id": message.topology_id, "port": port, "pid": message.pid,
                                     "seq": message.seq, "uptime_s": message.uptime_s,
+                                    "executors": [[c, list(ts)] for c, ts in message.executors],
                                     "transport": dict(message.transport)})
             control = self._control(message.topology_id)
             if message.control_version != control.version:

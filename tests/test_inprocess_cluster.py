@@ -92,9 +92,13 @@ def test_rebalance_moves_to_four_workers_after_its_wait(cluster, tmp_path):
     with cluster.client() as client:
         client.rebalance("wc", wait=0, workers=4)
     cluster.wait(lambda: len(assignment(cluster, tid).slots) == 4, message="4 slots")
-    cluster.wait(lambda: len(cluster.workers()) == 4, message="four workers")
-    rec = cluster.leader().state.topology(tid)
-    assert rec.workers == 4 and rec.status == "ACTIVE" and rec.pending is None
+    # The spouts stay paused until every new slot beats with its new executors, then resume.
+    state = cluster.leader().state
+    rec = cluster.wait(lambda: (lambda r: r if r.status == "ACTIVE" else None)(state.topology(tid)),
+                       message="ACTIVE again once the new placement runs")
+    assert rec.workers == 4 and rec.pending is None
+    beats = cluster.leader().worker_executors[tid]
+    assert all(beats.get(slot) == sorted(s.executors) for slot, s in assignment(cluster, tid).slots.items())
 
 
 def test_a_lost_node_has_its_executors_moved_to_the_other(cluster, tmp_path):
