@@ -302,7 +302,7 @@ class Reporters:
                 seq = self._seq[key] = self._seq.get(key, 0) + 1
                 first = self._first.setdefault(key, now)
             beats.append({"topology_id": tid, "port": port, "pid": 100000 + port, "seq": seq,
-                          "uptime_s": round(now - first, 1), "transport": {}})
+                          "uptime_s": round(now - first, 1)})
         return beats
 
     def _run(self, index: int) -> None:

@@ -308,8 +308,7 @@ class Nimbus:
         except (KeyError, TypeError, ValueError, AttributeError, RecordError) as e:
             raise p.BadRequest(f"malformed report from supervisor {req.supervisor_id}: {e}") from None
         for topology_id, record in errors:
-            if self.state.topology(topology_id) is not None:
-                self.state.report_error(topology_id, record)
+            self.state.report_error(topology_id, record)  # dropped there if the topology is gone
         return {}
 
     def set_log_level(self, req: p.SetLogLevel) -> dict[str, Any]:

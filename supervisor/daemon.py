@@ -68,10 +68,14 @@ def supervisor_id(local_dir: Path) -> str:
     return sid
 
 
+GONE = channel.WorkerControl(1, "KILLED", {}, None)  # a topology (or its assignment) that is gone
+
+
 def control_for(record: TopologyRecord | None, assignment: Assignment | None) -> channel.WorkerControl:
-    """What the workers of a topology must know; its version is a digest of its content."""
+    """What the workers of a topology must know; its version is a digest of its content
+    (bit 1 set, so never GONE's 1 nor a fresh worker's 0)."""
     if record is None or assignment is None:
-        return channel.WorkerControl(1, "KILLED", {}, None)
+        return GONE
     body: dict[str, Any] = {"status": record.status, "log_levels": dict(record.log_levels),
             "assignment": {**assignment.to_dict(), "version": assignment.version}}
     version = int.from_bytes(hashlib.sha256(msgpack.packb(body, use_bin_type=True)).digest()[:7], "big") | 2
@@ -153,6 +157,7 @@ class Supervisor:
         self.log_server: RpcServer | None = None
         self._assignments: dict[str, Assignment] = {}
         self._topologies: dict[str, TopologyRecord] = {}
+        self._controls: dict[str, channel.WorkerControl] = {}  # topology id -> what its workers must know
         self._lock = threading.Lock()
         self._downloads: dict[str, threading.Thread] = {}
         self._threads: list[threading.Thread] = []
@@ -266,10 +271,16 @@ class Supervisor:
     def _on_assignments(self, assignments: dict[str, Assignment]) -> None:
         with self._lock:
             self._assignments = dict(assignments)
+            self._update_controls()
 
     def _on_topologies(self, topologies: dict[str, TopologyRecord]) -> None:
         with self._lock:
             self._topologies = dict(topologies)
+            self._update_controls()
+
+    def _update_controls(self) -> None:
+        # Under _lock, on a watch change only: beats and steps then just look the control up.
+        self._controls = {tid: control_for(rec, self._assignments.get(tid)) for tid, rec in self._topologies.items()}
 
     # -- the channel --------------------------------------------------------------------------
 
@@ -281,8 +292,7 @@ class Supervisor:
             self.beats[port] = (message, now)
             self.outbox.beat(port, {"topology_id": message.topology_id, "port": port, "pid": message.pid,
                                     "seq": message.seq, "uptime_s": message.uptime_s,
-                                    "executors": [[c, list(ts)] for c, ts in message.executors],
-                                    "transport": dict(message.transport)})
+                                    "executors": [[c, list(ts)] for c, ts in message.executors]})
             control = self._control(message.topology_id)
             if message.control_version != control.version:
                 self.channel.send(port, control)  # type: ignore[union-attr]
@@ -298,7 +308,7 @@ class Supervisor:
 
     def _control(self, topology_id: str) -> channel.WorkerControl:
         with self._lock:
-            return control_for(self._topologies.get(topology_id), self._assignments.get(topology_id))
+            return self._controls.get(topology_id, GONE)
 
     def _push_controls(self) -> None:
         """Tell running workers at once when their topology's status, log levels or assignment changed."""
@@ -321,9 +331,10 @@ class Supervisor:
                     out[port] = Desired(a.topology_id, a.code_digest, s.executors)
         return out
 
-    def _heartbeat(self, port: int, pid: int | None) -> Heartbeat | None:
+    def _heartbeat(self, port: int) -> Heartbeat | None:
+        """The latest beat on ``port`` (the slot's step ignores one from another pid)."""
         got = self.beats.get(port)
-        if got is None or pid is None or got[0].pid != pid:
+        if got is None:
             return None
         beat, received = got
         return Heartbeat(received, beat.pid, beat.topology_id, beat.executors)
@@ -338,7 +349,7 @@ class Supervisor:
             want = desired.get(port)
             obs = Observed(want, want is not None and self.code_ready(want),
                            state.pid is not None and self.launcher.alive(state.pid),
-                           self._heartbeat(port, state.pid), now)
+                           self._heartbeat(port), now)
             state, actions = slots.step(state, obs, self.timing)
             for action in actions:
                 state = self._act(port, state, action, now)

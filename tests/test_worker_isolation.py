@@ -31,7 +31,7 @@ ASSIGNMENT = Assignment("wc-1", "d1", {"s:1": SlotAssignment("s", "h", 1, (("cou
 
 
 def test_channel_messages_round_trip_and_bad_frames_name_the_field():
-    beat = channel.WorkerBeat("wc-1", 6700, 42, 7, (("count", (1, 2)),), 9, 1.5, {"received": 3})
+    beat = channel.WorkerBeat("wc-1", 6700, 42, 7, (("count", (1, 2)),), 9, 1.5)
     assert channel.decode(channel.encode(beat)) == beat
     control = control_for(RECORD, ASSIGNMENT)
     assert channel.decode(channel.encode(control)) == control

@@ -148,23 +148,17 @@ class Worker:
 
     def _beat(self) -> channel.WorkerBeat:
         self.beats += 1
-        t = self.transport
-        counters = {} if t is None else {"received": t.received, "sent": t.sent,
-                                         "dropped_frames": t.dropped_frames, "dropped_entries": t.dropped_entries}
         return channel.WorkerBeat(self.args.topology_id, self.args.port, self.worker_id, self.beats,
                                   self.executor_groups, self.control_version,
-                                  round(self.clock() - self.started_at, 1), counters)
+                                  round(self.clock() - self.started_at, 1))
 
     def _metrics(self) -> dict[str, Any]:
         a = self.args
-        t = self.transport
         return {"topology_id": a.topology_id, "slot": self.slot, "host": a.host, "port": a.port,
                 "pid": os.getpid(), "time": time.time(), "uptime_s": round(self.clock() - self.started_at, 1),
                 "cpu_percent": self.process.cpu_percent(),
                 "rss_mb": round(self.process.memory_info().rss / 2**20, 1),
-                "transport": {} if t is None else {
-                    "received": t.received, "sent": t.sent, "dropped_frames": t.dropped_frames,
-                    "dropped_entries": t.dropped_entries},
+                "transport": {} if self.transport is None else self.transport.counters(),
                 "tasks": task_counters(self.loop.executors) if self.loop is not None else {}}
 
     # -- control (loop thread) ----------------------------------------------------------------
@@ -189,7 +183,7 @@ class Worker:
             # Our own executors changed or went away: the supervisor restarts or stops us.
             self.stop("assignment of this slot changed")
             return
-        assert self.loop is not None and self.transport is not None and self.inbound is not None
+        assert self.loop is not None
         self.loop.set_active(control.status == ACTIVE)
         apply_log_levels(control.log_levels)
         self._repoint(assignment)

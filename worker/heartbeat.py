@@ -128,8 +128,8 @@ class Heartbeat:
             return
         self._slow_reported[name] = now
         tasks = executor.tasks()
-        executed = sum(getattr(r, "collector", None) and r.collector.executed or 0 for r in executor.runners)
-        busy = sum(getattr(r, "collector", None) and r.collector.busy or 0.0 for r in executor.runners)
+        executed = sum(r.collector.executed for r in executor.runners)
+        busy = sum(r.collector.busy for r in executor.runners)
         latency = f"{busy / executed * 1000:.1f} ms per tuple over {executed} tuples" if executed else "none yet"
         message = (f"SlowComponent: component '{name}' (tasks {tasks}) has been in one call of its user code "
                    f"for {now - since:.1f} s; execute latency {latency}. The worker is alive; the component "

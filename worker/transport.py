@@ -195,6 +195,11 @@ class Transport:
             outbox.popleft()
         del self._outbox[endpoint]
 
+    def counters(self) -> dict[str, int]:
+        """Tuples received and sent, malformed frames and tuples dropped (for metrics)."""
+        return {"received": self.received, "sent": self.sent, "dropped_frames": self.dropped_frames,
+                "dropped_entries": self.dropped_entries}
+
     def flush_all(self) -> None:
         for endpoint, batch in self._batches.items():
             if batch:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
 from time import perf_counter
@@ -294,7 +295,7 @@ class TaskRunner:
             instance.emit_direct = collector.bolt_emit_direct
 
 
-class Executor:
+class Executor(ABC):
     """Common lifecycle: ``start`` (open/prepare), ``step`` (do a bounded amount
     of work, return how much), ``stop`` (close/cleanup)."""
 
@@ -306,14 +307,14 @@ class Executor:
         self.runners = runners  # TaskRunner, or the acker's AckerTask
         self.on_error = on_error
 
-    def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> None: ...
 
-    def step(self, budget: int) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def step(self, budget: int) -> int: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None: ...
 
     def _report(self, runner: TaskRunner, exc: BaseException, doing: str) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

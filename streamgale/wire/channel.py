@@ -9,7 +9,7 @@ msgpack frames ``{"v": 1, "kind": <kind>, ...fields}``:
 kind           direction    fields
 ============== ============ =============================================================
 heartbeat      worker ->    :class:`WorkerBeat`: topology id, slot port, pid, beat sequence,
-                            executors, the control version applied, uptime, transport counters
+                            executors, the control version applied, uptime
 metrics        worker ->    :class:`WorkerMetrics`: the metrics snapshot (see
                             ``streamgale/runtime/metrics.py``)
 error          worker ->    :class:`WorkerErrorReport`: an :class:`ErrorRecord` dict
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +89,7 @@ class WorkerBeat:
     """Sent by a worker's heartbeat thread every second; the loop thread cannot stall it.
 
     ``seq`` grows by one per beat of this process (nimbus judges liveness by
-    seeing it change); ``transport`` holds the transport's counters
-    (received, sent, dropped_frames, dropped_entries).
+    seeing it change). Counters travel in :class:`WorkerMetrics`, not here.
     """
 
     KIND = "heartbeat"
@@ -101,7 +100,6 @@ class WorkerBeat:
     executors: ExecutorList
     control_version: int
     uptime_s: float
-    transport: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -110,10 +108,8 @@ class WorkerBeat:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WorkerBeat:
-        transport = _dict(d, "transport") if "transport" in d else {}
         return cls(_str(d, "topology_id"), _int(d, "port"), _int(d, "pid"), _int(d, "seq"), _executors(d),
-                   _int(d, "control_version"), _num(d, "uptime_s"),
-                   {str(k): int(v) for k, v in transport.items() if isinstance(v, int)})
+                   _int(d, "control_version"), _num(d, "uptime_s"))
 
 
 @dataclass(frozen=True)
