@@ -16,7 +16,22 @@ Groups (``--groups``):
   90% of the measured maximum acked rate;
 - recovery: kill -9 of a worker under load until its tasks ack again;
 - memory: resident memory of an idle worker, and of every worker while a fast
-  spout feeds a 100x slower bolt.
+  spout feeds a 100x slower bolt;
+- scaling (not run by default: 12 cluster runs per round, twice the
+  throughput group's cluster rows): the cluster word count on 1, 2 and 4
+  workers x 1 and 2 spout tasks, unacked and acked, interleaved; words/s and
+  each relative to 1 worker with 1 spout task of the same mode
+  (``benchmarks/scaling.py``);
+- profile (not run by default; no cluster): the local-mode word count of
+  ``--profile-sentences`` sentences, unacked and acked, under cProfile: the
+  share of own time by part of the code (user code, executor, routing, tuples,
+  acking, framing, builtins, other) and the top 10 functions
+  (``benchmarks/profile.py``, also ``python -m benchmarks.profile``).
+
+After the throughput table, a "targets" table gives the ratios the project
+aims for, from the same run's medians (a row whose scenarios were not run is
+left out): cluster-2w / best bytewax >= 1.5x, cluster-2w-acked / best bytewax
+>= 1.0x, local / bytewax-1p >= 1.0x, cluster-2w-acked / cluster-2w >= 0.7x.
 """
 
 from __future__ import annotations
@@ -32,10 +47,16 @@ from pathlib import Path
 
 from .wordcount import local_word_count, sentences
 
-GROUPS = ("throughput", "latency", "recovery", "memory")
+GROUPS = ("throughput", "latency", "recovery", "memory", "scaling", "profile")
+DEFAULT_GROUPS = ("throughput", "latency", "recovery", "memory")
+NO_CLUSTER_GROUPS = ("throughput", "profile")  # throughput needs one only for its cluster-* rows
 THROUGHPUT = ("local", "local-acked", "cluster-1w", "cluster-2w", "cluster-4w", "cluster-1w-acked",
               "cluster-2w-acked", "cluster-4w-acked", "bytewax-1p", "bytewax-2p", "zmq-ceiling")
 DEFAULT_THROUGHPUT = ",".join(THROUGHPUT)
+BEST_BYTEWAX = "best bytewax"
+#: The "targets" table: (numerator scenario, denominator scenario or BEST_BYTEWAX, target ratio).
+TARGETS = (("cluster-2w", BEST_BYTEWAX, 1.5), ("cluster-2w-acked", BEST_BYTEWAX, 1.0),
+           ("local", "bytewax-1p", 1.0), ("cluster-2w-acked", "cluster-2w", 0.7))
 
 
 def _bytewax_available() -> bool:
@@ -99,6 +120,31 @@ def print_throughput(results: dict[str, list[float]], sentences_n: int, runs: in
     return table
 
 
+def ratios(results: dict[str, list[float]]) -> dict[str, dict]:
+    """The target ratios of the throughput medians whose scenarios were run ("best bytewax":
+    the higher bytewax median): name -> value, target, met."""
+    medians = {n: statistics.median(r) for n, r in results.items()}
+    bytewax = [m for n, m in medians.items() if n.startswith("bytewax")]
+    if bytewax:
+        medians[BEST_BYTEWAX] = max(bytewax)
+    out = {}
+    for numerator, denominator, target in TARGETS:
+        if numerator in medians and denominator in medians:
+            value = medians[numerator] / medians[denominator]
+            out[f"{numerator} / {denominator}"] = {"value": value, "target": target, "met": value >= target}
+    return out
+
+
+def print_ratios(table: dict[str, dict]) -> None:
+    if not table:
+        return
+    print("\ntargets (ratios of the medians above)")
+    print(f"{'ratio':<34} {'value':>8} {'target':>8} {'met':>4}")
+    for name, row in table.items():
+        print(f"{name:<34} {row['value']:>7.2f}x {'>= ' + format(row['target'], '.1f') + 'x':>8} "
+              f"{'yes' if row['met'] else 'no':>4}")
+
+
 def latency(args: argparse.Namespace, cluster) -> dict:
     from .latency import complete_latency, max_acked_rate
 
@@ -134,6 +180,18 @@ def memory(args: argparse.Namespace, cluster) -> dict:
     return {"idle_worker_mb": idle, "overload": over}
 
 
+def scaling(args: argparse.Namespace, cluster) -> dict:
+    from .scaling import scaling as run_scaling
+
+    return run_scaling(cluster, args.sentences, args.runs)
+
+
+def profile(args: argparse.Namespace, cluster) -> dict:
+    from .profile import profile as run_profile
+
+    return run_profile(args.profile_sentences)
+
+
 def machine() -> dict:
     import psutil
 
@@ -144,13 +202,16 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, from: {', '.join(GROUPS)}")
+    ap.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
+                    help=f"comma-separated, from: {', '.join(GROUPS)} (default: %(default)s)")
     ap.add_argument("--scenarios", default=DEFAULT_THROUGHPUT,
                     help=f"throughput rows, comma-separated, from: {', '.join(THROUGHPUT)}")
     ap.add_argument("--sentences", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--latency-seconds", type=float, default=10)
     ap.add_argument("--overload-seconds", type=float, default=60)
+    ap.add_argument("--profile-sentences", type=int, default=30_000,
+                    help="sentences of the profile group's word count (default: %(default)s)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/latest.json"),
                     help="write every figure here (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -161,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"scenarios: {', '.join(THROUGHPUT)}")
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "args": vars(args) | {
         "json": str(args.json)}}
-    needs_cluster = any(g != "throughput" for g in groups) or any(
-        s.startswith("cluster-") for s in args.scenarios.split(","))
+    needs_cluster = any(g not in NO_CLUSTER_GROUPS for g in groups) or ("throughput" in groups and any(
+        s.startswith("cluster-") for s in args.scenarios.split(",")))
     from .cluster import BenchCluster
 
     cluster = BenchCluster(supervisors=2, slots=2) if needs_cluster else None
@@ -172,7 +233,10 @@ def main(argv: list[str] | None = None) -> None:
         if "throughput" in groups:
             results = throughput(args, cluster)
             report["throughput"] = print_throughput(results, args.sentences, args.runs)
-        for name, fn in (("latency", latency), ("recovery", recovery), ("memory", memory)):
+            report["ratios"] = ratios(results)
+            print_ratios(report["ratios"])
+        for name, fn in (("latency", latency), ("recovery", recovery), ("memory", memory), ("scaling", scaling),
+                         ("profile", profile)):
             if name in groups:
                 report[name] = fn(args, cluster)
     finally:

@@ -89,12 +89,24 @@ class State:
             fail(str(e))
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    from streamgale.build import describe
+
+    click.echo(f"streamgale {version('streamgale')}, {describe()}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_file", metavar="FILE", envvar="STREAMGALE_CONF",
               help="Config file (default: $STREAMGALE_CONF, else ./config.yaml if present).")
 @click.option("--nimbus", metavar="HOST:PORT",
               help="Nimbus to talk to; several separated by commas (default: nimbus.host:nimbus.port).")
-@click.version_option(package_name="streamgale")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and which build of the hot path runs (compiled or pure Python), and exit.")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, nimbus: str | None) -> None:
     """StreamGale: run Storm-style topologies of spouts and bolts in Python.

@@ -93,9 +93,15 @@ class Spout(Component):
     def close(self) -> None:
         """Called once when the task shuts down (best effort)."""
 
-    def emit(self, values: Sequence[Any], stream: str = "default", msg_id: Any = None) -> list[int]:
+    def emit(self, values: Sequence[Any], stream: str = "default", msg_id: Any = None) -> Sequence[int]:
         """Emit a tuple; returns the task ids it was sent to."""
         return self._collector.spout_emit(values, stream, msg_id)
+
+    def emit_many(self, values_list: Sequence[Sequence[Any]], stream: str = "default",
+                  msg_ids: Sequence[Any] | None = None) -> None:
+        """Emit each entry of ``values_list`` as its own tuple, routed as a batch; ``msg_ids``
+        (one per tuple, or None) tracks each like ``emit(values, msg_id=...)``."""
+        self._collector.spout_emit_many(values_list, stream, msg_ids)
 
     def emit_direct(self, task: int, values: Sequence[Any], stream: str = "default",
                     msg_id: Any = None) -> None:
@@ -126,9 +132,15 @@ class Bolt(Component):
         """Called once when the task shuts down (best effort)."""
 
     def emit(self, values: Sequence[Any], stream: str = "default",
-             anchors: Tuple | Sequence[Tuple] | None = None) -> list[int]:
+             anchors: Tuple | Sequence[Tuple] | None = None) -> Sequence[int]:
         """Emit a tuple anchored to ``anchors`` (default: the current input when auto_ack)."""
         return self._collector.bolt_emit(values, stream, anchors)
+
+    def emit_many(self, values_list: Sequence[Sequence[Any]], stream: str = "default",
+                  anchors: Tuple | Sequence[Tuple] | None = None) -> None:
+        """Emit each entry of ``values_list`` as its own tuple, routed as a batch, every one
+        anchored to ``anchors`` (default: the current input when auto_ack)."""
+        self._collector.bolt_emit_many(values_list, stream, anchors)
 
     def emit_direct(self, task: int, values: Sequence[Any], stream: str = "default",
                     anchors: Tuple | Sequence[Tuple] | None = None) -> None:

@@ -17,6 +17,21 @@ ROOT = Path(__file__).resolve().parent.parent
 STREAMGALE = [sys.executable, "-m", "streamgale.cli"]
 
 
+def pytest_report_header(config):
+    from streamgale.build import describe
+
+    return f"streamgale build: {describe()}"
+
+
+def pytest_sessionstart(session):
+    from streamgale.build import stale_modules
+
+    stale = stale_modules()
+    if stale:
+        pytest.exit(f"compiled modules are older than their sources ({', '.join(stale)}): "
+                    "run `make build` (or `make build BUILD=pure`) before the tests", returncode=2)
+
+
 def wait_for(predicate, timeout=10.0, interval=0.02, message="condition"):
     """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
     return poll_until(predicate, timeout, message, interval)

@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from streamgale.groupings import CustomGrouping, Grouping, key_hash, make_router
+from streamgale.groupings import CustomGrouping, Grouping
+from streamgale.runtime.routing import key_hash, make_router
 
 TARGETS = [5, 6, 7, 8]
 
@@ -51,7 +52,8 @@ def test_fields_on_several_fields():
 
 ROUTE_SCRIPT = """
 import json, sys
-from streamgale.groupings import Grouping, make_router
+from streamgale.groupings import Grouping
+from streamgale.runtime.routing import make_router
 r = make_router(Grouping("fields", ("word",)), [5, 6, 7, 8], ("word", "n"), 1, frozenset())
 keys = ["alpha", "beta", "γάμμα", 17, 2**40, -3, 1.5, None, ["x", 1]]
 print(json.dumps([r.choose([k, 0])[0] for k in keys] + [r.choose(["w%d" % i, 0])[0] for i in range(500)]))

@@ -21,10 +21,11 @@ from cluster_fixtures import cluster  # noqa: F401  (fixture)
 from conftest import ROOT
 from streamgale.supervisor.daemon import control_for
 from streamgale.worker.heartbeat import Heartbeat
-from streamgale.worker.transport import FRAME_VERSION, TUPLES, Inbound, Transport
+from streamgale.worker.transport import Inbound, Transport
 
 from streamgale.cluster.records import Assignment, SlotAssignment, TopologyRecord
 from streamgale.wire import channel
+from streamgale.wire.frames import FRAME_VERSION, TUPLES
 
 RECORD = TopologyRecord("wc-1", "wc", "ACTIVE", {"components": {}}, {}, "d1", "wc.py", 1, {}, 0.0)
 ASSIGNMENT = Assignment("wc-1", "d1", {"s:1": SlotAssignment("s", "h", 1, (("count", (1, 2)),))}, 0.0, 3)

@@ -6,14 +6,7 @@ one PUSH socket per remote worker it sends to. Outgoing tuples are appended to
 a per-destination batch, sent when it holds ``batch_size`` tuples, when it is
 older than ``linger`` seconds, or as soon as the loop runs out of local work.
 
-Frame format (version 2), tuples grouped by destination task, source task and
-stream, so each group's header is encoded and checked once::
-
-    msgpack [2, "T", [[dest_task, source_task, stream, [values, ...], [anchors, ...] | None], ...]]
-
-``anchors`` (root id -> edge id, or None for an untracked tuple) runs parallel
-to ``values``; a group whose tuples are all untracked sends None instead.
-
+Frames are encoded and decoded by :mod:`streamgale.wire.frames`.
 Every frame received is decoded with limits and validated entry by entry; a
 malformed frame or entry is dropped and counted, and the worker goes on.
 ZeroMQ may drop frames across disconnects: correctness rests on acking.
@@ -27,15 +20,13 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import msgpack
 import zmq
 
 from streamgale.tuples import Tuple
+from streamgale.wire.frames import Batch, RemoteSink, decode_frame
 
 log = logging.getLogger("streamgale.transport")
 
-FRAME_VERSION = 2
-TUPLES = "T"
 HWM = 8  # frames queued per socket each way: with frames of up to batch_size tuples, what may wait in ZeroMQ
 
 
@@ -56,37 +47,6 @@ class RateLimitedLog:
         extra = f" ({self.suppressed} similar messages suppressed)" if self.suppressed else ""
         self.logger.warning(msg + extra, *args)
         self.last, self.suppressed = now, 0
-
-
-def _valid_anchors(anchors: Any) -> bool:
-    """A dict of int root id -> int edge id (one entry, the common case, checked without a loop)."""
-    if type(anchors) is not dict:
-        return False
-    if len(anchors) == 1:
-        for r, e in anchors.items():
-            return type(r) is int and type(e) is int
-    return all(type(r) is int and type(e) is int for r, e in anchors.items())
-
-
-class Batch:
-    """Tuples waiting for one peer worker, grouped by (dest task, source task, stream)."""
-
-    __slots__ = ("groups", "count")
-
-    def __init__(self) -> None:
-        self.groups: dict[tuple[int, int, str], tuple[list[Any], list[Any]]] = {}
-        self.count = 0
-
-    def __len__(self) -> int:
-        return self.count
-
-    def entries(self) -> list[list[Any]]:
-        return [[dest, src, stream, values, anchors if any(a is not None for a in anchors) else None]
-                for (dest, src, stream), (values, anchors) in self.groups.items()]
-
-    def clear(self) -> None:
-        self.groups = {}
-        self.count = 0
 
 
 class Inbound:
@@ -134,23 +94,7 @@ class Transport:
 
     def sink(self, task: int, endpoint: str) -> Callable[[Tuple], None]:
         """A sink that batches tuples for ``task`` running at ``endpoint`` (host:port)."""
-        batch = self._batch_for(endpoint)
-        size = self.batch_size
-        flush = self._flush
-
-        def send(tup: Tuple) -> None:
-            groups = batch.groups
-            key = (task, tup.source_task, tup.stream)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = ([], [])
-            group[0].append(tup.values)
-            group[1].append(tup.anchors)
-            batch.count += 1
-            if batch.count >= size:
-                flush(endpoint)
-
-        return send
+        return RemoteSink(self._batch_for(endpoint), task, self.batch_size, lambda: self._flush(endpoint))
 
     def _batch_for(self, endpoint: str) -> Batch:
         batch = self._batches.get(endpoint)
@@ -168,9 +112,8 @@ class Transport:
         batch = self._batches[endpoint]
         if not batch:
             return
-        frame = msgpack.packb([FRAME_VERSION, TUPLES, batch.entries()], use_bin_type=True)
         self.sent += len(batch)
-        batch.clear()
+        frame = batch.encode()
         self._batch_started.pop(endpoint, None)
         outbox = self._outbox.get(endpoint)
         if outbox:
@@ -260,61 +203,13 @@ class Transport:
         return received
 
     def _deliver(self, frame: bytes) -> int:
-        """Decode one frame group by group (never more than ``max_tuples`` tuples) and deliver it."""
-        # int map keys (anchors: root -> edge) are safe: 64-bit ints cannot flood one hash
-        unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=False,
-                                    max_buffer_size=max(len(frame), 1), max_array_len=self.max_tuples)
-        unpacker.feed(frame)
-        try:
-            if unpacker.read_array_header() != 3:
-                raise ValueError("not a 3-element frame")
-            version, kind = unpacker.unpack(), unpacker.unpack()
-            if version != FRAME_VERSION or kind != TUPLES:
-                raise ValueError(f"unexpected header {version!r}/{kind!r}")
-            groups = unpacker.read_array_header()
-        except Exception as e:  # noqa: BLE001 - anything malformed is dropped
-            self.dropped_frames += 1
-            self._bad.warning("dropped a malformed frame of %d bytes on the worker port: %s", len(frame), e)
-            return 0
+        """Decode one frame into the local queues; count what was malformed."""
         inbound = self.inbound
-        queues, task_component, index = inbound.queues, inbound.task_component, inbound.index
-        budget = self.max_tuples
-        n = 0
-        for _ in range(groups):
-            try:
-                entry = unpacker.unpack()
-            except Exception as e:  # noqa: BLE001 - the rest of the frame cannot be read
-                self.dropped_frames += 1
-                self._bad.warning("dropped the rest of a frame of %d bytes: %s", len(frame), e)
-                break
-            try:
-                dest, src, stream, values_list, anchors_list = entry
-                sink = queues[dest]
-                component = task_component[src]
-                fields = index[component][stream]
-                if type(values_list) is not list or (
-                        anchors_list is not None and (type(anchors_list) is not list
-                                                      or len(anchors_list) != len(values_list))):
-                    raise ValueError("values and anchors must be parallel lists")
-                if len(values_list) > budget:
-                    raise ValueError(f"the frame holds more than {self.max_tuples} tuples")
-            except Exception as e:  # noqa: BLE001
-                self.dropped_entries += 1
-                self._bad.warning("dropped a malformed tuple group %r: %s", str(entry)[:100], e)
-                continue
-            budget -= len(values_list)
-            nf = len(fields)
-            for i, values in enumerate(values_list):
-                anchors = None if anchors_list is None else anchors_list[i]
-                if type(values) is not list or len(values) != nf or (
-                        anchors is not None and not _valid_anchors(anchors)):
-                    self.dropped_entries += 1
-                    self._bad.warning("dropped a malformed tuple %r from task %r on stream %r",
-                                      str(values)[:100], src, stream)
-                    continue
-                sink(Tuple(values, stream, component, src, fields, anchors))
-                n += 1
-        return n
+        out = decode_frame(frame, inbound.queues, inbound.task_component, inbound.index, self.max_tuples,
+                           self._bad.warning)
+        self.dropped_frames += out.dropped_frames
+        self.dropped_entries += out.dropped_entries
+        return out.tuples
 
     def close(self) -> None:
         for sock in self._pushes.values():

@@ -2,7 +2,8 @@
 
 User config keys: bench.sentences (total, split over the spout tasks),
 bench.output_dir (where progress files go), bench.acked (emit with message
-ids, so every sentence's tuple tree is tracked by the ackers). Each count task rewrites
+ids, so every sentence's tuple tree is tracked by the ackers), bench.spouts (the
+spout's parallelism, default 2). Each count task rewrites
 ``count-<task>.txt`` as "<words counted> <time.time() of the last one>" on
 every tick, so the benchmark can tell when all words are counted and when.
 """
@@ -79,7 +80,7 @@ class Count(Bolt):
 
 def build_topology(config):
     t = Topology("bench-cluster-wc", config={"topology.workers": 2})
-    t.spout("sentences", Sentences, parallelism=2)
+    t.spout("sentences", Sentences, parallelism=int(config.get("bench.spouts", 2)))
     t.bolt("split", Split, parallelism=4).shuffle("sentences")
     t.bolt("count", Count, parallelism=4, config={"topology.tick_interval": 0.1}).fields("split", "word")
     return t

@@ -1,7 +1,7 @@
 """Guaranteed message processing: Storm's tuple trees, as pure logic.
 
-A spout tuple emitted with a ``msg_id`` gets a random 64-bit *root id*. Every
-tuple of its tree carries ``anchors = {root: edge id}``, one random 64-bit edge
+A spout tuple emitted with a ``msg_id`` gets a random 62-bit *root id*. Every
+tuple of its tree carries ``anchors = {root: edge id}``, one random 62-bit edge
 id per tuple sent. The spout tells the root's acker the XOR of the edges it
 sent (``init``); a bolt acking an input sends the XOR of that input's edge and
 the edges of everything it emitted anchored to it (``ack``). Every edge is
@@ -26,7 +26,6 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 ACKER = "__acker"
@@ -38,22 +37,40 @@ _random = random.Random(os.urandom(16))
 _getrandbits = _random.getrandbits
 
 
+ID_BITS = 62  # ids stay small ints for the compiled code (no big-int arithmetic); 2**-62 per tree to err
+
+
 def new_id() -> int:
-    """A random non-zero 64-bit id."""
-    return _getrandbits(64) or 1
+    """A random non-zero 62-bit id."""
+    return _getrandbits(ID_BITS) or 1
 
 
 class AckBuffer:
-    """One task's pending ack traffic, per acker task, until the next flush."""
+    """One task's pending ack traffic, per acker task, until the next flush.
 
-    __slots__ = ("ackers", "inits", "acks", "fails", "dirty")
+    ``local`` are the acker tasks in this task's own worker: a spout's new roots
+    are chosen so that their acker is one of them (Storm's co-located ackers),
+    so inits and ack results stay in the process.
+    """
 
-    def __init__(self, ackers: tuple[int, ...]):
+    def __init__(self, ackers: tuple[int, ...], local: frozenset[int] = frozenset()):
         self.ackers = ackers
+        self.preferred: tuple[int, ...] = tuple(i for i, a in enumerate(ackers) if a in local)
         self.inits: dict[int, list[list[int]]] = {}
         self.acks: dict[int, dict[int, int]] = {}
         self.fails: dict[int, list[int]] = {}
         self.dirty = False
+
+    def new_root(self) -> int:
+        """A new root id, tracked by a local acker task where there is one."""
+        root = new_id()
+        preferred = self.preferred
+        if preferred:
+            n = len(self.ackers)
+            root = root - root % n + preferred[(root // n) % len(preferred)]
+            if root == 0:
+                root = n  # acker index 0, which is then the preferred one
+        return root
 
     def acker(self, root: int) -> int:
         ackers = self.ackers
@@ -76,14 +93,16 @@ class AckBuffer:
         self.fails.setdefault(self.acker(root), []).append(root)
         self.dirty = True
 
-    def drain(self) -> Iterator[tuple[int, list[Any]]]:
+    def drain(self) -> list[tuple[int, list[Any]]]:
         """(acker task, ``__ack`` values) for every acker with buffered traffic; empties the buffer."""
         inits, acks, fails = self.inits, self.acks, self.fails
         self.inits, self.acks, self.fails, self.dirty = {}, {}, {}, False
+        out: list[tuple[int, list[Any]]] = []
         for acker in set(inits) | set(acks) | set(fails):
             merged = acks.get(acker)
-            yield acker, [inits.get(acker, []), [[r, v] for r, v in merged.items()] if merged else [],
-                          fails.get(acker, [])]
+            out.append((acker, [inits.get(acker, []), [[r, v] for r, v in merged.items()] if merged else [],
+                                fails.get(acker, [])]))
+        return out
 
 
 class AckerTable:

@@ -11,8 +11,8 @@ from typing import Any
 
 from streamgale.components import TopologyContext
 from streamgale.config import Config
-from streamgale.groupings import DirectRouter, make_router
 from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, AckBuffer
+from streamgale.runtime.routing import DirectRouter, make_router
 from streamgale.topology import Topology
 
 from .executor import BoltExecutor, Collector, ErrorHandler, Executor, Routes, Sink, SpoutExecutor, TaskRunner
@@ -90,7 +90,7 @@ def build_executors(
                     else:
                         routers.append(router)
                 routes.by_stream[stream] = routers
-            acks = AckBuffer(ackers) if ackers else None
+            acks = AckBuffer(ackers, local_tasks) if ackers else None
             runners[task] = TaskRunner(task, comp.factory(), context, Collector(routes, capture, acks))
 
     executors: list[Executor] = []

@@ -20,12 +20,14 @@ from time import perf_counter
 from typing import Any
 
 from streamgale.components import Bolt, Spout, TopologyContext
-from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, _getrandbits, new_id
+from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, new_id
+from streamgale.runtime.routing import Router
 from streamgale.tuples import DEFAULT_STREAM, Tuple, tick_tuple
 
 log = logging.getLogger("streamgale.executor")
 
 Sink = Callable[[Tuple], None]
+Capture = Callable[[str, int, str, Sequence[Any]], None]
 # An executor's step returns after this many seconds of user code even if its budget is not
 # spent, so one slow component cannot hold the loop (and what it drives) for long.
 TURN_SECONDS = 0.05
@@ -35,9 +37,7 @@ ErrorHandler = Callable[[str, int, BaseException, str], None]
 class Routes:
     """For one emitting task: stream -> routers, plus the direct-stream targets."""
 
-    __slots__ = ("component", "task", "by_stream", "direct", "index", "sinks")
-
-    def __init__(self, component: str, task: int, by_stream: dict[str, list[Any]],
+    def __init__(self, component: str, task: int, by_stream: dict[str, list[Router]],
                  direct: dict[str, frozenset[int]], index: dict[str, dict[str, int]],
                  sinks: dict[int, Sink]):
         self.component = component
@@ -55,6 +55,17 @@ class Routes:
         )
 
 
+class FastRoute:
+    """The hot path's table for a stream with at most one subscriber grouping: its router
+    (None: nobody subscribes), field index and count, and its metrics counters."""
+
+    def __init__(self, router: Router | None, fields: dict[str, int], counts: list[int]):
+        self.router = router
+        self.fields = fields
+        self.n = len(fields)
+        self.counts = counts
+
+
 class Collector:
     """The emit/ack surface of one task, installed on its component instance.
 
@@ -66,11 +77,7 @@ class Collector:
     with zero ackers).
     """
 
-    __slots__ = ("_routes", "_component", "_task", "emitted", "current", "acked_now", "capture",
-                 "acks", "pending", "clock", "auto_anchor", "_fast", "_sinks", "counts",
-                 "executed", "acked", "failed", "busy", "latency_total")
-
-    def __init__(self, routes: Routes, capture: Callable[[str, int, str, Sequence[Any]], None] | None,
+    def __init__(self, routes: Routes, capture: Capture | None,
                  acks: AckBuffer | None = None, clock: Callable[[], float] = time.monotonic):
         self._routes = routes
         self._component = routes.component
@@ -84,26 +91,24 @@ class Collector:
         self.pending = PendingRoots()
         self.clock = clock
         self._sinks = routes.sinks
-        # The hot path's table: stream -> (its one router or None, field index, field count), for
-        # streams with at most one subscriber grouping, when nothing captures emits.
         # Metrics: stream -> [tuples emitted, tuples transferred (one per target task)]; bolts:
         # inputs executed, acked, failed and seconds busy in process; spouts: trees acked,
         # failed, and the sum of their complete latencies.
         self.counts: dict[str, list[int]] = {stream: [0, 0] for stream in routes.by_stream}
-        self.executed = self.acked = self.failed = 0
-        self.busy = self.latency_total = 0.0
-        self._fast: dict[str, tuple[Any, Any, int, list[int]]] = {} if capture is not None else {
-            stream: (routers[0] if routers else None, routes.index[stream], len(routes.index[stream]),
-                     self.counts[stream])
-            for stream, routers in routes.by_stream.items() if len(routers) <= 1}
+        self.executed = 0
+        self.acked = 0
+        self.failed = 0
+        self.busy = 0.0
+        self.latency_total = 0.0
+        # Streams with at most one subscriber grouping take the hot path, unless emits are captured.
+        self._fast: dict[str, FastRoute] = {}
+        if capture is None:
+            for stream, routers in routes.by_stream.items():
+                if len(routers) <= 1:
+                    self._fast[stream] = FastRoute(routers[0] if routers else None, routes.index[stream],
+                                                   self.counts[stream])
 
-    def _count(self, stream: str, targets: int) -> None:
-        self.emitted += 1
-        c = self.counts[stream]
-        c[0] += 1
-        c[1] += targets
-
-    def _targets(self, values: Sequence[Any], stream: str) -> tuple[Sequence[int], Any]:
+    def _targets(self, values: Sequence[Any], stream: str) -> tuple[Sequence[int], dict[str, int]]:
         """Route one emit: (target tasks, field index); counts and captures it."""
         routers = self._routes.by_stream.get(stream)
         if routers is None:
@@ -116,16 +121,21 @@ class Collector:
             )
         if self.capture is not None:
             self.capture(self._component, self._task, stream, values)
+        tasks: Sequence[int]
         if len(routers) == 1:
             tasks = routers[0].choose(values)
         else:
-            tasks = []
+            many: list[int] = []
             for router in routers:
-                tasks.extend(router.choose(values))
-        self._count(stream, len(tasks))
+                many.extend(router.choose(values))
+            tasks = many
+        self.emitted += 1
+        c = self.counts[stream]
+        c[0] += 1
+        c[1] += len(tasks)
         return tasks, fields
 
-    def _direct_target(self, target: int, values: Sequence[Any], stream: str) -> Any:
+    def _direct_target(self, target: int, values: Sequence[Any], stream: str) -> dict[str, int]:
         targets = self._routes.direct.get(stream)
         if targets is None or target not in targets:
             raise ValueError(
@@ -133,25 +143,37 @@ class Collector:
                 f"'{stream}', but no bolt subscribed to that stream with direct grouping has "
                 f"that task (direct targets: {sorted(targets or ())})"
             )
-        self._count(stream, 1)
+        self.emitted += 1
+        c = self.counts[stream]
+        c[0] += 1
+        c[1] += 1
         if self.capture is not None:
             self.capture(self._component, self._task, stream, values)
         return self._routes.index[stream]
 
-    def _deliver(self, tasks: Sequence[int], values: Sequence[Any], stream: str, fields: Any,
+    def _deliver(self, tasks: Sequence[int], values: Sequence[Any], stream: str, fields: dict[str, int],
                  anchor_to: list[Tuple] | None) -> None:
         """Send to each task; with ``anchor_to`` (tracked inputs), each copy gets its own edge."""
-        sinks, comp, task = self._routes.sinks, self._component, self._task
-        if not anchor_to:
+        sinks, comp, task = self._sinks, self._component, self._task
+        if anchor_to is None:
             for t in tasks:
                 sinks[t](Tuple(values, stream, comp, task, fields, None))
             return
         if len(anchor_to) == 1:
             a = anchor_to[0]
+            roots = a.anchors
+            assert roots is not None
+            if len(roots) == 1:
+                for root in roots:
+                    for t in tasks:
+                        edge = new_id()
+                        a.ack_val ^= edge
+                        sinks[t](Tuple(values, stream, comp, task, fields, {root: edge}))
+                return
             for t in tasks:
                 edge = new_id()
                 a.ack_val ^= edge
-                sinks[t](Tuple(values, stream, comp, task, fields, dict.fromkeys(a.anchors, edge)))  # type: ignore[arg-type]
+                sinks[t](Tuple(values, stream, comp, task, fields, dict.fromkeys(roots, edge)))
             return
         for t in tasks:
             # An edge per anchor: two anchors of one root (a join of a tree with
@@ -160,33 +182,49 @@ class Collector:
             for a in anchor_to:
                 edge = new_id()
                 a.ack_val ^= edge
-                for root in a.anchors:  # type: ignore[union-attr]
+                roots = a.anchors
+                assert roots is not None
+                for root in roots:
                     anchors[root] = anchors.get(root, 0) ^ edge
             sinks[t](Tuple(values, stream, comp, task, fields, anchors))
 
     # -- spout side -----------------------------------------------------------------------
 
-    def _spout_send(self, tasks: Sequence[int], values: Sequence[Any], stream: str, fields: Any,
+    def _spout_send(self, tasks: Sequence[int], values: Sequence[Any], stream: str, fields: dict[str, int],
                     msg_id: Any) -> None:
-        sinks, comp, task = self._routes.sinks, self._component, self._task
-        if msg_id is None or self.acks is None or not tasks:
+        sinks, comp, task = self._sinks, self._component, self._task
+        acks = self.acks
+        if msg_id is None or acks is None or not tasks:
             for t in tasks:
                 sinks[t](Tuple(values, stream, comp, task, fields, None))
             if msg_id is not None:
                 self.acked_now.append(msg_id)  # untracked, or a tree with no edges: complete now
             return
-        root, xor = new_id(), 0
+        root = acks.new_root()
+        xor = 0
         for t in tasks:
             edge = new_id()
             xor ^= edge
             sinks[t](Tuple(values, stream, comp, task, fields, {root: edge}))
         self.pending.add(root, msg_id, self.clock())
-        self.acks.init(root, xor, task)
+        acks.init(root, xor, task)
 
-    def spout_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, msg_id: Any = None):
+    def spout_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, msg_id: Any = None) -> Sequence[int]:
         tasks, fields = self._targets(values, stream)
         self._spout_send(tasks, values, stream, fields, msg_id)
         return tasks
+
+    def spout_emit_many(self, values_list: Sequence[Sequence[Any]], stream: str = DEFAULT_STREAM,
+                        msg_ids: Sequence[Any] | None = None) -> None:
+        """Emit each values of ``values_list`` as its own tuple; ``msg_ids`` (parallel, or None)
+        gives each its message id."""
+        if msg_ids is not None and len(msg_ids) != len(values_list):
+            raise ValueError(f"component '{self._component}' passed {len(msg_ids)} msg_ids for "
+                             f"{len(values_list)} tuples to emit_many; give one per tuple, or none")
+        for i in range(len(values_list)):
+            values = values_list[i]
+            tasks, fields = self._targets(values, stream)
+            self._spout_send(tasks, values, stream, fields, None if msg_ids is None else msg_ids[i])
 
     def spout_emit_direct(self, task: int, values: Sequence[Any], stream: str = DEFAULT_STREAM,
                           msg_id: Any = None) -> None:
@@ -206,40 +244,41 @@ class Collector:
             return [anchors] if anchors.anchors else None
         return [a for a in anchors if a.anchors] or None
 
-    def bolt_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, anchors: Any = None):
+    def bolt_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, anchors: Any = None) -> Sequence[int]:
         fast = self._fast.get(stream)
-        if fast is None or anchors is not None:
-            return self._bolt_emit(values, stream, anchors)
+        if fast is None or anchors is not None or len(values) != fast.n:
+            return self._bolt_emit(values, stream, anchors)  # routes, checks, raises the full error
         # The hot path: one grouping (or none), auto-anchored to the input being processed.
-        router, fields, n, counter = fast
-        if len(values) != n:
-            return self._bolt_emit(values, stream, anchors)  # raises the full error
-        counter[0] += 1
+        counts = fast.counts
+        counts[0] += 1
+        router = fast.router
         if router is None:
             return ()
         tasks = router.choose(values)
-        counter[1] += len(tasks)
-        sinks, comp, task = self._sinks, self._component, self._task
+        counts[1] += len(tasks)
         cur = self.current
         if cur is None or not cur.anchors or self.acks is None or not self.auto_anchor:
+            sinks, comp, task, fields = self._sinks, self._component, self._task, fast.fields
             for t in tasks:
                 sinks[t](Tuple(values, stream, comp, task, fields, None))
-            return tasks
-        if len(cur.anchors) != 1:
-            self._deliver(tasks, values, stream, fields, [cur])
-            return tasks
-        for root in cur.anchors:
-            for t in tasks:
-                edge = _getrandbits(64) or 1
-                cur.ack_val ^= edge
-                sinks[t](Tuple(values, stream, comp, task, fields, {root: edge}))
+        else:
+            self._deliver(tasks, values, stream, fast.fields, [cur])
         return tasks
 
-    def _bolt_emit(self, values: Sequence[Any], stream: str, anchors: Any):
+    def _bolt_emit(self, values: Sequence[Any], stream: str, anchors: Any) -> Sequence[int]:
         tasks, fields = self._targets(values, stream)
         if tasks:
             self._deliver(tasks, values, stream, fields, self._anchor_to(anchors))
         return tasks
+
+    def bolt_emit_many(self, values_list: Sequence[Sequence[Any]], stream: str = DEFAULT_STREAM,
+                       anchors: Any = None) -> None:
+        """Emit each values of ``values_list`` as its own tuple, each anchored as ``emit`` would."""
+        anchor_to = self._anchor_to(anchors)
+        for values in values_list:
+            tasks, fields = self._targets(values, stream)
+            if tasks:
+                self._deliver(tasks, values, stream, fields, anchor_to)
 
     def bolt_emit_direct(self, task: int, values: Sequence[Any], stream: str = DEFAULT_STREAM,
                          anchors: Any = None) -> None:
@@ -265,8 +304,11 @@ class Collector:
 
     def flush_acks(self) -> None:
         """Send the buffered ack traffic: one ``__ack`` tuple per acker task."""
-        sinks, comp, task = self._routes.sinks, self._component, self._task
-        for acker, values in self.acks.drain():  # type: ignore[union-attr]
+        acks = self.acks
+        if acks is None:
+            return
+        sinks, comp, task = self._sinks, self._component, self._task
+        for acker, values in acks.drain():
             sinks[acker](Tuple(values, ACK_STREAM, comp, task, ACK_INDEX, None))
 
 
@@ -288,10 +330,12 @@ class TaskRunner:
         # Bind emit straight to the collector: one call less on the hot path.
         if isinstance(instance, Spout):
             instance.emit = collector.spout_emit  # type: ignore[method-assign]
+            instance.emit_many = collector.spout_emit_many  # type: ignore[method-assign]
             instance.emit_direct = collector.spout_emit_direct  # type: ignore[method-assign]
         else:
             collector.auto_anchor = bool(instance.auto_ack)
             instance.emit = collector.bolt_emit
+            instance.emit_many = collector.bolt_emit_many
             instance.emit_direct = collector.bolt_emit_direct
 
 

@@ -1,0 +1,179 @@
+"""Tuple frames between workers: the per-destination batch and its wire form (compiled).
+
+Frame format (version 2), tuples grouped by destination task, source task and
+stream, so each group's header is encoded and checked once::
+
+    msgpack [2, "T", [[dest_task, source_task, stream, [values, ...], [anchors, ...] | None], ...]]
+
+``anchors`` (root id -> edge id, or None for an untracked tuple) runs parallel
+to ``values``; a group whose tuples are all untracked sends None instead.
+
+A tuple bound for another worker is appended to its destination's
+:class:`Batch` at emit (its values and anchors, no object of its own) and the
+whole batch is encoded by one ``msgpack.packb`` call when it is sent. A
+received frame is decoded group by group with limits (:func:`decode_frame`):
+every entry is validated, a malformed one is dropped and counted, and the
+worker goes on. Pure code, no sockets (those are :mod:`streamgale.worker.transport`'s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgpack
+
+from streamgale.tuples import Tuple
+
+FRAME_VERSION = 2
+TUPLES = "T"
+
+Warn = Callable[..., None]
+TupleSink = Callable[[Tuple], None]
+
+
+def valid_anchors(anchors: Any) -> bool:
+    """A dict of int root id -> int edge id (one entry, the common case, checked without a loop)."""
+    if type(anchors) is not dict:
+        return False
+    for r, e in anchors.items():
+        if type(r) is not int or type(e) is not int:
+            return False
+    return True
+
+
+class Batch:
+    """Tuples waiting for one peer worker, grouped by (dest task, source task, stream)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[int, int, str], tuple[list[Any], list[Any]]] = {}
+        self.count = 0
+        self.tracked = False
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, task: int, tup: Tuple) -> int:
+        """Append ``tup`` for ``task``; returns how many tuples the batch holds now."""
+        key = (task, tup.source_task, tup.stream)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = ([], [])
+        group[0].append(tup.values)
+        anchors = tup.anchors
+        group[1].append(anchors)
+        if anchors is not None:
+            self.tracked = True
+        self.count += 1
+        return self.count
+
+    def encode(self) -> bytes:
+        """The frame for everything batched; empties the batch."""
+        entries: list[list[Any]] = []
+        tracked = self.tracked
+        for (dest, src, stream), (values, anchors) in self.groups.items():
+            entries.append([dest, src, stream, values,
+                            anchors if tracked and any(a is not None for a in anchors) else None])
+        self.groups = {}
+        self.count = 0
+        self.tracked = False
+        return msgpack.packb([FRAME_VERSION, TUPLES, entries], use_bin_type=True)
+
+
+class RemoteSink:
+    """The sink of one remote task: batches its tuples, calls ``on_full`` when the batch is full."""
+
+    def __init__(self, batch: Batch, task: int, size: int, on_full: Callable[[], None]):
+        self.batch = batch
+        self.task = task
+        self.size = size
+        self.on_full = on_full
+
+    def __call__(self, tup: Tuple) -> None:
+        if self.batch.add(self.task, tup) >= self.size:
+            self.on_full()
+
+
+class Decoded:
+    """What one frame yielded: tuples delivered, and what was dropped as malformed."""
+
+    def __init__(self) -> None:
+        self.tuples = 0
+        self.dropped_frames = 0
+        self.dropped_entries = 0
+
+
+def decode_frame(frame: bytes, queues: Mapping[int, TupleSink], task_component: Mapping[int, str],
+                 index: Mapping[str, Mapping[str, Mapping[str, int]]], max_tuples: int, warn: Warn) -> Decoded:
+    """Decode one frame group by group (never more than ``max_tuples`` tuples) into ``queues``
+    (local task -> sink); ``warn(msg, *args)`` is told of each malformed part."""
+    out = Decoded()
+    # int map keys (anchors: root -> edge) are safe: 64-bit ints cannot flood one hash
+    unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=False,
+                                max_buffer_size=max(len(frame), 1), max_array_len=max_tuples)
+    unpacker.feed(frame)
+    try:
+        if unpacker.read_array_header() != 3:
+            raise ValueError("not a 3-element frame")
+        version, kind = unpacker.unpack(), unpacker.unpack()
+        if version != FRAME_VERSION or kind != TUPLES:
+            raise ValueError(f"unexpected header {version!r}/{kind!r}")
+        groups: int = unpacker.read_array_header()
+    except Exception as e:  # noqa: BLE001 - anything malformed is dropped
+        out.dropped_frames += 1
+        warn("dropped a malformed frame of %d bytes on the worker port: %s", len(frame), e)
+        return out
+    budget = max_tuples
+    for _ in range(groups):
+        try:
+            entry = unpacker.unpack()
+        except Exception as e:  # noqa: BLE001 - the rest of the frame cannot be read
+            out.dropped_frames += 1
+            warn("dropped the rest of a frame of %d bytes: %s", len(frame), e)
+            break
+        try:
+            dest, src, stream, values_list, anchors_list = entry
+            if type(dest) is not int or type(src) is not int or type(stream) is not str:
+                raise ValueError("task ids must be ints and the stream a str")
+            sink = queues[dest]
+            component = task_component[src]
+            fields = index[component][stream]
+            if type(values_list) is not list or (
+                    anchors_list is not None and (type(anchors_list) is not list
+                                                  or len(anchors_list) != len(values_list))):
+                raise ValueError("values and anchors must be parallel lists")
+            if len(values_list) > budget:
+                raise ValueError(f"the frame holds more than {max_tuples} tuples")
+        except Exception as e:  # noqa: BLE001
+            out.dropped_entries += 1
+            warn("dropped a malformed tuple group %r: %s", str(entry)[:100], e)
+            continue
+        budget -= len(values_list)
+        out.tuples += _deliver_group(out, sink, component, src, stream, fields, values_list, anchors_list, warn)
+    return out
+
+
+def _deliver_group(out: Decoded, sink: TupleSink, component: str, src: int, stream: str,
+                   fields: Mapping[str, int], values_list: list[Any], anchors_list: list[Any] | None,
+                   warn: Warn) -> int:
+    nf = len(fields)
+    n = 0
+    if anchors_list is None:
+        for values in values_list:
+            if type(values) is not list or len(values) != nf:
+                out.dropped_entries += 1
+                warn("dropped a malformed tuple %r from task %r on stream %r", str(values)[:100], src, stream)
+                continue
+            sink(Tuple(values, stream, component, src, fields, None))
+            n += 1
+        return n
+    for i in range(len(values_list)):
+        values = values_list[i]
+        anchors = anchors_list[i]
+        if type(values) is not list or len(values) != nf or (anchors is not None and not valid_anchors(anchors)):
+            out.dropped_entries += 1
+            warn("dropped a malformed tuple %r from task %r on stream %r", str(values)[:100], src, stream)
+            continue
+        sink(Tuple(values, stream, component, src, fields, anchors))
+        n += 1
+    return n
