@@ -23,26 +23,40 @@ stays bounded).
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Final
 
 ACKER = "__acker"
 ACK_STREAM = "__ack"  # any task -> acker: [inits [[root, xor, spout task]...], acks [[root, xor]...], fails [root...]]
 ACK_RESULT_STREAM = "__ack_result"  # acker -> spout task: [acked roots, failed roots]
 ACK_INDEX = {"inits": 0, "acks": 1, "fails": 2}
 
-_random = random.Random(os.urandom(16))
-_getrandbits = _random.getrandbits
 
 
 ID_BITS = 62  # ids stay small ints for the compiled code (no big-int arithmetic); 2**-62 per tree to err
 
 
+POOL_SIZE = 4096
+_pool: Final[list[int]] = []  # ids drawn ahead, a pool at a time (one urandom call per pool)
+
+
 def new_id() -> int:
     """A random non-zero 62-bit id."""
-    return _getrandbits(ID_BITS) or 1
+    while True:
+        try:
+            return _pool.pop()
+        except IndexError:
+            _refill()
+
+
+def _refill() -> None:
+    """Fill the pool from the OS's random source (after a fork too: see below)."""
+    raw = memoryview(os.urandom(8 * POOL_SIZE)).cast("Q").tolist()
+    _pool.extend([(x >> (64 - ID_BITS)) or 1 for x in raw])
+
+
+os.register_at_fork(after_in_child=_pool.clear)  # a forked child must not reuse its parent's ids
 
 
 class AckBuffer:

@@ -55,15 +55,23 @@ class Routes:
         )
 
 
+class StreamCount:
+    """Metrics of one output stream of a task: tuples emitted, and transferred (one per target)."""
+
+    def __init__(self) -> None:
+        self.emitted = 0
+        self.transferred = 0
+
+
 class FastRoute:
     """The hot path's table for a stream with at most one subscriber grouping: its router
     (None: nobody subscribes), field index and count, and its metrics counters."""
 
-    def __init__(self, router: Router | None, fields: dict[str, int], counts: list[int]):
+    def __init__(self, router: Router | None, fields: dict[str, int], count: StreamCount):
         self.router = router
         self.fields = fields
         self.n = len(fields)
-        self.counts = counts
+        self.count = count
 
 
 class Collector:
@@ -91,10 +99,10 @@ class Collector:
         self.pending = PendingRoots()
         self.clock = clock
         self._sinks = routes.sinks
-        # Metrics: stream -> [tuples emitted, tuples transferred (one per target task)]; bolts:
-        # inputs executed, acked, failed and seconds busy in process; spouts: trees acked,
-        # failed, and the sum of their complete latencies.
-        self.counts: dict[str, list[int]] = {stream: [0, 0] for stream in routes.by_stream}
+        # Metrics: stream -> tuples emitted and transferred; bolts: inputs executed, acked,
+        # failed and seconds busy in process; spouts: trees acked, failed, and the sum of their
+        # complete latencies.
+        self.counts: dict[str, StreamCount] = {stream: StreamCount() for stream in routes.by_stream}
         self.executed = 0
         self.acked = 0
         self.failed = 0
@@ -131,8 +139,8 @@ class Collector:
             tasks = many
         self.emitted += 1
         c = self.counts[stream]
-        c[0] += 1
-        c[1] += len(tasks)
+        c.emitted += 1
+        c.transferred += len(tasks)
         return tasks, fields
 
     def _direct_target(self, target: int, values: Sequence[Any], stream: str) -> dict[str, int]:
@@ -145,8 +153,8 @@ class Collector:
             )
         self.emitted += 1
         c = self.counts[stream]
-        c[0] += 1
-        c[1] += 1
+        c.emitted += 1
+        c.transferred += 1
         if self.capture is not None:
             self.capture(self._component, self._task, stream, values)
         return self._routes.index[stream]
@@ -249,20 +257,29 @@ class Collector:
         if fast is None or anchors is not None or len(values) != fast.n:
             return self._bolt_emit(values, stream, anchors)  # routes, checks, raises the full error
         # The hot path: one grouping (or none), auto-anchored to the input being processed.
-        counts = fast.counts
-        counts[0] += 1
+        count = fast.count
+        count.emitted += 1
         router = fast.router
         if router is None:
             return ()
         tasks = router.choose(values)
-        counts[1] += len(tasks)
+        count.transferred += len(tasks)
         cur = self.current
+        sinks = self._sinks
         if cur is None or not cur.anchors or self.acks is None or not self.auto_anchor:
-            sinks, comp, task, fields = self._sinks, self._component, self._task, fast.fields
             for t in tasks:
-                sinks[t](Tuple(values, stream, comp, task, fields, None))
-        else:
+                sinks[t](Tuple(values, stream, self._component, self._task, fast.fields, None))
+            return tasks
+        roots = cur.anchors
+        if len(roots) != 1:
             self._deliver(tasks, values, stream, fast.fields, [cur])
+            return tasks
+        # One root (the common case): a new edge per target, XORed into the input.
+        for root in roots:
+            for t in tasks:
+                edge = new_id()
+                cur.ack_val ^= edge
+                sinks[t](Tuple(values, stream, self._component, self._task, fast.fields, {root: edge}))
         return tasks
 
     def _bolt_emit(self, values: Sequence[Any], stream: str, anchors: Any) -> Sequence[int]:
@@ -529,8 +546,7 @@ class BoltExecutor(Executor):
             process = r.instance.process
             pop = q.popleft
             col = r.collector
-            auto = col.auto_anchor and col.acks is not None
-            ack: Any = col.acks.ack if auto else None
+            acks = col.acks if col.auto_anchor else None
             started = perf_counter()
             deadline = started + TURN_SECONDS
             done = 0
@@ -550,10 +566,10 @@ class BoltExecutor(Executor):
                                          f"on {tup!r}")
                     continue
                 anchors = tup.anchors
-                if auto and anchors:
+                if acks is not None and anchors:
                     val = tup.ack_val
                     for root, edge in anchors.items():
-                        ack(root, edge ^ val)
+                        acks.ack(root, edge ^ val)
             col.busy += perf_counter() - started
             col.current = None
             col.executed += done

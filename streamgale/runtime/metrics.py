@@ -24,8 +24,8 @@ def task_counters(executors: Sequence[Executor]) -> dict[str, dict[str, Any]]:
             c = r.collector
             counters = {
                 "component": e.component, "kind": e.kind, "queue": len(r.queue),
-                "emitted_by_stream": {s: v[0] for s, v in c.counts.items()},
-                "transferred_by_stream": {s: v[1] for s, v in c.counts.items()},
+                "emitted_by_stream": {s: v.emitted for s, v in c.counts.items()},
+                "transferred_by_stream": {s: v.transferred for s, v in c.counts.items()},
                 "executed": c.executed, "acked": c.acked, "failed": c.failed,
                 "busy": c.busy, "latency_total": c.latency_total, "pending": len(c.pending),
             }
