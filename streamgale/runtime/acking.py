@@ -23,6 +23,7 @@ stays bounded).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import OrderedDict
 from typing import Any, Final
@@ -45,15 +46,21 @@ def new_id() -> int:
     """A random non-zero 62-bit id."""
     while True:
         try:
-            return _pool.pop()
+            return _pool.pop() or 1
         except IndexError:
             _refill()
 
 
+_TOP_BYTE = bytes([b & (0xFF >> (64 - ID_BITS)) for b in range(256)])  # clears a word's top bits
+_TOP = 7 if sys.byteorder == "little" else 0  # where a native 64-bit word keeps its top byte
+
+
 def _refill() -> None:
-    """Fill the pool from the OS's random source (after a fork too: see below)."""
-    raw = memoryview(os.urandom(8 * POOL_SIZE)).cast("Q").tolist()
-    _pool.extend([(x >> (64 - ID_BITS)) or 1 for x in raw])
+    """Fill the pool from the OS's random source (after a fork too: see below), masked to
+    ``ID_BITS`` bits a word by byte operations, so no integer wider than an id is made."""
+    buf = bytearray(os.urandom(8 * POOL_SIZE))
+    buf[_TOP::8] = buf[_TOP::8].translate(_TOP_BYTE)
+    _pool.extend(memoryview(buf).cast("Q").tolist())
 
 
 os.register_at_fork(after_in_child=_pool.clear)  # a forked child must not reuse its parent's ids

@@ -11,7 +11,7 @@ from typing import Any
 
 from streamgale.components import TopologyContext
 from streamgale.config import Config
-from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, AckBuffer
+from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, ACKER, AckBuffer
 from streamgale.runtime.routing import DirectRouter, make_router
 from streamgale.topology import Topology
 
@@ -37,6 +37,28 @@ def stream_index(topology: Topology) -> dict[str, dict[str, dict[str, int]]]:
         streams[ACK_STREAM] = ACK_INDEX
         index[name] = streams
     return index
+
+
+def blocking_targets(topology: Topology, component: str, task_ids: dict[str, tuple[int, ...]]) -> list[int]:
+    """The tasks whose full queues stop ``component``'s bolt executors (Storm's backpressure
+    between bolts): those of the user bolts subscribed to its streams. None for a bolt on a
+    cycle of subscriptions (it could wait on itself), and never the acker or spouts (ack
+    traffic always flows)."""
+    downstream: dict[str, set[str]] = {}
+    for (source, _stream), subs in topology.subscribers().items():
+        for target, _sub in subs:
+            if target != ACKER and topology.components[target].kind == "bolt":
+                downstream.setdefault(source, set()).add(target)
+    seen: set[str] = set()
+    frontier = list(downstream.get(component, ()))
+    while frontier:
+        c = frontier.pop()
+        if c == component:
+            return []
+        if c not in seen:
+            seen.add(c)
+            frontier.extend(downstream.get(c, ()))
+    return [t for c in sorted(downstream.get(component, ())) for t in task_ids[c]]
 
 
 def build_executors(
@@ -102,11 +124,16 @@ def build_executors(
             pending = conf["topology.max_spout_pending"] if ackers else None
             executors.append(SpoutExecutor(component, group, on_error, conf["topology.message_timeout"], pending))
         else:
-            executors.append(BoltExecutor(component, group, on_error, conf["topology.tick_interval"], comp.kind))
+            executors.append(BoltExecutor(component, group, on_error, conf["topology.tick_interval"], comp.kind,
+                                          queue_size=conf["topology.queue_size"]))
 
     for e in executors:
         for r in e.runners:
             sinks[r.task] = r.queue.append
+    queues = {r.task: r.queue for e in executors for r in e.runners}
+    for e in executors:
+        if isinstance(e, BoltExecutor):
+            e.outputs = [queues[t] for t in blocking_targets(topology, e.component, task_ids) if t in queues]
     if remote_sink is not None:
         for task in task_component:
             if task not in local_tasks:

@@ -31,6 +31,9 @@ Capture = Callable[[str, int, str, Sequence[Any]], None]
 # An executor's step returns after this many seconds of user code even if its budget is not
 # spent, so one slow component cannot hold the loop (and what it drives) for long.
 TURN_SECONDS = 0.05
+# A spout task's turn ends once it has emitted this many tuples (whatever its call budget), so
+# queues stay short and a turn's input is still in cache when the bolts take it.
+SPOUT_EMITS = 1024
 ErrorHandler = Callable[[str, int, BaseException, str], None]
 
 
@@ -363,9 +366,9 @@ class Executor(ABC):
     kind = ""
     tick_interval: float | None = None
 
-    def __init__(self, component: str, runners: list[Any], on_error: ErrorHandler):
+    def __init__(self, component: str, runners: list[TaskRunner], on_error: ErrorHandler):
         self.component = component
-        self.runners = runners  # TaskRunner, or the acker's AckerTask
+        self.runners = runners
         self.on_error = on_error
 
     @abstractmethod
@@ -416,7 +419,8 @@ class SpoutExecutor(Executor):
 
     def step(self, budget: int) -> int:
         """Call next_tuple up to ``budget`` times per task, while it has fewer than
-        ``max_pending`` trees in flight and emits something each call."""
+        ``max_pending`` trees in flight, emits something each call and has emitted fewer
+        than ``SPOUT_EMITS`` tuples this turn."""
         if not self.active:
             return 0
         work = 0
@@ -426,9 +430,12 @@ class SpoutExecutor(Executor):
             spout = r.instance
             pending = col.pending
             deadline = perf_counter() + TURN_SECONDS
+            start = col.emitted
             for i in range(budget):
                 if limit is not None and len(pending) >= limit:
                     break
+                if col.emitted - start >= SPOUT_EMITS:
+                    break  # the bolts get to work before queues grow further
                 if i & 7 == 7 and perf_counter() > deadline:
                     break  # a slow spout: the loop must get round to the bolts and the transport
                 before = col.emitted
@@ -513,10 +520,22 @@ class BoltExecutor(Executor):
     kind = "bolt"
 
     def __init__(self, component: str, runners: list[TaskRunner], on_error: ErrorHandler,
-                 tick_interval: float | None, kind: str = "bolt"):
+                 tick_interval: float | None, kind: str = "bolt", queue_size: int = 0):
         super().__init__(component, runners, on_error)
         self.tick_interval = tick_interval
         self.kind = kind  # the component's declared kind: "bolt", or "acker" for the system bolt
+        # Backpressure between bolts: while one of these local input queues (of the bolts it
+        # feeds) holds queue_size tuples, this bolt waits, so a fan-out cannot flood them.
+        self.outputs: list[deque[Tuple]] = []
+        self.queue_size = queue_size
+
+    def blocked(self) -> bool:
+        limit = self.queue_size
+        if limit:
+            for q in self.outputs:
+                if len(q) >= limit:
+                    return True
+        return False
 
     def start(self) -> None:
         for r in self.runners:
@@ -531,8 +550,11 @@ class BoltExecutor(Executor):
 
         Auto-ack bolts have each input acked when ``process`` returns; any bolt
         whose ``process`` raises has that input failed (and the error reported).
+        Nothing is processed while a bolt it feeds has a full queue.
         """
         work = 0
+        if self.outputs and self.blocked():
+            return 0
         for r in self.runners:
             q = r.queue
             n = len(q)
