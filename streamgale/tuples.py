@@ -18,13 +18,16 @@ class Tuple:
     ``tup.stream``, ``tup.source`` (component), ``tup.source_task`` say where it
     came from. ``tup.anchors`` is the acking identity (root id -> edge id) used by
     the tuple-tree tracker, and ``ack_val`` the XOR of the edges emitted anchored
-    to this tuple; user code treats both as opaque.
+    to this tuple; user code treats both as opaque. A tuple of one tree (nearly
+    all of them) keeps its root and edge as two ints (``root``, ``edge``; root 0:
+    untracked), a tuple of several trees a dict (``multi``): no dict is made per
+    tuple on the hot path.
 
     Tuples are created by the runtime only; they are cheap (slots, shared field
     index) and must be treated as read-only.
     """
 
-    __slots__ = ("values", "stream", "source", "source_task", "_index", "anchors", "ack_val")
+    __slots__ = ("values", "stream", "source", "source_task", "_index", "root", "edge", "multi", "ack_val")
 
     def __init__(
         self,
@@ -34,14 +37,36 @@ class Tuple:
         source_task: int,
         index: Mapping[str, int],
         anchors: dict[int, int] | None = None,
+        root: int = 0,
+        edge: int = 0,
     ):
         self.values = values
         self.stream = stream
         self.source = source
         self.source_task = source_task
         self._index = index
-        self.anchors = anchors
+        self.root = root
+        self.edge = edge
+        self.multi: dict[int, int] | None = None
+        if anchors:
+            if len(anchors) == 1:
+                for r, e in anchors.items():
+                    self.root = r
+                    self.edge = e
+            else:
+                self.multi = anchors
         self.ack_val = 0
+
+    @property
+    def anchors(self) -> dict[int, int] | None:
+        """Root id -> edge id for every tree this tuple belongs to; None when untracked."""
+        if self.root:
+            return {self.root: self.edge}
+        return self.multi
+
+    @property
+    def tracked(self) -> bool:
+        return self.root != 0 or self.multi is not None
 
     def __getitem__(self, key: int | str) -> Any:
         if type(key) is str:

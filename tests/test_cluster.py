@@ -182,7 +182,7 @@ INPUTS = {"count": ("split", ["forged"]), "sink": ("count", ["forged", 1, 0, 0])
 
 
 def bad_entries(local: dict[str, tuple[int, ...]], remote_task: int, source_tasks: dict[str, tuple[int, ...]]):
-    """Version-2 tuple groups for a worker running ``local`` (component -> tasks), each with one
+    """Version-3 tuple groups for a worker running ``local`` (component -> tasks), each with one
     thing wrong; were any delivered, the word "forged" would reach the sinks."""
     receivers = [c for c in INPUTS if c in local]
     assert receivers, f"the worker runs none of {sorted(INPUTS)}: {local}"
@@ -190,23 +190,26 @@ def bad_entries(local: dict[str, tuple[int, ...]], remote_task: int, source_task
     source, v = INPUTS[dest_component]
     dest, src = local[dest_component][0], source_tasks[source][0]
     return {
-        "unknown dest task": [9999, src, "default", [v], None],
-        "dest task of the other worker": [remote_task, src, "default", [v], None],
-        "unknown source task": [dest, 9999, "default", [v], None],
-        "undeclared stream": [dest, src, "nope", [v], None],
-        "system stream its source does not send": [dest, src, "__ack_result", [[[], []]], None],
-        "one field too many": [dest, src, "default", [v + ["extra"]], None],
-        "one field too few": [dest, src, "default", [v[:-1]], None],
-        "values not a list": [dest, src, "default", ["forged"], None],
-        "values lists not a list": [dest, src, "default", "forged", None],
-        "anchors not parallel": [dest, src, "default", [v, v], [None]],
-        "anchors not a list": [dest, src, "default", [v], {1: 2}],
-        "anchor root a string": [dest, src, "default", [v], [{"root": 2}]],
-        "anchor edge a string": [dest, src, "default", [v], [{1: "edge"}]],
-        "anchor root a float": [dest, src, "default", [v], [{1.5: 2}]],
-        "anchor edge a bool": [dest, src, "default", [v], [{1: True}]],
-        "anchors a list": [dest, src, "default", [v], [[1, 2]]],
-        "entry of four fields": [dest, src, "default", [v]],
+        "unknown dest task": [9999, src, "default", [v], None, None, None],
+        "dest task of the other worker": [remote_task, src, "default", [v], None, None, None],
+        "unknown source task": [dest, 9999, "default", [v], None, None, None],
+        "undeclared stream": [dest, src, "nope", [v], None, None, None],
+        "system stream its source does not send": [dest, src, "__ack_result", [[[], []]], None, None, None],
+        "one field too many": [dest, src, "default", [v + ["extra"]], None, None, None],
+        "one field too few": [dest, src, "default", [v[:-1]], None, None, None],
+        "values not a list": [dest, src, "default", ["forged"], None, None, None],
+        "values lists not a list": [dest, src, "default", "forged", None, None, None],
+        "roots not parallel": [dest, src, "default", [v, v], [1], [2, 3], None],
+        "edges not parallel": [dest, src, "default", [v, v], [1, 2], [3], None],
+        "roots not a list": [dest, src, "default", [v], {1: 2}, [3], None],
+        "edges without roots": [dest, src, "default", [v], None, [3], None],
+        "root a string": [dest, src, "default", [v], ["root"], [2], None],
+        "edge a float": [dest, src, "default", [v], [1], [2.5], None],
+        "edge a bool": [dest, src, "default", [v], [1], [True], None],
+        "anchor root a string": [dest, src, "default", [v], [0], [0], {0: {"root": 2}}],
+        "anchor edge a string": [dest, src, "default", [v], [0], [0], {0: {1: "edge"}}],
+        "anchors not a map": [dest, src, "default", [v], [0], [0], [[1, 2]]],
+        "entry of six fields": [dest, src, "default", [v], None, None],
         "entry not a list": "forged",
     }
 
@@ -233,15 +236,16 @@ def test_garbage_on_nimbus_and_worker_ports_is_survived(cluster, cluster_state, 
             s.sendall(bytes(range(256)) * 64)
     ctx = zmq.Context.instance()
     header_garbage = (b"\xff\x00garbage", b"\x93\x01\xa1T\x91\x95\x63\x01\xa7default\x90\xc0",  # version 1
-                      b"\x92\x01\x02", b"x" * 100_000, msgpack.packb([2, "X", []]), msgpack.packb([2, "T", 5]))
+                      msgpack.packb([2, "T", [[1, 1, "default", [["forged"]], None]]]),  # version 2
+                      b"\x92\x01\x02", b"x" * 100_000, msgpack.packb([3, "X", []]), msgpack.packb([3, "T", 5]))
     for index, slot in enumerate(slots):
         local: dict[str, tuple[int, ...]] = {}
         for component, ts in slot.executors:
             local[component] = local.get(component, ()) + tuple(ts)
         other = next(t for o in slots if o is not slot for _, ts in o.executors for t in ts)
         entries = list(bad_entries(local, other, tasks).values())
-        frames = [msgpack.packb([2, "T", [entry]], use_bin_type=True) for entry in entries]
-        frames.append(msgpack.packb([2, "T", entries], use_bin_type=True))  # all of them in one frame
+        frames = [msgpack.packb([3, "T", [entry]], use_bin_type=True) for entry in entries]
+        frames.append(msgpack.packb([3, "T", entries], use_bin_type=True))  # all of them in one frame
         # The transport logs one drop per few seconds: the first of each worker's garbage is what
         # its log shows, so one worker gets the bad entries first and the other the bad headers.
         sock = ctx.socket(zmq.PUSH)

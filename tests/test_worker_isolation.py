@@ -108,11 +108,11 @@ def test_a_frame_claiming_more_tuples_than_the_bound_is_dropped_and_counted():
     t = Transport(ctx, 1, inbound, batch_size=10, scheme="inproc", host="frame-bound-test")
     try:
         assert t.max_tuples == 1024
-        ok = msgpack.packb([FRAME_VERSION, TUPLES, [[1, 2, "default", [["a"]] * 1000, None]]])
+        ok = msgpack.packb([FRAME_VERSION, TUPLES, [[1, 2, "default", [["a"]] * 1000, None, None, None]]])
         assert t._deliver(ok) == 1000
-        huge = msgpack.packb([FRAME_VERSION, TUPLES, [[1, 2, "default", [["a"]] * 100_000, None]]])
+        huge = msgpack.packb([FRAME_VERSION, TUPLES, [[1, 2, "default", [["a"]] * 100_000, None, None, None]]])
         assert t._deliver(huge) == 0
-        split = msgpack.packb([FRAME_VERSION, TUPLES, [[1, 2, "default", [["b"]] * 1000, None]] * 3])
+        split = msgpack.packb([FRAME_VERSION, TUPLES, [[1, 2, "default", [["b"]] * 1000, None, None, None]] * 3])
         assert t._deliver(split) == 1000  # the first group fits; the next two would pass the bound
         assert (t.dropped_frames, t.dropped_entries) == (1, 2)
         assert len(got) == 2000

@@ -172,19 +172,19 @@ class Collector:
             return
         if len(anchor_to) == 1:
             a = anchor_to[0]
-            roots = a.anchors
-            assert roots is not None
-            if len(roots) == 1:
-                for root in roots:
-                    for t in tasks:
-                        edge = new_id()
-                        a.ack_val ^= edge
-                        sinks[t](Tuple(values, stream, comp, task, fields, {root: edge}))
+            root = a.root
+            if root:
+                for t in tasks:
+                    edge = new_id()
+                    a.ack_val ^= edge
+                    sinks[t](Tuple(values, stream, comp, task, fields, None, root, edge))
                 return
+            multi = a.multi
+            assert multi is not None
             for t in tasks:
                 edge = new_id()
                 a.ack_val ^= edge
-                sinks[t](Tuple(values, stream, comp, task, fields, dict.fromkeys(roots, edge)))
+                sinks[t](Tuple(values, stream, comp, task, fields, dict.fromkeys(multi, edge)))
             return
         for t in tasks:
             # An edge per anchor: two anchors of one root (a join of a tree with
@@ -195,8 +195,8 @@ class Collector:
                 a.ack_val ^= edge
                 roots = a.anchors
                 assert roots is not None
-                for root in roots:
-                    anchors[root] = anchors.get(root, 0) ^ edge
+                for r in roots:
+                    anchors[r] = anchors.get(r, 0) ^ edge
             sinks[t](Tuple(values, stream, comp, task, fields, anchors))
 
     # -- spout side -----------------------------------------------------------------------
@@ -216,7 +216,7 @@ class Collector:
         for t in tasks:
             edge = new_id()
             xor ^= edge
-            sinks[t](Tuple(values, stream, comp, task, fields, {root: edge}))
+            sinks[t](Tuple(values, stream, comp, task, fields, None, root, edge))
         self.pending.add(root, msg_id, self.clock())
         acks.init(root, xor, task)
 
@@ -250,10 +250,10 @@ class Collector:
             return None
         if anchors is None:
             cur = self.current
-            return [cur] if self.auto_anchor and cur is not None and cur.anchors else None
+            return [cur] if self.auto_anchor and cur is not None and cur.tracked else None
         if isinstance(anchors, Tuple):
-            return [anchors] if anchors.anchors else None
-        return [a for a in anchors if a.anchors] or None
+            return [anchors] if anchors.tracked else None
+        return [a for a in anchors if a.tracked] or None
 
     def bolt_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, anchors: Any = None) -> Sequence[int]:
         fast = self._fast.get(stream)
@@ -269,20 +269,19 @@ class Collector:
         count.transferred += len(tasks)
         cur = self.current
         sinks = self._sinks
-        if cur is None or not cur.anchors or self.acks is None or not self.auto_anchor:
+        if cur is None or self.acks is None or not self.auto_anchor or not cur.tracked:
             for t in tasks:
                 sinks[t](Tuple(values, stream, self._component, self._task, fast.fields, None))
             return tasks
-        roots = cur.anchors
-        if len(roots) != 1:
+        root = cur.root
+        if not root:
             self._deliver(tasks, values, stream, fast.fields, [cur])
             return tasks
         # One root (the common case): a new edge per target, XORed into the input.
-        for root in roots:
-            for t in tasks:
-                edge = new_id()
-                cur.ack_val ^= edge
-                sinks[t](Tuple(values, stream, self._component, self._task, fast.fields, {root: edge}))
+        for t in tasks:
+            edge = new_id()
+            cur.ack_val ^= edge
+            sinks[t](Tuple(values, stream, self._component, self._task, fast.fields, None, root, edge))
         return tasks
 
     def _bolt_emit(self, values: Sequence[Any], stream: str, anchors: Any) -> Sequence[int]:
@@ -308,19 +307,25 @@ class Collector:
     def ack(self, tup: Tuple) -> None:
         """``tup`` and everything emitted anchored to it so far is processed."""
         self.acked += 1
-        anchors, acks = tup.anchors, self.acks
-        if anchors and acks is not None:
-            val = tup.ack_val
-            for root, edge in anchors.items():
-                acks.ack(root, edge ^ val)
+        acks = self.acks
+        if acks is not None:
+            if tup.root:
+                acks.ack(tup.root, tup.edge ^ tup.ack_val)
+            elif tup.multi is not None:
+                val = tup.ack_val
+                for root, edge in tup.multi.items():
+                    acks.ack(root, edge ^ val)
 
     def fail(self, tup: Tuple) -> None:
         """Fail every spout tuple ``tup`` descends from (the spouts may replay them)."""
         self.failed += 1
-        anchors, acks = tup.anchors, self.acks
-        if anchors and acks is not None:
-            for root in anchors:
-                acks.fail(root)
+        acks = self.acks
+        if acks is not None:
+            if tup.root:
+                acks.fail(tup.root)
+            elif tup.multi is not None:
+                for root in tup.multi:
+                    acks.fail(root)
 
     def flush_acks(self) -> None:
         """Send the buffered ack traffic: one ``__ack`` tuple per acker task."""
@@ -587,11 +592,14 @@ class BoltExecutor(Executor):
                     self._report(r, exc, f"in process of bolt '{self.component}' task {r.task} "
                                          f"on {tup!r}")
                     continue
-                anchors = tup.anchors
-                if acks is not None and anchors:
-                    val = tup.ack_val
-                    for root, edge in anchors.items():
-                        acks.ack(root, edge ^ val)
+                if acks is not None:
+                    root = tup.root
+                    if root:
+                        acks.ack(root, tup.edge ^ tup.ack_val)
+                    elif tup.multi is not None:
+                        val = tup.ack_val
+                        for tree, edge in tup.multi.items():
+                            acks.ack(tree, edge ^ val)
             col.busy += perf_counter() - started
             col.current = None
             col.executed += done

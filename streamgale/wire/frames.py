@@ -1,12 +1,16 @@
 """Tuple frames between workers: the per-destination batch and its wire form (compiled).
 
-Frame format (version 2), tuples grouped by destination task, source task and
+Frame format (version 3), tuples grouped by destination task, source task and
 stream, so each group's header is encoded and checked once::
 
-    msgpack [2, "T", [[dest_task, source_task, stream, [values, ...], [anchors, ...] | None], ...]]
+    msgpack [3, "T", [[dest_task, source_task, stream, [values, ...],
+                       [root, ...] | None, [edge, ...] | None, {index: {root: edge, ...}} | None], ...]]
 
-``anchors`` (root id -> edge id, or None for an untracked tuple) runs parallel
-to ``values``; a group whose tuples are all untracked sends None instead.
+``root`` and ``edge`` run parallel to ``values``: the one tree a tuple belongs
+to (root 0: untracked); a group whose tuples are all untracked sends None for
+both. A tuple of several trees has root 0 and its anchors (root id -> edge id)
+under its index in the last field. Ints, not a map per tuple: the common case
+encodes and decodes without a dict.
 
 A tuple bound for another worker is appended to its destination's
 :class:`Batch` at emit (its values and anchors, no object of its own) and the
@@ -25,7 +29,7 @@ import msgpack
 
 from streamgale.tuples import Tuple
 
-FRAME_VERSION = 2
+FRAME_VERSION = 3
 TUPLES = "T"
 
 Warn = Callable[..., None]
@@ -42,13 +46,23 @@ def valid_anchors(anchors: Any) -> bool:
     return True
 
 
+class Group:
+    """The tuples of one (dest task, source task, stream) in a batch: parallel lists."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.roots: list[int] = []
+        self.edges: list[int] = []
+        self.multi: dict[int, dict[int, int]] | None = None
+        self.tracked = False
+
+
 class Batch:
     """Tuples waiting for one peer worker, grouped by (dest task, source task, stream)."""
 
     def __init__(self) -> None:
-        self.groups: dict[tuple[int, int, str], tuple[list[Any], list[Any]]] = {}
+        self.groups: dict[tuple[int, int, str], Group] = {}
         self.count = 0
-        self.tracked = False
 
     def __len__(self) -> int:
         return self.count
@@ -58,25 +72,31 @@ class Batch:
         key = (task, tup.source_task, tup.stream)
         group = self.groups.get(key)
         if group is None:
-            group = self.groups[key] = ([], [])
-        group[0].append(tup.values)
-        anchors = tup.anchors
-        group[1].append(anchors)
-        if anchors is not None:
-            self.tracked = True
+            group = self.groups[key] = Group()
+        group.values.append(tup.values)
+        root = tup.root
+        group.roots.append(root)
+        group.edges.append(tup.edge)
+        if root:
+            group.tracked = True
+        elif tup.multi is not None:
+            if group.multi is None:
+                group.multi = {}
+            group.multi[len(group.values) - 1] = tup.multi
+            group.tracked = True
         self.count += 1
         return self.count
 
     def encode(self) -> bytes:
         """The frame for everything batched; empties the batch."""
         entries: list[list[Any]] = []
-        tracked = self.tracked
-        for (dest, src, stream), (values, anchors) in self.groups.items():
-            entries.append([dest, src, stream, values,
-                            anchors if tracked and any(a is not None for a in anchors) else None])
+        for (dest, src, stream), g in self.groups.items():
+            if g.tracked:
+                entries.append([dest, src, stream, g.values, g.roots, g.edges, g.multi])
+            else:
+                entries.append([dest, src, stream, g.values, None, None, None])
         self.groups = {}
         self.count = 0
-        self.tracked = False
         return msgpack.packb([FRAME_VERSION, TUPLES, entries], use_bin_type=True)
 
 
@@ -132,16 +152,20 @@ def decode_frame(frame: bytes, queues: Mapping[int, TupleSink], task_component: 
             warn("dropped the rest of a frame of %d bytes: %s", len(frame), e)
             break
         try:
-            dest, src, stream, values_list, anchors_list = entry
+            dest, src, stream, values_list, roots, edges, multi = entry
             if type(dest) is not int or type(src) is not int or type(stream) is not str:
                 raise ValueError("task ids must be ints and the stream a str")
             sink = queues[dest]
             component = task_component[src]
             fields = index[component][stream]
-            if type(values_list) is not list or (
-                    anchors_list is not None and (type(anchors_list) is not list
-                                                  or len(anchors_list) != len(values_list))):
-                raise ValueError("values and anchors must be parallel lists")
+            if type(values_list) is not list:
+                raise ValueError("values must be a list")
+            if roots is None:
+                if edges is not None or multi is not None:
+                    raise ValueError("edges or anchors without roots")
+            elif (type(roots) is not list or type(edges) is not list or len(roots) != len(values_list)
+                    or len(edges) != len(values_list) or (multi is not None and type(multi) is not dict)):
+                raise ValueError("values, roots and edges must be parallel lists")
             if len(values_list) > budget:
                 raise ValueError(f"the frame holds more than {max_tuples} tuples")
         except Exception as e:  # noqa: BLE001
@@ -149,16 +173,17 @@ def decode_frame(frame: bytes, queues: Mapping[int, TupleSink], task_component: 
             warn("dropped a malformed tuple group %r: %s", str(entry)[:100], e)
             continue
         budget -= len(values_list)
-        out.tuples += _deliver_group(out, sink, component, src, stream, fields, values_list, anchors_list, warn)
+        out.tuples += _deliver_group(out, sink, component, src, stream, fields, values_list, roots, edges,
+                                     multi, warn)
     return out
 
 
 def _deliver_group(out: Decoded, sink: TupleSink, component: str, src: int, stream: str,
-                   fields: Mapping[str, int], values_list: list[Any], anchors_list: list[Any] | None,
-                   warn: Warn) -> int:
+                   fields: Mapping[str, int], values_list: list[Any], roots: list[Any] | None,
+                   edges: list[Any] | None, multi: dict[Any, Any] | None, warn: Warn) -> int:
     nf = len(fields)
     n = 0
-    if anchors_list is None:
+    if roots is None or edges is None:
         for values in values_list:
             if type(values) is not list or len(values) != nf:
                 out.dropped_entries += 1
@@ -169,11 +194,14 @@ def _deliver_group(out: Decoded, sink: TupleSink, component: str, src: int, stre
         return n
     for i in range(len(values_list)):
         values = values_list[i]
-        anchors = anchors_list[i]
-        if type(values) is not list or len(values) != nf or (anchors is not None and not valid_anchors(anchors)):
+        root = roots[i]
+        edge = edges[i]
+        anchors = None if multi is None else multi.get(i)
+        if type(values) is not list or len(values) != nf or type(root) is not int or type(edge) is not int or (
+                anchors is not None and (root != 0 or not valid_anchors(anchors))):
             out.dropped_entries += 1
             warn("dropped a malformed tuple %r from task %r on stream %r", str(values)[:100], src, stream)
             continue
-        sink(Tuple(values, stream, component, src, fields, anchors))
+        sink(Tuple(values, stream, component, src, fields, anchors, root, edge))
         n += 1
     return n
