@@ -237,7 +237,7 @@ def test_a_tree_not_completed_in_time_fails_at_the_timeout_and_the_acker_forgets
         clock.advance(0.001)
         settle(cluster)
         assert s.events == [("fail", "m", 0.5)]
-        # The acker forgets the root between timeout and 1.5 x timeout (3 buckets).
+        # The acker forgets the root between timeout and 1.5 x timeout (3 generations).
         assert tracked(acker) == 1
         clock.advance(0.25)
         settle(cluster)

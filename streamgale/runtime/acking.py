@@ -127,75 +127,78 @@ class AckBuffer:
 
 
 class AckerTable:
-    """An acker task's state: root -> [xor, spout task (0 before the init), failed].
+    """An acker task's state: root -> [xor, spout task (0 before the init), failed, generation].
 
-    Roots live in rotating buckets: ``expire`` drops the oldest bucket every
-    ``timeout / (buckets - 1)`` seconds, so a root is forgotten between
-    ``timeout`` and ``timeout * buckets / (buckets - 1)`` after it was last
-    touched. The spout has already failed it by then.
+    One dict, so an ack costs one lookup. Every ``timeout / (generations - 1)``
+    seconds ``expire`` starts a new generation and forgets the roots last
+    touched ``generations`` generations ago: a root is forgotten between
+    ``timeout`` and ``timeout * generations / (generations - 1)`` after it was
+    last touched. The spout has already failed it by then.
     """
 
     def __init__(self, timeout: float, buckets: int = 3, now: float | None = None):
-        self.buckets: list[dict[int, list[Any]]] = [{} for _ in range(buckets)]
+        self.entries: dict[int, list[Any]] = {}
+        self.generations = buckets
+        self.generation = 0
         self.interval = timeout / (buckets - 1)
         self.next_rotation = (time.monotonic() if now is None else now) + self.interval
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self.buckets)
-
-    def _take(self, root: int) -> list[int]:
-        head = self.buckets[0]
-        entry = head.get(root)
-        if entry is not None:
-            return entry
-        for bucket in self.buckets[1:]:
-            entry = bucket.pop(root, None)
-            if entry is not None:
-                head[root] = entry
-                return entry
-        entry = head[root] = [0, 0, False]
-        return entry
+        return len(self.entries)
 
     def apply(self, inits: list, acks: list, fails: list,
               acked: dict[int, list[int]], failed: dict[int, list[int]]) -> None:
         """Apply one ``__ack`` message; completed roots are appended to ``acked[spout task]``,
-        failed ones (whose spout task is known) to ``failed[spout task]``."""
-        touched = []
-        for root, xor, spout_task in inits:
-            entry = self._take(root)
-            entry[0] ^= xor
-            entry[1] = spout_task
-            touched.append(root)
-        for root, xor in acks:
-            entry = self._take(root)
-            entry[0] ^= xor
-            touched.append(root)
-        head = self.buckets[0]
+        failed ones (whose spout task is known) to ``failed[spout task]``. Fails go first: a
+        tree that failed anywhere is never reported complete."""
+        entries = self.entries
+        gen = self.generation
         for root in fails:
-            entry = self._take(root)
-            if entry[1]:
-                del head[root]
+            entry = entries.get(root)
+            if entry is None:
+                entries[root] = [0, 0, True, gen]  # failed before its init arrived: fail it then
+            elif entry[1]:
+                del entries[root]
                 failed.setdefault(entry[1], []).append(root)
             else:
-                entry[2] = True  # failed before its init arrived: fail it when the init comes
-        for root in touched:
-            done = head.get(root)
-            if done is None or not done[1]:
+                entry[2] = True
+                entry[3] = gen
+        for root, xor, spout_task in inits:
+            entry = entries.get(root)
+            if entry is None:
+                entry = entries[root] = [xor, spout_task, False, gen]
+            else:
+                entry[0] ^= xor
+                entry[1] = spout_task
+                entry[3] = gen
+            if entry[2]:
+                del entries[root]
+                failed.setdefault(spout_task, []).append(root)
+            elif entry[0] == 0:
+                del entries[root]
+                acked.setdefault(spout_task, []).append(root)
+        for root, xor in acks:
+            entry = entries.get(root)
+            if entry is None:
+                entries[root] = [xor, 0, False, gen]
                 continue
-            if done[2]:
-                del head[root]
-                failed.setdefault(done[1], []).append(root)
-            elif done[0] == 0:
-                del head[root]
-                acked.setdefault(done[1], []).append(root)
+            entry[0] ^= xor
+            entry[3] = gen
+            if entry[1] and entry[0] == 0 and not entry[2]:
+                del entries[root]
+                acked.setdefault(entry[1], []).append(root)
 
     def expire(self, now: float) -> int:
-        """Rotate buckets that are due; returns how many roots were forgotten."""
+        """Start the generations that are due; returns how many roots were forgotten."""
         dropped = 0
         while now >= self.next_rotation:
             self.next_rotation += self.interval
-            dropped += len(self.buckets[-1])
-            self.buckets = [{}] + self.buckets[:-1]
+            self.generation += 1
+            limit = self.generation - self.generations
+            stale = [root for root, entry in self.entries.items() if entry[3] <= limit]
+            for root in stale:
+                del self.entries[root]
+            dropped += len(stale)
         return dropped
 
 

@@ -63,16 +63,26 @@ class Batch:
     def __init__(self) -> None:
         self.groups: dict[tuple[int, int, str], Group] = {}
         self.count = 0
+        # The group the last tuple went to: consecutive tuples mostly share it (one emitter,
+        # one stream), and comparing two ints and a str is cheaper than hashing a key tuple.
+        self._last: Group | None = None
+        self._last_task = self._last_source = -1
+        self._last_stream = ""
 
     def __len__(self) -> int:
         return self.count
 
     def add(self, task: int, tup: Tuple) -> int:
         """Append ``tup`` for ``task``; returns how many tuples the batch holds now."""
-        key = (task, tup.source_task, tup.stream)
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = Group()
+        group = self._last
+        if group is None or task != self._last_task or tup.source_task != self._last_source or (
+                tup.stream != self._last_stream):
+            key = (task, tup.source_task, tup.stream)
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = Group()
+            self._last, self._last_task, self._last_source, self._last_stream = (
+                group, task, tup.source_task, tup.stream)
         group.values.append(tup.values)
         root = tup.root
         group.roots.append(root)
@@ -97,6 +107,7 @@ class Batch:
                 entries.append([dest, src, stream, g.values, None, None, None])
         self.groups = {}
         self.count = 0
+        self._last = None
         return msgpack.packb([FRAME_VERSION, TUPLES, entries], use_bin_type=True)
 
 
