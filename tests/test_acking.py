@@ -11,6 +11,8 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from streamgale import Bolt, LocalCluster, ReliableSpout, Spout, Topology
 from streamgale.config import Config
 from streamgale.runtime.acker import Acker
@@ -424,28 +426,28 @@ def test_acker_table_completes_a_tree_whatever_the_order_of_messages():
         acked: dict = {}
         for kind, val in msgs:
             assert not acked, "completed early"
-            table.apply([[root, val, 9]] if kind == "init" else [], [[root, val]] if kind == "ack" else [],
-                        [], acked, {})
+            table.apply([[root], [val], [9]] if kind == "init" else [[], [], []],
+                        [[root], [val]] if kind == "ack" else [[], []], [], acked, {})
         assert acked == {9: [root]} and len(table) == 0
 
 
 def test_acker_table_fails_a_root_even_when_the_fail_comes_before_the_init():
     table = AckerTable(30, now=0)
     failed: dict = {}
-    table.apply([], [], [5], {}, failed)
+    table.apply([[], [], []], [[], []], [5], {}, failed)
     assert failed == {}
-    table.apply([[5, 123, 2]], [], [], {}, failed)
+    table.apply([[5], [123], [2]], [[], []], [], {}, failed)
     assert failed == {2: [5]} and len(table) == 0
 
 
 def test_acker_table_forgets_roots_after_the_timeout():
     table = AckerTable(10, buckets=3, now=0)
-    table.apply([[1, 7, 2]], [], [], {}, {})
+    table.apply([[1], [7], [2]], [[], []], [], {}, {})
     assert table.expire(9.9) == 0 and len(table) == 1
     assert table.expire(15.1) == 1 and len(table) == 0
 
 
-def test_ack_buffer_merges_acks_per_root_and_batches_per_acker():
+def test_ack_buffer_batches_per_acker_as_parallel_lists():
     buf = AckBuffer((10, 11))
     buf.init(4, 5, 1)
     buf.ack(4, 3)
@@ -453,8 +455,17 @@ def test_ack_buffer_merges_acks_per_root_and_batches_per_acker():
     buf.ack(5, 1)
     buf.fail(6)
     out = dict(buf.drain())
-    assert out == {10: [[[4, 5, 1]], [[4, 0]], [6]], 11: [[], [[5, 1]], []]}
+    assert out == {10: [[[4], [5], [1]], [[4, 4], [3, 3]], [6]], 11: [[[], [], []], [[5], [1]], []]}
     assert not buf.dirty and dict(buf.drain()) == {}
+
+
+def test_acker_table_rejects_lists_that_are_not_parallel():
+    table = AckerTable(30, now=0)
+    with pytest.raises(ValueError, match="parallel"):
+        table.apply([[1, 2], [3], [4]], [[], []], [], {}, {})
+    with pytest.raises(ValueError, match="parallel"):
+        table.apply([[], [], []], [[1], []], [], {}, {})
+    assert len(table) == 0
 
 
 def test_pending_roots_expire_oldest_first():

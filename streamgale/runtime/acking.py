@@ -9,10 +9,12 @@ XORed in exactly twice (created, acked), so the acker's value returns to 0
 exactly when the whole tree is processed, whatever its size: constant memory
 per spout tuple. A ``fail`` anywhere fails the root at once.
 
-Ack traffic is batched: each task buffers its inits, acks (merged per root by
-XOR) and fails per acker task and sends one ``__ack`` tuple per acker per
-executor step. Ackers answer the spout task with one ``__ack_result`` tuple per
-step: ``[acked roots, failed roots]``.
+Ack traffic is batched: each task buffers its inits, acks and fails per acker
+task and sends one ``__ack`` tuple per acker per executor step, as parallel
+int lists (``[[roots, xors, spout tasks], [roots, xors], [roots]]``: no object
+per entry; the acker XORs the acks of one root together). Ackers answer the
+spout task with one ``__ack_result`` tuple per step: ``[acked roots, failed
+roots]``.
 
 Timeouts are kept on both sides: the spout fails a root that is not complete
 after ``topology.message_timeout`` (so a lost acker or a dropped frame still
@@ -29,7 +31,7 @@ from collections import OrderedDict
 from typing import Any, Final
 
 ACKER = "__acker"
-ACK_STREAM = "__ack"  # any task -> acker: [inits [[root, xor, spout task]...], acks [[root, xor]...], fails [root...]]
+ACK_STREAM = "__ack"  # any task -> acker: [inits [roots, xors, spout tasks], acks [roots, xors], fails [roots]]
 ACK_RESULT_STREAM = "__ack_result"  # acker -> spout task: [acked roots, failed roots]
 ACK_INDEX = {"inits": 0, "acks": 1, "fails": 2}
 
@@ -77,9 +79,9 @@ class AckBuffer:
     def __init__(self, ackers: tuple[int, ...], local: frozenset[int] = frozenset()):
         self.ackers = ackers
         self.preferred: tuple[int, ...] = tuple(i for i, a in enumerate(ackers) if a in local)
-        self.inits: dict[int, list[list[int]]] = {}
-        self.acks: dict[int, dict[int, int]] = {}
-        self.fails: dict[int, list[int]] = {}
+        self.inits: dict[int, list[list[int]]] = {}  # acker task -> [roots, xors, spout tasks]
+        self.acks: dict[int, list[list[int]]] = {}  # acker task -> [roots, xors]
+        self.fails: dict[int, list[int]] = {}  # acker task -> roots
         self.dirty = False
 
     def new_root(self) -> int:
@@ -98,16 +100,23 @@ class AckBuffer:
         return ackers[root % len(ackers)]
 
     def init(self, root: int, xor: int, spout_task: int) -> None:
-        self.inits.setdefault(self.acker(root), []).append([root, xor, spout_task])
+        acker = self.acker(root)
+        lists = self.inits.get(acker)
+        if lists is None:
+            lists = self.inits[acker] = [[], [], []]
+        lists[0].append(root)
+        lists[1].append(xor)
+        lists[2].append(spout_task)
         self.dirty = True
 
     def ack(self, root: int, xor: int) -> None:
         ackers = self.ackers
         acker = ackers[root % len(ackers)]
-        acks = self.acks.get(acker)
-        if acks is None:
-            acks = self.acks[acker] = {}
-        acks[root] = acks.get(root, 0) ^ xor
+        lists = self.acks.get(acker)
+        if lists is None:
+            lists = self.acks[acker] = [[], []]
+        lists[0].append(root)
+        lists[1].append(xor)
         self.dirty = True
 
     def fail(self, root: int) -> None:
@@ -120,8 +129,7 @@ class AckBuffer:
         self.inits, self.acks, self.fails, self.dirty = {}, {}, {}, False
         out: list[tuple[int, list[Any]]] = []
         for acker in set(inits) | set(acks) | set(fails):
-            merged = acks.get(acker)
-            out.append((acker, [inits.get(acker, []), [[r, v] for r, v in merged.items()] if merged else [],
+            out.append((acker, [inits.get(acker) or [[], [], []], acks.get(acker) or [[], []],
                                 fails.get(acker, [])]))
         return out
 
@@ -150,7 +158,13 @@ class AckerTable:
               acked: dict[int, list[int]], failed: dict[int, list[int]]) -> None:
         """Apply one ``__ack`` message; completed roots are appended to ``acked[spout task]``,
         failed ones (whose spout task is known) to ``failed[spout task]``. Fails go first: a
-        tree that failed anywhere is never reported complete."""
+        tree that failed anywhere is never reported complete. Raises ValueError when the
+        message's lists are not parallel (and changes nothing then)."""
+        init_roots, init_xors, init_tasks = inits
+        ack_roots, ack_xors = acks
+        if len(init_xors) != len(init_roots) or len(init_tasks) != len(init_roots) or (
+                len(ack_xors) != len(ack_roots)):
+            raise ValueError("the lists of an ack message must be parallel")
         entries = self.entries
         gen = self.generation
         for root in fails:
@@ -163,12 +177,14 @@ class AckerTable:
             else:
                 entry[2] = True
                 entry[3] = gen
-        for root, xor, spout_task in inits:
+        for i in range(len(init_roots)):
+            root = init_roots[i]
+            spout_task = init_tasks[i]
             entry = entries.get(root)
             if entry is None:
-                entry = entries[root] = [xor, spout_task, False, gen]
+                entry = entries[root] = [init_xors[i], spout_task, False, gen]
             else:
-                entry[0] ^= xor
+                entry[0] ^= init_xors[i]
                 entry[1] = spout_task
                 entry[3] = gen
             if entry[2]:
@@ -177,12 +193,13 @@ class AckerTable:
             elif entry[0] == 0:
                 del entries[root]
                 acked.setdefault(spout_task, []).append(root)
-        for root, xor in acks:
+        for i in range(len(ack_roots)):
+            root = ack_roots[i]
             entry = entries.get(root)
             if entry is None:
-                entries[root] = [xor, 0, False, gen]
+                entries[root] = [ack_xors[i], 0, False, gen]
                 continue
-            entry[0] ^= xor
+            entry[0] ^= ack_xors[i]
             entry[3] = gen
             if entry[1] and entry[0] == 0 and not entry[2]:
                 del entries[root]
