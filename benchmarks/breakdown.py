@@ -13,7 +13,7 @@ time of this process, median of 5) for:
 - deserialize: unpacking and validating a frame into Tuples in local queues;
 - dispatch: the bolt executor taking a queued tuple and calling a no-op ``process``;
 - ack: the same with auto-ack of a tracked tuple (XOR merged into the ack buffer);
-- acker: the acker applying one ack entry.
+- acker: the acker applying one ack entry (parallel root and XOR lists).
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-import msgpack
 import zmq
-from streamgale.worker.transport import FRAME_VERSION, TUPLES, Batch, Inbound, Transport
 
 from streamgale import Bolt
+from streamgale.build import describe
 from streamgale.components import TopologyContext
-from streamgale.groupings import FieldsRouter
 from streamgale.runtime.acking import AckBuffer, AckerTable, new_id
 from streamgale.runtime.executor import BoltExecutor, Collector, Routes, TaskRunner
+from streamgale.runtime.routing import FieldsRouter
 from streamgale.tuples import Tuple
+from streamgale.wire.frames import Batch, RemoteSink, decode_frame
 
 from .wordcount import sentences
 
@@ -88,7 +88,7 @@ def measure(n: int) -> dict[str, float]:
         return emit
 
     results["emit"] = timed(emitting(collector(q.append, None), None), n)
-    tracked = Tuple(["x"], "default", "spout", 7, INDEX, {new_id(): new_id()})
+    tracked = Tuple(["x"], "default", "spout", 7, INDEX, None, new_id(), new_id())
     results["emit anchored"] = timed(emitting(collector(q.append, AckBuffer((9,))), tracked), n)
 
     router = FieldsRouter([2, 3, 4, 5], [0])
@@ -100,27 +100,17 @@ def measure(n: int) -> dict[str, float]:
     results["route"] = timed(route, n)
 
     ctx = zmq.Context.instance()
-    inbound = Inbound({2: q.append, 3: q.append}, {1: "split"}, {"split": {"default": INDEX}})
     tuples = [Tuple(v, "default", "split", 1, INDEX, None) for v in ws]
     frames: list[bytes] = []
-
-    sender = Transport.__new__(Transport)  # only the batching half: no sockets
-    sender._batches = {"peer": Batch()}
-    sender.batch_size = 1000
-
-    def flush(endpoint: str) -> None:
-        batch = sender._batches[endpoint]
-        frames.append(msgpack.packb([FRAME_VERSION, TUPLES, batch.entries()], use_bin_type=True))
-        batch.clear()
-    sender._flush = flush  # type: ignore[method-assign]
-    sinks = [sender.sink(t, "peer") for t in (2, 3)]
+    batch = Batch()
+    sinks = [RemoteSink(batch, t, 1000, lambda: frames.append(batch.encode())) for t in (2, 3)]
 
     def serialize():
         frames.clear()
         for i, tup in enumerate(tuples):
             sinks[i & 1](tup)
-        if sender._batches["peer"]:
-            flush("peer")
+        if len(batch):
+            frames.append(batch.encode())
     results["serialize"] = timed(serialize, n)
 
     pull = ctx.socket(zmq.PULL)
@@ -136,13 +126,11 @@ def measure(n: int) -> dict[str, float]:
     push.close(0)
     pull.close(0)
 
-    receiver = Transport.__new__(Transport)  # only the decoding half: no sockets
-    receiver.inbound = inbound
-    receiver.dropped_frames = receiver.dropped_entries = 0
+    queues = {2: q.append, 3: q.append}
 
     def deserialize():
         for f in frames:
-            receiver._deliver(f)
+            decode_frame(f, queues, {1: "split"}, {"split": {"default": INDEX}}, 4000, lambda *a: None)
             q.clear()
     results["deserialize"] = timed(deserialize, n)
 
@@ -151,7 +139,7 @@ def measure(n: int) -> dict[str, float]:
         runner = TaskRunner(2, Noop(), ctx_, collector(q.append, acks))
         ex = BoltExecutor("count", [runner], lambda *a: None, None)
 
-        inputs = [Tuple(v, "default", "split", 1, INDEX, {new_id(): 5} if anchored else None) for v in ws]
+        inputs = [Tuple(v, "default", "split", 1, INDEX, None, new_id() if anchored else 0, 5) for v in ws]
         batches = [inputs[i:i + 256] for i in range(0, len(inputs), 256)]
 
         def run():
@@ -164,10 +152,10 @@ def measure(n: int) -> dict[str, float]:
     results["ack"] = dispatch_with(AckBuffer((9,)), True) - results["dispatch"]
 
     table = AckerTable(30, now=0)
-    entries = [[new_id(), new_id()] for _ in range(n)]
+    roots, xors = [new_id() for _ in range(n)], [new_id() for _ in range(n)]
 
     def acker():
-        table.apply([], entries, [], {}, {})
+        table.apply([[], [], []], [roots, xors], [], {}, {})
     results["acker"] = timed(acker, n)
     return results
 
@@ -177,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tuples", type=int, default=200_000)
     args = ap.parse_args(argv)
     results = measure(args.tuples)
-    print(f"per-tuple cost of each stage, {args.tuples:,} tuples (ns, CPU time, median of 5)")
+    print(f"per-tuple cost of each stage, {args.tuples:,} tuples (ns, CPU time, median of 5); "
+          f"streamgale {describe()}")
     for stage, ns in results.items():
         print(f"{stage:<15} {ns:>8.0f}")
 

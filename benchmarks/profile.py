@@ -37,6 +37,9 @@ import re
 import sysconfig
 from pathlib import Path
 
+from streamgale import build
+from streamgale.build import source_path
+
 from .wordcount import local_word_count, sentences
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,33 +52,18 @@ BUCKETS: dict[str, tuple[str, ...]] = {
     "routing": ("streamgale/groupings.py", "streamgale/runtime/routing.py"),
     "tuples": ("streamgale/tuples.py",),
     "acking": ("streamgale/runtime/acking.py", "streamgale/runtime/acker.py"),
-    "framing/transport": ("streamgale/runtime/framing.py", "streamgale/wire/frames.py", "worker/transport.py"),
+    "framing/transport": ("streamgale/wire/frames.py", "worker/transport.py"),
 }
 BUILTINS, OTHER = "builtins", "other"
 ORDER = (*BUCKETS, BUILTINS, OTHER)
-
-#: The modules of the bucketed files, to tell which are compiled.
-MODULES = ("streamgale.runtime.executor", "streamgale.runtime.loop", "streamgale.groupings",
-           "streamgale.runtime.routing", "streamgale.tuples", "streamgale.runtime.acking",
-           "streamgale.runtime.acker", "streamgale.runtime.framing", "streamgale.wire.frames",
-           "streamgale.worker.transport")
 
 _METHOD = re.compile(r"<method '[^']+' of '([\w.]+)' objects>")
 _BUILTIN = re.compile(r"<built-in method ([\w.]+)>")
 
 
 def compiled_modules() -> dict[str, str]:
-    """Module -> bucket for each of ``MODULES`` that exists and was imported from a compiled extension."""
-    out = {}
-    for name in MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        file = getattr(module, "__file__", None) or ""
-        if not file.endswith(".py"):
-            out[name] = file_bucket(name.replace(".", "/").replace("streamgale/worker/", "worker/") + ".py")
-    return out
+    """Module -> bucket for each hot module imported from a compiled extension."""
+    return {name: file_bucket(str(source_path(name))) for name in build.compiled_modules()}
 
 
 def _compiled_names(compiled: dict[str, str]) -> dict[str, str]:
