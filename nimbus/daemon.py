@@ -72,6 +72,9 @@ class Nimbus:
         # topology id -> slot id -> the heartbeat sequence its supervisor forwarded last
         self.worker_beats: dict[str, dict[str, int]] = {}
         self.supervisors: dict[str, SupervisorInfo] = {}  # live supervisors, kept by a watch
+        # When this nimbus last became the leader, and when it last reconciled (monotonic s).
+        self.leader_since: float | None = None
+        self.reconciled_at: float | None = None
         # topology id -> slot id -> the executors its worker's last forwarded beat runs (sorted)
         self.worker_executors: dict[str, dict[str, list[tuple[str, tuple[int, ...]]]]] = {}
         self._handlers: dict[type, Callable[[Any], Any]] = {
@@ -102,6 +105,7 @@ class Nimbus:
 
     def _on_elected(self) -> None:
         log.info("nimbus %s is now the leader", self.address)
+        self.leader_since = self.clock()
         self._dirty.set()
 
     def _on_deposed(self) -> None:
@@ -353,8 +357,13 @@ class Nimbus:
             log.warning("worker slot %s stopped heartbeating; moving its executors", slot)
         wanted = schedule(sorted(records.values(), key=lambda r: (r.submitted_at, r.id)),
                           self.liveness.usable(self.supervisors), current, time.time())
+        waiting = self._awaiting_supervisors(current)
         for tid, assignment in wanted.items():
             if not assignment.same_placement(current.get(tid)):
+                if tid in waiting:
+                    log.info("%s keeps its placement: supervisors %s may still re-register",
+                             tid, ", ".join(sorted(waiting[tid])))
+                    continue
                 try:
                     self.state.set_assignment(assignment, self.leadership)
                     log.info("assigned %s to %d workers", tid, len(assignment.slots))
@@ -367,6 +376,22 @@ class Nimbus:
         for rec in records.values():
             if rec.pending and rec.pending["action"] == "resume":
                 self._resume_when_placed(rec, wanted.get(rec.id), now)
+        self.reconciled_at = self.clock()
+
+    def _awaiting_supervisors(self, current: dict[str, Assignment]) -> dict[str, set[str]]:
+        """Topology id -> the supervisors its assignment uses that are not registered, while
+        this nimbus has led for less than ``zookeeper.session_timeout``. A new leader (after a
+        failover, or its own expired session when ZooKeeper comes back) may see the cluster
+        before every supervisor has re-registered; a supervisor whose session lives has that
+        long to do so, so its workers are not moved (and restarted) in the meantime."""
+        if self.leader_since is None or self.clock() - self.leader_since >= self.config["zookeeper.session_timeout"]:
+            return {}
+        out: dict[str, set[str]] = {}
+        for tid, assignment in current.items():
+            absent = {s.supervisor_id for s in assignment.slots.values()} - set(self.supervisors)
+            if absent:
+                out[tid] = absent
+        return out
 
     def _resume_when_placed(self, rec: TopologyRecord, assignment: Assignment | None, now: float) -> None:
         """A rebalanced topology stays REBALANCING (spouts paused) until every slot of its new

@@ -115,6 +115,29 @@ def test_a_lost_node_has_its_executors_moved_to_the_other(cluster, tmp_path):
     assert lost not in cluster.leader().state.supervisors()
 
 
+def test_a_new_leader_gives_absent_supervisors_a_session_timeout_to_reregister(cluster, tmp_path):
+    # As when ZooKeeper comes back after an outage: nimbus's session and a supervisor's have
+    # expired; nimbus leads again before that supervisor has re-registered.
+    tid = submit(cluster, tmp_path / "out", 200)
+    cluster.wait(lambda: assignment(cluster, tid) and len({s.supervisor_id for s in
+                                                          assignment(cluster, tid).slots.values()}) == 2,
+                 message="spread over both nodes")
+    before = assignment(cluster, tid)
+    leader, absent = cluster.leader(), cluster.supervisors[1].id
+    cluster.storages["nimbus-0"].expire_session(reconnect=False)
+    cluster.wait(lambda: not leader.is_leader, message="leadership lost with the session")
+    cluster.storages["supervisor-1"].expire_session(reconnect=False)
+    cluster.storages["nimbus-0"].reconnect()
+    cluster.wait(lambda: leader.is_leader and leader.reconciled_at is not None
+                 and leader.reconciled_at > leader.leader_since, message="the new leader reconciled")
+    assert absent not in leader.supervisors
+    assert assignment(cluster, tid).version == before.version  # nothing moved at once
+    # The grace is bounded: a supervisor that does not come back has its executors moved.
+    cluster.wait(lambda: {s.supervisor_id for s in assignment(cluster, tid).slots.values()} ==
+                 {cluster.supervisors[0].id}, timeout=30, message="executors moved after the grace")
+    assert leader.clock() - leader.leader_since >= leader.config["zookeeper.session_timeout"]
+
+
 def test_a_pending_kill_is_finished_by_the_standby_that_takes_over(tmp_path):
     with InProcessCluster(supervisors=1, slots=2, nimbuses=2, directory=tmp_path / "cluster") as c:
         c.wait(lambda: c.leader() is not None, message="a leader")
