@@ -574,6 +574,10 @@ class BoltExecutor(Executor):
             pop = q.popleft
             col = r.collector
             acks = col.acks if col.auto_anchor else None
+            # Consecutive inputs of one tree (a split's words reach a count task together) are
+            # acked as one entry: their XORs merged here, one append for the run.
+            run_root = 0
+            run_xor = 0
             started = perf_counter()
             deadline = started + TURN_SECONDS
             done = 0
@@ -595,11 +599,19 @@ class BoltExecutor(Executor):
                 if acks is not None:
                     root = tup.root
                     if root:
-                        acks.ack(root, tup.edge ^ tup.ack_val)
+                        if root == run_root:
+                            run_xor ^= tup.edge ^ tup.ack_val
+                        else:
+                            if run_root:
+                                acks.ack(run_root, run_xor)
+                            run_root = root
+                            run_xor = tup.edge ^ tup.ack_val
                     elif tup.multi is not None:
                         val = tup.ack_val
                         for tree, edge in tup.multi.items():
                             acks.ack(tree, edge ^ val)
+            if run_root and acks is not None:
+                acks.ack(run_root, run_xor)
             col.busy += perf_counter() - started
             col.current = None
             col.executed += done
