@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from streamgale.runtime import gcpolicy
 from streamgale.runtime.assembly import Capture, build_executors
 from streamgale.runtime.loop import ExecutorLoop
 
@@ -83,7 +84,8 @@ class LocalCluster:
         interrupted = False
         self.loop.start()
         try:
-            self.loop.run(should_stop)
+            with gcpolicy.tuned():
+                self.loop.run(should_stop)
         except KeyboardInterrupt:
             interrupted = True
             log.info("interrupted; shutting down")

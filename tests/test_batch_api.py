@@ -160,3 +160,23 @@ def test_ids_are_nonzero_and_fit_62_bits():
     ids = [new_id() for _ in range(10000)]
     assert all(0 < i < 1 << 62 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_local_mode_tunes_the_collector_while_it_runs_and_restores_it():
+    import gc
+
+    from streamgale.runtime import gcpolicy
+
+    seen = []
+
+    class Probe(Bolt):
+        def process(self, tup):
+            seen.append(gc.get_threshold())
+
+    t = Topology("gc")
+    t.spout("s", ManySpout)
+    t.bolt("probe", Probe).shuffle("s")
+    before = gc.get_threshold()
+    LocalCluster(t, Config()).run(duration=10, until=lambda: len(seen) >= 10)
+    assert set(seen) == {gcpolicy.THRESHOLDS}
+    assert gc.get_threshold() == before

@@ -27,6 +27,7 @@ import zmq
 
 from streamgale.cluster.records import ACTIVE, Assignment, ErrorRecord, slot_id
 from streamgale.config import Config, load_config
+from streamgale.runtime import gcpolicy
 from streamgale.runtime.acking import ACKER
 from streamgale.runtime.assembly import build_executors, stream_index
 from streamgale.runtime.executor import Sink
@@ -43,13 +44,6 @@ from .transport import Inbound, Transport
 log = logging.getLogger("streamgale.worker")
 
 ERROR_REPORT_INTERVAL = 1.0  # at most one error record per component per second
-# The cyclic collector's thresholds in a worker. Tuples and their values form no cycles and die
-# within a few turns, but a frame of 1,000 tuples allocates thousands of objects at once: at
-# CPython's default (700) young collections ran several times per frame, traversed the live
-# batch, promoted it and so made full collections frequent (a quarter of a busy worker's
-# time). A larger young generation lets a batch die before it is ever traversed; cycles that
-# user code makes are still collected, and memory stays bounded by the threshold.
-GC_THRESHOLDS = (50_000, 20, 20)
 
 
 def apply_log_levels(levels: dict[str, str]) -> None:
@@ -256,7 +250,7 @@ def main(args: WorkerArgs) -> int:
         # walk it again and again while tuples churn.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        gcpolicy.tune()
         worker.run()
     except Exception:  # noqa: BLE001 - any failure ends the worker, reported to its supervisor
         log.error("worker failed:\n%s", traceback.format_exc())
