@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamgale.runtime import gcpolicy
-from streamgale.runtime.assembly import Capture, build_executors
+from streamgale.runtime.assembly import build_executors
+from streamgale.runtime.executor import Capture
 from streamgale.runtime.loop import ExecutorLoop
 
 from .config import Config

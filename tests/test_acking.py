@@ -441,7 +441,7 @@ def test_acker_table_fails_a_root_even_when_the_fail_comes_before_the_init():
 
 
 def test_acker_table_forgets_roots_after_the_timeout():
-    table = AckerTable(10, buckets=3, now=0)
+    table = AckerTable(10, generations=3, now=0)
     table.apply([[1], [7], [2]], [[], []], [], {}, {})
     assert table.expire(9.9) == 0 and len(table) == 1
     assert table.expire(15.1) == 1 and len(table) == 0

@@ -35,11 +35,7 @@ ACK_STREAM = "__ack"  # any task -> acker: [inits [roots, xors, spout tasks], ac
 ACK_RESULT_STREAM = "__ack_result"  # acker -> spout task: [acked roots, failed roots]
 ACK_INDEX = {"inits": 0, "acks": 1, "fails": 2}
 
-
-
 ID_BITS = 62  # ids stay small ints for the compiled code (no big-int arithmetic); 2**-62 per tree to err
-
-
 POOL_SIZE = 4096
 _pool: Final[list[int]] = []  # ids drawn ahead, a pool at a time (one urandom call per pool)
 
@@ -144,11 +140,11 @@ class AckerTable:
     last touched. The spout has already failed it by then.
     """
 
-    def __init__(self, timeout: float, buckets: int = 3, now: float | None = None):
+    def __init__(self, timeout: float, generations: int = 3, now: float | None = None):
         self.entries: dict[int, list[Any]] = {}
-        self.generations = buckets
+        self.generations = generations
         self.generation = 0
-        self.interval = timeout / (buckets - 1)
+        self.interval = timeout / (generations - 1)
         self.next_rotation = (time.monotonic() if now is None else now) + self.interval
 
     def __len__(self) -> int:
@@ -207,16 +203,16 @@ class AckerTable:
 
     def expire(self, now: float) -> int:
         """Start the generations that are due; returns how many roots were forgotten."""
-        dropped = 0
-        while now >= self.next_rotation:
-            self.next_rotation += self.interval
-            self.generation += 1
-            limit = self.generation - self.generations
-            stale = [root for root, entry in self.entries.items() if entry[3] <= limit]
-            for root in stale:
-                del self.entries[root]
-            dropped += len(stale)
-        return dropped
+        if now < self.next_rotation:
+            return 0
+        due = int((now - self.next_rotation) // self.interval) + 1
+        self.next_rotation += due * self.interval
+        self.generation += due
+        limit = self.generation - self.generations
+        stale = [root for root, entry in self.entries.items() if entry[3] <= limit]
+        for root in stale:
+            del self.entries[root]
+        return len(stale)
 
 
 class PendingRoots:

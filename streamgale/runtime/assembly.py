@@ -6,8 +6,7 @@ here and how to reach a task that runs elsewhere, return ready executors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from streamgale.components import TopologyContext
 from streamgale.config import Config
@@ -15,9 +14,7 @@ from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, ACKER, AckBuffer
 from streamgale.runtime.routing import DirectRouter, make_router
 from streamgale.topology import Topology
 
-from .executor import BoltExecutor, Collector, ErrorHandler, Executor, Routes, Sink, SpoutExecutor, TaskRunner
-
-Capture = Callable[[str, int, str, Sequence[Any]], None]
+from .executor import BoltExecutor, Capture, Collector, ErrorHandler, Executor, Routes, Sink, SpoutExecutor, TaskRunner
 
 
 def component_config(topology: Topology, config: Config, component: str) -> Config:
@@ -39,8 +36,8 @@ def stream_index(topology: Topology) -> dict[str, dict[str, dict[str, int]]]:
     return index
 
 
-def blocking_targets(topology: Topology, component: str, task_ids: dict[str, tuple[int, ...]]) -> list[int]:
-    """The tasks whose full queues stop ``component``'s bolt executors (Storm's backpressure
+def blocking_targets(topology: Topology, task_ids: dict[str, tuple[int, ...]]) -> dict[str, list[int]]:
+    """Component -> the tasks whose full queues stop its bolt executors (Storm's backpressure
     between bolts): those of the user bolts subscribed to its streams. None for a bolt on a
     cycle of subscriptions (it could wait on itself), and never the acker or spouts (ack
     traffic always flows)."""
@@ -49,16 +46,21 @@ def blocking_targets(topology: Topology, component: str, task_ids: dict[str, tup
         for target, _sub in subs:
             if target != ACKER and topology.components[target].kind == "bolt":
                 downstream.setdefault(source, set()).add(target)
-    seen: set[str] = set()
-    frontier = list(downstream.get(component, ()))
-    while frontier:
-        c = frontier.pop()
-        if c == component:
-            return []
-        if c not in seen:
-            seen.add(c)
-            frontier.extend(downstream.get(c, ()))
-    return [t for c in sorted(downstream.get(component, ())) for t in task_ids[c]]
+
+    def on_cycle(component: str) -> bool:
+        seen: set[str] = set()
+        frontier = list(downstream.get(component, ()))
+        while frontier:
+            c = frontier.pop()
+            if c == component:
+                return True
+            if c not in seen:
+                seen.add(c)
+                frontier.extend(downstream.get(c, ()))
+        return False
+
+    return {component: [] if on_cycle(component) else [t for c in sorted(targets) for t in task_ids[c]]
+            for component, targets in downstream.items()}
 
 
 def build_executors(
@@ -131,9 +133,10 @@ def build_executors(
         for r in e.runners:
             sinks[r.task] = r.queue.append
     queues = {r.task: r.queue for e in executors for r in e.runners}
+    blocking = blocking_targets(topology, task_ids)
     for e in executors:
         if isinstance(e, BoltExecutor):
-            e.outputs = [queues[t] for t in blocking_targets(topology, e.component, task_ids) if t in queues]
+            e.outputs = [queues[t] for t in blocking.get(e.component, ()) if t in queues]
     if remote_sink is not None:
         for task in task_component:
             if task not in local_tasks:

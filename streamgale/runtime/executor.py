@@ -119,6 +119,12 @@ class Collector:
                     self._fast[stream] = FastRoute(routers[0] if routers else None, routes.index[stream],
                                                    self.counts[stream])
 
+    def _count(self, stream: str, targets: int) -> None:
+        self.emitted += 1
+        c = self.counts[stream]
+        c.emitted += 1
+        c.transferred += targets
+
     def _targets(self, values: Sequence[Any], stream: str) -> tuple[Sequence[int], dict[str, int]]:
         """Route one emit: (target tasks, field index); counts and captures it."""
         routers = self._routes.by_stream.get(stream)
@@ -140,10 +146,7 @@ class Collector:
             for router in routers:
                 many.extend(router.choose(values))
             tasks = many
-        self.emitted += 1
-        c = self.counts[stream]
-        c.emitted += 1
-        c.transferred += len(tasks)
+        self._count(stream, len(tasks))
         return tasks, fields
 
     def _direct_target(self, target: int, values: Sequence[Any], stream: str) -> dict[str, int]:
@@ -154,10 +157,7 @@ class Collector:
                 f"'{stream}', but no bolt subscribed to that stream with direct grouping has "
                 f"that task (direct targets: {sorted(targets or ())})"
             )
-        self.emitted += 1
-        c = self.counts[stream]
-        c.emitted += 1
-        c.transferred += 1
+        self._count(stream, 1)
         if self.capture is not None:
             self.capture(self._component, self._task, stream, values)
         return self._routes.index[stream]

@@ -1,10 +1,10 @@
 """Routers: a grouping made concrete for one emitting task (compiled on the hot path).
 
 :func:`make_router` turns a :class:`~streamgale.groupings.Grouping` into a
-router whose ``choose(values)`` returns the target task ids of one tuple and
-``choose_many(values_list)`` those of a batch. Local mode and cluster workers
-use the same routers, so a key goes to the same task in both. Pure code, no
-I/O; compiled with mypyc where a compiler is available (see ``setup.py``).
+router whose ``choose(values)`` returns the target task ids of one tuple.
+Local mode and cluster workers use the same routers, so a key goes to the same
+task in both. Pure code, no I/O; compiled with mypyc where a compiler is
+available (see ``setup.py``).
 """
 
 from __future__ import annotations
@@ -46,12 +46,7 @@ class Router:
     """Chooses the target tasks of each tuple emitted on one subscription."""
 
     def choose(self, values: Sequence[Any]) -> Targets:
-        raise NotImplementedError
-
-    def choose_many(self, values_list: Sequence[Sequence[Any]]) -> list[Targets]:
-        """The targets of a batch of tuples, in order."""
-        choose = self.choose
-        return [choose(values) for values in values_list]
+        raise NotImplementedError  # every grouping's router overrides it
 
 
 class ShuffleRouter(Router):

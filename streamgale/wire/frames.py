@@ -37,7 +37,7 @@ TupleSink = Callable[[Tuple], None]
 
 
 def valid_anchors(anchors: Any) -> bool:
-    """A dict of int root id -> int edge id (one entry, the common case, checked without a loop)."""
+    """A dict of int root id -> int edge id (a tuple of several trees)."""
     if type(anchors) is not dict:
         return False
     for r, e in anchors.items():
