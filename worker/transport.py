@@ -27,6 +27,9 @@ from streamgale.wire.frames import Batch, RemoteSink, decode_frame
 
 log = logging.getLogger("streamgale.transport")
 
+# A turn takes in at most this many frames, and stops after a batch's worth of tuples, so what
+# arrives is processed while it is still in cache (as the spouts' SPOUT_EMITS).
+RECEIVE_FRAMES = 64
 HWM = 8  # frames queued per socket each way: with frames of up to batch_size tuples, what may wait in ZeroMQ
 
 
@@ -181,7 +184,7 @@ class Transport:
             started = self._batch_started.setdefault(endpoint, now)
             if idle or now - started >= self.linger:
                 self._flush(endpoint)
-        return 0 if self.paused else self._receive(64)
+        return 0 if self.paused else self._receive(RECEIVE_FRAMES, self.batch_size)
 
     def wait(self, timeout: float) -> None:
         """Block up to ``timeout`` seconds for incoming frames (the loop is idle)."""
@@ -190,10 +193,13 @@ class Transport:
             return
         self.pull.poll(max(0, int(timeout * 1000)))
 
-    def _receive(self, max_frames: int) -> int:
+    def _receive(self, max_frames: int, max_tuples: int) -> int:
+        """Take in up to ``max_frames`` frames, stopping once ``max_tuples`` tuples arrived."""
         received = 0
         recv = self.pull.recv
         for _ in range(max_frames):
+            if received >= max_tuples:
+                break  # the rest waits in ZeroMQ until the bolts have taken these (cache, fairness)
             try:
                 frame = recv(zmq.NOBLOCK, copy=True)
             except zmq.Again:
