@@ -168,3 +168,38 @@ def logs(state: State, name: str, component: str | None, follow: bool, size: int
                 time.sleep(1)  # follow mode polls once a second
         except KeyboardInterrupt:
             pass
+
+
+@cli.command("state")
+@click.argument("name")
+@click.argument("component")
+@click.option("--task", "tasks", type=int, multiple=True, help="Only this task (repeatable); default: every task.")
+@click.pass_obj
+def state_command(state: State, name: str, component: str, tasks: tuple[int, ...]) -> None:
+    """Print the committed state of stateful COMPONENT of topology NAME, per task, as JSON.
+
+    Reads the backend the topology runs with (topology.state.*); for the sqlite backend, run it
+    on the node whose file you want to read.
+    """
+    from streamgale.state import StateError, committed_state
+    from streamgale.topology import layout_tasks
+    from streamgale.wire.spec import TopologySpec
+
+    with state.client() as client:
+        info = client.info(name)
+    record = info["topology"]
+    spec = TopologySpec.from_dict(record["spec"])
+    if component not in spec.components:
+        raise click.ClickException(f"topology '{name}' has no component '{component}' "
+                                   f"(components: {', '.join(sorted(spec.components))})")
+    ids = layout_tasks({n: c.tasks for n, c in spec.components.items()})[component]
+    unknown = sorted(set(tasks) - set(ids))
+    if unknown:
+        raise click.ClickException(f"component '{component}' has tasks {list(ids)}, not {unknown}")
+    config = state.base_config().merged(record.get("config") or {}, f"config of topology '{name}'")
+    try:
+        found = committed_state(record["name"], component, tasks or ids, config)
+    except StateError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps({str(t): {json.dumps(k) if not isinstance(k, str) else k: v for k, v in kv.items()}
+                           for t, kv in found.items()}, indent=2, sort_keys=True, default=repr))

@@ -231,7 +231,8 @@ def prepare(topology: Topology | str | os.PathLike[str], *, name: str | None = N
         file = Path(topology).resolve()
         topology, run_config = topology_from_file(topology, base=base, config=config)
         layer, _ = _override_layer(config)  # read without error by topology_from_file
-    topology = topology.with_ackers(acker_count(run_config), run_config["topology.message_timeout"])
+    topology = topology.with_checkpointing(run_config).with_ackers(acker_count(run_config),
+                                                               run_config["topology.message_timeout"])
     directory = file.parent if code_dir is None else Path(code_dir).resolve()
     try:
         entry = file.relative_to(directory).as_posix()

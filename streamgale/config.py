@@ -156,6 +156,15 @@ SETTINGS: dict[str, Setting] = {
                 "tuples per message between workers"),
         Setting("topology.batch_linger", "a number of seconds >= 0", 0.0005, _float(allow_zero=True),
                 "longest a partial batch waits before it is sent"),
+        Setting("topology.state.backend", "one of memory, sqlite, redis", "memory",
+                _choice("memory", "sqlite", "redis"),
+                "where stateful bolts commit their state (docs/state.md)"),
+        Setting("topology.state.checkpoint_interval", "a number of seconds > 0", 1.0, _float(),
+                "how often the checkpoint spout starts a checkpoint; must be below topology.message_timeout"),
+        Setting("topology.state.sqlite.path", "a file path", "~/.streamgale/state.sqlite", _str,
+                "the SQLite file of the sqlite backend, on each node"),
+        Setting("topology.state.redis.url", "a redis:// URL", "redis://127.0.0.1:6379/0", _str,
+                "the Redis server of the redis backend"),
     ]
 }
 

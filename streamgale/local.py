@@ -18,6 +18,7 @@ from streamgale.runtime.executor import Capture
 from streamgale.runtime.loop import ExecutorLoop
 
 from .config import Config
+from .state.store import check_backend
 from .topology import Topology, acker_count
 
 log = logging.getLogger("streamgale.local")
@@ -46,7 +47,10 @@ class LocalCluster:
 
     def __init__(self, topology: Topology, config: Config, capture: Capture | None = None,
                  on_error: Callable[[ComponentError], None] | None = None):
-        topology = topology.validate().with_ackers(acker_count(config), config["topology.message_timeout"])
+        topology = topology.validate().with_checkpointing(config).with_ackers(acker_count(config),
+                                                                             config["topology.message_timeout"])
+        if topology.stateful_components():
+            check_backend(config)
         self.topology = topology
         self.config = config
         self.errors: list[ComponentError] = []

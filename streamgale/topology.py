@@ -168,7 +168,11 @@ class Topology:
             raise TopologyError(str(e)) from None
         cls, factory = _factory_for(name, component, base)
         outputs = normalise_outputs(cls.outputs if isinstance(component, type) else component.outputs, name)
-        cdef = ComponentDef(name, kind, cls, factory, parallelism, tasks, outputs, dict(config or {}))
+        # A component may ask for config of its own (Storm's getComponentConfiguration), such as the
+        # tick interval a WindowedBolt's windows need; what the topology passes takes precedence.
+        asked = getattr(component, "component_config", None)
+        own = {**(dict(asked()) if callable(asked) else {}), **dict(config or {})}
+        cdef = ComponentDef(name, kind, cls, factory, parallelism, tasks, outputs, own)
         self.components[name] = cdef
         return cdef
 
@@ -256,6 +260,63 @@ class Topology:
             outputs = {stream: tuple(fields) for stream, fields in Acker.outputs.items()}  # a system stream
             clone.components[ACKER] = ComponentDef(ACKER, "acker", Acker, Acker, count, count, outputs,
                                                    {"topology.tick_interval": message_timeout / 4})
+        return clone
+
+    def stateful_components(self) -> list[str]:
+        """Names of the bolts whose state is checkpointed (:class:`~streamgale.state.StatefulBolt`)."""
+        from .state.bolt import StatefulBolt
+
+        return [n for n, c in self.components.items() if c.kind == "bolt" and issubclass(c.cls, StatefulBolt)]
+
+    def with_checkpointing(self, config: Mapping[str, Any]) -> Topology:
+        """A copy with Storm's checkpointing if any bolt is stateful (else ``self``): the system
+        spout ``__checkpoint``, a ``__checkpoint`` stream on every bolt, each bolt subscribed
+        to it from the checkpoint spout (if it reads a spout) or from each bolt it reads, and
+        every bolt wrapped to align and act on the barriers (docs/state.md).
+
+        ``config`` is the topology's run config: checkpointing needs acking, and an interval
+        below the message timeout; a :class:`TopologyError` says which setting to change.
+        """
+        from .runtime.acking import ACKER
+        from .state.checkpoint import CHECKPOINT, CHECKPOINT_FIELDS, CheckpointedBolt, CheckpointSpout
+
+        stateful = self.stateful_components()
+        if not stateful or CHECKPOINT in self.components:
+            return self
+        names = ", ".join(f"'{n}'" for n in stateful)
+        if acker_count(config) == 0:
+            raise TopologyError(f"stateful bolts ({names}) need acking, but topology.acker_executors is 0; "
+                                "remove that setting or set it to 1 or more")
+        interval, timeout = config["topology.state.checkpoint_interval"], config["topology.message_timeout"]
+        if interval >= timeout:
+            raise TopologyError(
+                f"topology.state.checkpoint_interval ({interval:g} s) must be below topology.message_timeout "
+                f"({timeout:g} s): inputs wait for a checkpoint's commit to be acked; lower the interval or "
+                "raise the timeout")
+        clone = copy.copy(self)
+        clone.components = {}
+        for name, c in self.components.items():
+            if c.kind != "bolt":
+                clone.components[name] = c
+                continue
+            sources = []
+            for sub in c.inputs:
+                src = self.components.get(sub.source)
+                if src is None or sub.source == ACKER:
+                    continue
+                source = CHECKPOINT if src.kind == "spout" else sub.source
+                if source not in sources:
+                    sources.append(source)
+            marks = [Subscription(s, CHECKPOINT, Grouping("all")) for s in sources]
+            factory = c.factory
+            clone.components[name] = dataclasses.replace(
+                c, factory=lambda f=factory, s=tuple(sources): CheckpointedBolt(f(), s),  # type: ignore[misc]
+                outputs={**c.outputs, CHECKPOINT: CHECKPOINT_FIELDS}, inputs=[*c.inputs, *marks])
+        # A checkpoint lost with a worker is retried after a quarter of the message timeout, so a
+        # COMMIT reaches a restarted task before the inputs it holds time out and are replayed.
+        clone.components[CHECKPOINT] = ComponentDef(CHECKPOINT, "spout", CheckpointSpout, CheckpointSpout, 1, 1,
+                                                    {CHECKPOINT: CHECKPOINT_FIELDS},
+                                                    {"topology.message_timeout": timeout / 4})
         return clone
 
     def acker_tasks(self) -> tuple[int, ...]:

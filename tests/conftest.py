@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from redis_fixtures import *  # noqa: F401,F403  (real redis-server fixtures)
 from zk_fixtures import *  # noqa: F401,F403  (real ZooKeeper fixtures)
 
 from streamgale.dev.polling import poll_until

@@ -69,3 +69,9 @@ def test_rolling_top_words_builds_from_config():
     rtw = load_example("rolling_top_words")
     t = rtw.build_topology(Config().merged({"rolling.emit_seconds": 1}, "test"))
     assert t.components["counter"].config == {"topology.tick_interval": 1}
+
+
+def test_sensor_windows_runs_from_the_cli_and_prints_window_averages():
+    out = run_cli("local", "examples/sensor_windows.py", "--duration", "3", "-c", "sensors.speedup=20")
+    assert out.returncode == 0, out.stderr
+    assert len([line for line in out.stdout.splitlines() if line.startswith("[")]) >= 5

@@ -5,7 +5,7 @@ import msgpack
 from streamgale.tuples import Tuple
 from streamgale.wire.frames import FRAME_VERSION, TUPLES, Batch, RemoteSink, decode_frame
 
-INDEX = {"split": {"default": {"word": 0}}}
+INDEX = {"split": {"default": {"word": 0}, "__checkpoint": {"txid": 0, "action": 1}}}
 COMPONENT = {1: "split", 2: "split"}
 
 
@@ -30,6 +30,23 @@ def test_a_batch_round_trips_with_its_anchors():
         (["a"], {5: 9}, 1), (["c"], None, 1), (["d"], {5: 3, 6: 4}, 1)]
     assert (got[7][0].root, got[7][0].edge, got[7][2].root, got[7][2].multi) == (5, 9, 0, {5: 3, 6: 4})
     assert [(t.values, t.anchors, t["word"]) for t in got[8]] == [(["b"], None, "b")]
+
+
+def test_a_channel_keeps_its_order_across_streams():
+    # A checkpoint barrier between two words must reach the task between them (docs/state.md).
+    batch = Batch()
+    words, marks = INDEX["split"]["default"], INDEX["split"]["__checkpoint"]
+    batch.add(7, Tuple(["a"], "default", "split", 1, words, None))
+    batch.add(8, Tuple(["x"], "default", "split", 1, words, None))
+    batch.add(7, Tuple([3, "PREPARE"], "__checkpoint", "split", 1, marks, None))
+    batch.add(7, Tuple(["b"], "default", "split", 1, words, None))
+    batch.add(8, Tuple(["y"], "default", "split", 1, words, None))
+    batch.add(7, Tuple(["c"], "default", "split", 1, words, None))
+    got, out, warnings = decode(batch.encode())
+    assert out.tuples == 6 and warnings == []
+    assert [(t.stream, t.values) for t in got[7]] == [
+        ("default", ["a"]), ("__checkpoint", [3, "PREPARE"]), ("default", ["b"]), ("default", ["c"])]
+    assert [t.values for t in got[8]] == [["x"], ["y"]]
 
 
 def test_a_remote_sink_sends_when_its_batch_is_full():

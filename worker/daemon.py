@@ -119,7 +119,9 @@ class Worker:
         self.config = self.base_config.merged(record.config, "topology config")
         acker = record.spec.components.get(ACKER)
         ackers = acker.tasks if acker is not None else 0
-        topology: Topology = load_topology(a.code_dir / record.entry, self.config).with_ackers(
+        loaded = load_topology(a.code_dir / record.entry, self.config)
+        loaded.name = record.name  # as submitted (``--name``): what tasks see, and their state's namespace
+        topology: Topology = loaded.with_checkpointing(self.config).with_ackers(
             ackers, self.config["topology.message_timeout"])
         self.executor_groups = my_slot.executors
         self.endpoints = assignment.task_endpoints()

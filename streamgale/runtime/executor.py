@@ -547,7 +547,15 @@ class BoltExecutor(Executor):
 
     def start(self) -> None:
         for r in self.runners:
+            hook = getattr(r.instance, "error_reporter", None)
+            if hook is not None:  # a system wrapper (checkpointing) reports errors it handles itself
+                hook(self._reporter(r))
             r.instance.prepare(r.context)
+
+    def _reporter(self, r: TaskRunner) -> Callable[[BaseException, str], None]:
+        def report(exc: BaseException, doing: str) -> None:
+            self._report(r, exc, doing)
+        return report
 
     def tick(self) -> None:
         for r in self.runners:

@@ -58,10 +58,17 @@ class Group:
 
 
 class Batch:
-    """Tuples waiting for one peer worker, grouped by (dest task, source task, stream)."""
+    """Tuples waiting for one peer worker, grouped by (dest task, source task, stream).
+
+    Order within a channel (one source task to one dest task) is kept across streams, as
+    checkpoint barriers need (docs/state.md): when a channel switches stream, its tuples
+    go to a new group after the earlier ones, so a frame may hold a key more than once.
+    """
 
     def __init__(self) -> None:
-        self.groups: dict[tuple[int, int, str], Group] = {}
+        self.groups: dict[tuple[int, int, str, int], Group] = {}
+        # Per channel (dest, source): its current stream and segment number.
+        self._channels: dict[tuple[int, int], tuple[str, int]] = {}
         self.count = 0
         # The group the last tuple went to: consecutive tuples mostly share it (one emitter,
         # one stream), and comparing two ints and a str is cheaper than hashing a key tuple.
@@ -77,7 +84,16 @@ class Batch:
         group = self._last
         if group is None or task != self._last_task or tup.source_task != self._last_source or (
                 tup.stream != self._last_stream):
-            key = (task, tup.source_task, tup.stream)
+            channel = (task, tup.source_task)
+            current = self._channels.get(channel)
+            if current is None:
+                segment = 0
+            elif current[0] != tup.stream:
+                segment = current[1] + 1
+            else:
+                segment = current[1]
+            self._channels[channel] = (tup.stream, segment)
+            key = (task, tup.source_task, tup.stream, segment)
             group = self.groups.get(key)
             if group is None:
                 group = self.groups[key] = Group()
@@ -100,12 +116,13 @@ class Batch:
     def encode(self) -> bytes:
         """The frame for everything batched; empties the batch."""
         entries: list[list[Any]] = []
-        for (dest, src, stream), g in self.groups.items():
+        for (dest, src, stream, _), g in self.groups.items():
             if g.tracked:
                 entries.append([dest, src, stream, g.values, g.roots, g.edges, g.multi])
             else:
                 entries.append([dest, src, stream, g.values, None, None, None])
         self.groups = {}
+        self._channels = {}
         self.count = 0
         self._last = None
         return msgpack.packb([FRAME_VERSION, TUPLES, entries], use_bin_type=True)

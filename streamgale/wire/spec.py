@@ -31,6 +31,7 @@ from streamgale.runtime.acking import ACK_RESULT_STREAM, ACKER
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 MAX_COMPONENTS = 1000
 MAX_TASKS = 100_000
+CHECKPOINT = "__checkpoint"  # the system spout (and stream) of checkpointed state: Topology.with_checkpointing
 COMPONENT_KINDS = ("spout", "bolt", "acker")  # "acker": the system bolt added by Topology.with_ackers
 
 
@@ -48,7 +49,7 @@ def check_topology_name(name: Any) -> str:
 
 
 def check_component_name(kind: str, name: Any) -> str:
-    if name == ACKER and kind == "acker":
+    if (name, kind) in ((ACKER, "acker"), (CHECKPOINT, "spout")):
         return name
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpecError(f"{kind} name {name!r} is invalid: use 1-64 letters, digits, '_' or '-', "

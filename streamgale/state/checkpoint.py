@@ -1,0 +1,362 @@
+"""Storm's checkpointing, kept exactly: the checkpoint spout, and the bolt side of the protocol.
+
+A topology with a :class:`~streamgale.state.StatefulBolt` gets a system spout,
+``__checkpoint`` (one task), that drives transactions over the system stream
+``__checkpoint``: tuples ``[txid, action]``, tracked like any spout tuple. Every
+bolt takes that stream from the checkpoint spout (if it reads a spout) or from
+each bolt it reads, and passes each action on once it has it from *all* its
+input tasks (a barrier aligned per input task), so every tuple a bolt sees lies
+cleanly before or after a barrier on its channel.
+
+Actions, as in Storm:
+
+- PREPARE txid: a stateful task writes the changes since the last commit to its
+  store as prepared transaction txid, together with the acks of the inputs whose
+  effects they hold (held back until now). A task not yet initialised fails it.
+- COMMIT txid: the store applies the prepared transaction atomically; the held
+  acks are sent, so those inputs' trees complete. A task restarted after PREPARE
+  finds the prepared transaction (and its acks) in the store and commits it.
+- ROLLBACK: the prepared transaction is dropped and the state goes back to the
+  last commit; every held input is failed (the spouts replay them).
+- INITSTATE (after every ROLLBACK, and when the checkpoint spout starts): the
+  same as ROLLBACK, and then a task not yet initialised loads its committed
+  state and calls ``init_state``. The second rollback matters: between
+  ROLLBACK and INITSTATE a restarted task fails what reaches it, and the
+  parts of those trees that other tasks processed meanwhile must not commit.
+
+The spout's own state (txid and phase) lives in the same store under
+``<topology>/__checkpoint``, so a restarted spout finishes or undoes what it
+had started: PREPARING -> ROLLBACK, COMMITTING -> COMMIT again, then INITSTATE.
+A failed PREPARE leads to ROLLBACK then INITSTATE; a failed COMMIT, ROLLBACK
+or INITSTATE is sent again.
+
+Exactly-once rules on the bolt side (why no count changes across a failure):
+while a recovery action (ROLLBACK, INITSTATE) is being aligned, and while a
+stateful task is not initialised, data tuples are failed, not processed: they
+were sent before the recovery on their channel, so their trees may already be
+failed elsewhere; processing them would count what the replay counts again.
+Tuples behind a barrier on a channel that already delivered it wait until the
+barrier is complete on every channel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from streamgale.components import Bolt, Spout, TopologyContext
+from streamgale.tuples import Tuple
+from streamgale.wire.spec import CHECKPOINT  # the system spout, and its stream
+
+from .bolt import StatefulBolt
+from .kv import KeyValueState
+from .store import StateStore, open_store
+
+CHECKPOINT_FIELDS = ("txid", "action")
+PREPARE, COMMIT, ROLLBACK, INITSTATE = "PREPARE", "COMMIT", "ROLLBACK", "INITSTATE"
+ACTIONS = (PREPARE, COMMIT, ROLLBACK, INITSTATE)
+RECOVERY = (ROLLBACK, INITSTATE)
+
+# The checkpoint spout's phases (its committed state).
+COMMITTED, PREPARING, COMMITTING = "COMMITTED", "PREPARING", "COMMITTING"
+
+
+def spout_namespace(topology: str) -> str:
+    return f"{topology}/{CHECKPOINT}"
+
+
+def task_namespace(topology: str, component: str, task: int) -> str:
+    return f"{topology}/{component}/{task}"
+
+
+# -- the checkpoint spout -----------------------------------------------------------------------
+
+
+class CheckpointSpout(Spout):
+    """Starts a checkpoint every ``topology.state.checkpoint_interval`` seconds, one at a time."""
+
+    outputs = {CHECKPOINT: list(CHECKPOINT_FIELDS)}
+    clock: Callable[[], float] = time.monotonic
+
+    def open(self, context: TopologyContext) -> None:
+        self.interval = float(context.config["topology.state.checkpoint_interval"])
+        self.store = open_store(context.config, spout_namespace(context.topology))
+        version, data = self.store.load()
+        self.version = version  # the store's own txid for this spout's record
+        txid, phase = (msgpack.unpackb(data[b"state"]) if b"state" in data else (0, COMMITTED))
+        self.txid = int(txid)  # the last committed checkpoint (or the one in progress)
+        self.phase = str(phase)
+        # Recovery first: finish or undo what a previous incarnation started, then INITSTATE.
+        self.todo: list[str] = {PREPARING: [ROLLBACK], COMMITTING: [COMMIT]}.get(self.phase, []) + [INITSTATE]
+        self.in_flight: str | None = None
+        self.last = self.clock()
+        self.attempt = 0
+
+    def _save(self, txid: int, phase: str) -> None:
+        self.version += 1
+        self.store.prepare(self.version, {b"state": msgpack.packb([txid, phase])}, b"")
+        self.store.commit(self.version)
+        self.txid, self.phase = txid, phase
+
+    def next_tuple(self) -> None:
+        if self.in_flight is not None:
+            return
+        if self.todo:
+            action = self.todo[0]
+        elif self.clock() - self.last >= self.interval:
+            self._save(self.txid + 1, PREPARING)
+            action = PREPARE
+        else:
+            return
+        self.in_flight = action
+        self.attempt += 1
+        self.emit([self.txid, action], stream=CHECKPOINT, msg_id=(self.txid, action, self.attempt))
+
+    def ack(self, msg_id: Any) -> None:
+        txid, action, _ = msg_id
+        if self.in_flight != action or txid != self.txid:
+            return  # a late answer to an attempt given up on
+        self.in_flight = None
+        if action == PREPARE:
+            self._save(txid, COMMITTING)
+            self.todo = [COMMIT]
+        elif action == COMMIT:
+            self._save(txid, COMMITTED)
+            self.todo = self.todo[1:]
+            self.last = self.clock()
+        elif action == ROLLBACK:
+            self._save(txid - 1 if self.phase == PREPARING else txid, COMMITTED)
+            self.todo = self.todo[1:]
+        else:  # INITSTATE
+            self.todo = self.todo[1:]
+            self.last = self.clock()
+
+    def fail(self, msg_id: Any) -> None:
+        txid, action, _ = msg_id
+        if self.in_flight != action or txid != self.txid:
+            return
+        self.in_flight = None
+        if action == PREPARE:
+            self.todo = [ROLLBACK, INITSTATE]  # ROLLBACK, then make restarted tasks initialise
+        # COMMIT, ROLLBACK and INITSTATE stay first in todo: sent again.
+
+    def exhausted(self) -> bool:
+        """Nothing in flight or due (lets ``streamgale.testing.complete_topology`` finish)."""
+        return self.in_flight is None and not self.todo
+
+    def close(self) -> None:
+        self.store.close()
+
+
+# -- the bolt side -------------------------------------------------------------------------------
+
+
+class _Barrier:
+    """A checkpoint action being aligned: the input tasks that delivered it, their
+    checkpoint tuples, and the data tuples that arrived behind it."""
+
+    __slots__ = ("key", "delivered", "marks", "behind")
+
+    def __init__(self, key: tuple[int, str]):
+        self.key = key
+        self.delivered: set[int] = set()
+        self.marks: list[Tuple] = []
+        self.behind: list[Tuple] = []
+
+
+class _HeldAcks:
+    """The inner bolt's ack/fail: a stateful bolt's acks are held until commit."""
+
+    def __init__(self, owner: CheckpointedBolt):
+        self._owner = owner
+
+    def ack(self, tup: Tuple) -> None:
+        self._owner.hold(tup)
+
+    def fail(self, tup: Tuple) -> None:
+        self._owner.collector.fail(tup)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner.collector, name)
+
+
+class CheckpointedBolt(Bolt):
+    """Wraps every bolt of a checkpointed topology (added by :func:`with_checkpointing`).
+
+    A stateful inner bolt gets its state, held acks and the protocol; any other
+    bolt only passes barriers on (Storm's CheckpointTupleForwarder).
+    """
+
+    auto_ack = False  # acks are this wrapper's business: held (stateful) or sent (forwarder)
+    _report: Callable[[BaseException, str], None] = staticmethod(lambda exc, doing: None)  # until installed
+
+    def __init__(self, inner: Bolt, checkpoint_sources: Sequence[str]):
+        self.inner = inner
+        self.stateful = isinstance(inner, StatefulBolt)
+        self.inner_auto = bool(inner.auto_ack)
+        self.checkpoint_sources = tuple(checkpoint_sources)
+
+    # The collector is installed on the wrapper by the runtime; the inner bolt gets its emits.
+    @property
+    def collector(self) -> Any:
+        return self._collector
+
+    def prepare(self, context: TopologyContext) -> None:
+        col = self._collector
+        inner = self.inner
+        inner._collector = _HeldAcks(self)
+        inner.emit = col.bolt_emit  # type: ignore[method-assign]
+        inner.emit_many = col.bolt_emit_many  # type: ignore[method-assign]
+        inner.emit_direct = col.bolt_emit_direct  # type: ignore[method-assign]
+        self.component, self.task = context.component, context.task_id
+        self.inputs = frozenset(t for c in self.checkpoint_sources for t in context.tasks_of(c))
+        self.barrier: _Barrier | None = None
+        self.held: list[list[int]] = []  # [root, xor] of inputs processed since the last PREPARE
+        self.initialised = not self.stateful
+        self.store: StateStore | None = None
+        self.kv: KeyValueState | None = None
+        self.failed_unready = 0  # data tuples failed while not initialised or recovering
+        if self.stateful:
+            self.store = open_store(context.config, task_namespace(context.topology, context.component,
+                                                                  context.task_id))
+        inner.prepare(context)
+
+    def cleanup(self) -> None:
+        try:
+            self.inner.cleanup()
+        finally:
+            if self.store is not None:
+                self.store.close()
+
+    # -- data tuples --------------------------------------------------------------------------
+
+    def error_reporter(self, report: Callable[[BaseException, str], None]) -> None:
+        """The runtime's error reporting, for errors this wrapper handles itself."""
+        self._report = report
+
+    def process(self, tup: Tuple) -> None:
+        """The runtime's input: its errors are the runtime's to report (and ``tup`` is failed)."""
+        self._dispatch(tup, direct=True)
+
+    def _dispatch(self, tup: Tuple, direct: bool) -> None:
+        if tup.stream == CHECKPOINT:
+            self._mark(tup)
+            return
+        b = self.barrier
+        if b is not None and tup.source_task in b.delivered and not tup.is_tick:
+            b.behind.append(tup)  # after the barrier on its channel: waits for the others
+        elif not tup.is_tick and (not self.initialised or (b is not None and b.key[1] in RECOVERY)):
+            self.failed_unready += 1
+            self._collector.fail(tup)  # sent before a recovery: its tree is replayed whole
+        elif direct:
+            self._run(tup)
+        else:
+            try:
+                self._run(tup)
+            except Exception as exc:  # noqa: BLE001 - user code, on a tuple that waited behind a barrier
+                self._collector.fail(tup)
+                self._report(exc, f"in process of bolt '{self.component}' task {self.task} on {tup!r}")
+
+    def _run(self, tup: Tuple) -> None:
+        col = self._collector
+        col.current = tup
+        col.auto_anchor = self.inner_auto
+        try:
+            self.inner.process(tup)
+        finally:
+            col.auto_anchor = False
+        if self.inner_auto and tup.tracked:
+            self.hold(tup)
+
+    def hold(self, tup: Tuple) -> None:
+        """``tup`` is processed: a stateful task acks it at the commit that holds its effect."""
+        if not self.stateful:
+            self._collector.ack(tup)
+            return
+        self._collector.acked += 1
+        if tup.root:
+            self.held.append([tup.root, tup.edge ^ tup.ack_val])
+        elif tup.multi is not None:
+            val = tup.ack_val
+            for root, edge in tup.multi.items():
+                self.held.append([root, edge ^ val])
+
+    # -- checkpoint tuples --------------------------------------------------------------------
+
+    def _mark(self, tup: Tuple) -> None:
+        txid, action = tup.values
+        key = (int(txid), str(action))
+        b = self.barrier
+        if b is not None and b.key != key:
+            # A new action while another was being aligned (a retry after a failure): the old
+            # one is given up; what waited behind it is dispatched again under the new one.
+            self.barrier = None
+            self._fail_marks(b.marks)
+            for waiting in b.behind:
+                self._dispatch(waiting, direct=False)
+            b = None
+        if b is None:
+            b = self.barrier = _Barrier(key)
+        b.delivered.add(tup.source_task)
+        b.marks.append(tup)
+        if not self.inputs <= b.delivered:
+            return
+        self.barrier = None
+        try:
+            self._act(key[0], key[1], b.marks)
+        except Exception as exc:  # noqa: BLE001 - a user hook or the store: this checkpoint fails
+            self._fail_marks(b.marks)
+            self._report(exc, f"in {key[1]} {key[0]} of bolt '{self.component}' task {self.task}")
+        for waiting in b.behind:
+            self._dispatch(waiting, direct=False)
+
+    def _fail_marks(self, marks: list[Tuple]) -> None:
+        for mark in marks:
+            self._collector.fail(mark)
+
+    def _act(self, txid: int, action: str, marks: list[Tuple]) -> None:
+        col = self._collector
+        if self.stateful:
+            if action == PREPARE and not self.initialised:
+                self._fail_marks(marks)  # the checkpoint spout rolls back, then sends INITSTATE
+                return
+            self._stateful_act(txid, action)
+        col.bolt_emit([txid, action], CHECKPOINT, marks)
+        for mark in marks:
+            col.ack(mark)
+
+    def _stateful_act(self, txid: int, action: str) -> None:
+        store, inner, acks = self.store, self.inner, self._collector.acks
+        assert store is not None
+        if action == PREPARE:
+            assert self.kv is not None
+            inner.pre_prepare(txid)  # type: ignore[attr-defined]
+            store.prepare(txid, self.kv.take_changes(), msgpack.packb(self.held))
+            self.held = []
+        elif action == COMMIT:
+            if self.initialised:
+                inner.pre_commit(txid)  # type: ignore[attr-defined]
+            held = store.commit(txid)
+            if held is not None and acks is not None:
+                for root, xor in msgpack.unpackb(held):
+                    acks.ack(root, xor)
+        else:  # ROLLBACK or INITSTATE: back to the last commit, every held input failed
+            if self.initialised:
+                inner.pre_rollback()  # type: ignore[attr-defined]
+            prepared = store.rollback()
+            failed = self.held + (msgpack.unpackb(prepared) if prepared else [])
+            self.held = []
+            if acks is not None:
+                for root, _ in failed:
+                    acks.fail(root)
+            committed = store.load()[1]
+            if self.kv is not None:
+                self.kv.reset(committed)
+            elif action == INITSTATE:
+                self.kv = KeyValueState(committed)
+                inner.state = self.kv  # type: ignore[attr-defined]
+                inner.init_state(self.kv)  # type: ignore[attr-defined]
+                self.initialised = True
