@@ -56,11 +56,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .components import Bolt, TopologyContext
+from .state.bolt import StatefulBolt
+from .state.kv import KeyValueState, encode
 from .topology import TopologyError
 from .tuples import Tuple
 
@@ -71,10 +73,12 @@ __all__ = [
     "Evaluate",
     "Expire",
     "Late",
+    "StatefulWindowedBolt",
     "Window",
     "WindowManager",
     "WindowSpec",
     "WindowedBolt",
+    "WindowedState",
 ]
 
 T = TypeVar("T")
@@ -197,15 +201,29 @@ class WindowSpec:
         return cls(length, slide, ts_field, float(lag or 0.0),
                    DEFAULT_WATERMARK_INTERVAL if interval is None else float(interval))
 
-    def check_config(self, config: Mapping[str, Any], where: str) -> None:
+    def check_config(self, config: Mapping[str, Any], where: str, stateful: bool = False) -> None:
         """Raise :class:`TopologyError` if tuples would time out or stall in this window under
-        ``config`` (a task's config), or if time windows get no ticks; names the key to change."""
+        ``config`` (a task's config), or if time windows get no ticks; names the key to change.
+
+        ``stateful``: the window is checkpointed (:class:`StatefulWindowedBolt`), so a tuple is
+        acked when the checkpoint holding it commits, whatever the window's length: only the
+        checkpoint interval must be below the message timeout."""
         if not self.counted and config.get("topology.tick_interval") is None:
             raise TopologyError(
                 f"{where}: time windows are evaluated on tick tuples, but topology.tick_interval is not set "
                 f"for it; declare the bolt with config={{\"topology.tick_interval\": {self.tick_interval:g}}}")
         if config.get("topology.acker_executors") == 0:
             return  # nothing is tracked: no tuple can time out or hold a spout back
+        if stateful:
+            interval = config.get("topology.state.checkpoint_interval", 1.0)
+            timeout = config.get("topology.message_timeout", 30.0)
+            if interval >= timeout:
+                raise TopologyError(
+                    f"{where}: a stateful window's tuples are acked when the checkpoint holding them commits, so "
+                    f"topology.state.checkpoint_interval = {interval:g} s must be below topology.message_timeout "
+                    f"= {timeout:g} s; lower the interval or raise the timeout (the window's length does not "
+                    "count)")
+            return
         hold = _amount(self.length) + _amount(self.slide)
         if self.counted:
             pending = config.get("topology.max_spout_pending")
@@ -213,7 +231,8 @@ class WindowSpec:
                 raise TopologyError(
                     f"{where}: window_length + window_slide = {hold:g} tuples exceeds topology.max_spout_pending "
                     f"= {pending}, so the spouts would stop before a window fills; raise "
-                    f"topology.max_spout_pending to at least {hold:g} (or null), or shorten the window")
+                    f"topology.max_spout_pending to at least {hold:g} (or null), shorten the window, or make it a "
+                    "StatefulWindowedBolt (acked at each checkpoint)")
             return
         timeout = config.get("topology.message_timeout", 30.0)
         terms = "window_length + window_slide"
@@ -224,7 +243,7 @@ class WindowSpec:
             raise TopologyError(
                 f"{where}: {terms} = {hold:g} s exceeds topology.message_timeout = {timeout:g} s, so tuples "
                 f"would time out while they wait in the window; raise topology.message_timeout to at least "
-                f"{hold:g}, or shorten the window")
+                f"{hold:g}, shorten the window, or make it a StatefulWindowedBolt (acked at each checkpoint)")
 
 
 @dataclass(frozen=True)
@@ -456,6 +475,7 @@ class WindowedBolt(Bolt):
     watermark_interval: ClassVar[float | None] = None
     late_stream: ClassVar[str | None] = None
     late_count: int = 0
+    _checkpointed: ClassVar[bool] = False  # StatefulWindowedBolt: acked at checkpoints, not on expiry
 
     @classmethod
     def component_config(cls) -> dict[str, Any]:
@@ -472,7 +492,7 @@ class WindowedBolt(Bolt):
         """Validate the window against ``context`` and start it; raises :class:`TopologyError`."""
         where = f"windowed bolt '{context.component}'"
         spec = WindowSpec.of(self, where)
-        spec.check_config(context.config, where)
+        spec.check_config(context.config, where, stateful=self._checkpointed)
         late = self.late_stream
         if late is not None:
             fields = context.outputs.get(late)
@@ -483,6 +503,7 @@ class WindowedBolt(Bolt):
                 raise TopologyError(f"{where}: late_stream '{late}' must declare exactly one field (it carries "
                                     f"the late tuple's values as one list), e.g. \"{late}\": [\"tuple\"]; "
                                     f"it declares {list(fields)}")
+        self.window_where = where
         self.window_spec = spec
         self.window_manager: WindowManager[Tuple] = WindowManager(spec)
         self.late_count = 0
@@ -517,11 +538,15 @@ class WindowedBolt(Bolt):
                     anchors: Tuple | Sequence[Tuple] | None = None) -> None:
         self._emit_direct(task, values, stream, self._anchors if anchors is None else anchors)
 
-    def process(self, tup: Tuple) -> None:
-        manager = self.__dict__.get("window_manager")
+    def _require_prepared(self) -> WindowManager[Tuple]:
+        manager: WindowManager[Tuple] | None = self.__dict__.get("window_manager")
         if manager is None:
             raise RuntimeError(f"{type(self).__name__}.prepare did not call super().prepare(context); "
                                "a WindowedBolt needs it to start its window")
+        return manager
+
+    def process(self, tup: Tuple) -> None:
+        manager = self._require_prepared()
         now = self.now()
         if tup.is_tick:
             self._act(manager.tick(now))
@@ -538,27 +563,321 @@ class WindowedBolt(Bolt):
         error: Exception | None = None
         for action in actions:
             if isinstance(action, Evaluate):
-                self._anchors = action.window.tuples
+                window = action.window
+                self._anchors = self._window_anchors(window)
                 try:
-                    self.process_window(action.window)
+                    self.process_window(window)
                 except Exception as exc:  # noqa: BLE001 - user code: fail its window, go on, re-raise
-                    for t in action.window.tuples:
-                        self.fail(t)
+                    self._window_failed(window)
                     error = error or exc
                 finally:
                     self._anchors = None
             elif isinstance(action, Expire):
-                for t in action.items:
-                    self.ack(t)
+                self._expired(action.items)
             else:
                 self.late_count += 1
                 if self.late_stream is not None:
                     self.emit([list(action.item.values)], self.late_stream, anchors=action.item)
-                self.ack(action.item)
+                self._late(action.item)
         if error is not None:
             raise error
+
+    # Acking, overridden by StatefulWindowedBolt (which acks at checkpoints instead).
+
+    def _window_anchors(self, window: Window[Tuple]) -> list[Tuple]:
+        """What emits inside ``process_window(window)`` are anchored to by default."""
+        return window.tuples
+
+    def _window_failed(self, window: Window[Tuple]) -> None:
+        for t in window.tuples:
+            self.fail(t)
+
+    def _expired(self, items: list[Tuple]) -> None:
+        for t in items:
+            self.ack(t)
+
+    def _late(self, item: Tuple) -> None:
+        self.ack(item)
 
     def counters(self) -> dict[str, int]:
         """Metrics (see streamgale.runtime.metrics): late tuples, and tuples held in windows."""
         manager = self.__dict__.get("window_manager")
         return {"window_late": self.late_count, "window_held": 0 if manager is None else manager.held}
+
+
+# -- stateful windows ---------------------------------------------------------------------------
+
+WINDOW_KEY = "__window__"  # reserved in a StatefulWindowedBolt's state: this key, and (WINDOW_KEY, seq) keys
+
+
+def _window_key(key: Any) -> bool:
+    """Whether ``key`` is one of the state keys that hold a stateful window."""
+    if isinstance(key, str):
+        return key == WINDOW_KEY
+    return isinstance(key, tuple) and len(key) == 2 and key[0] == WINDOW_KEY
+
+
+class WindowedState(KeyValueState):
+    """``self.state`` of a :class:`StatefulWindowedBolt`: the task's checkpointed state without
+    the keys holding the window (``"__window__"`` and ``("__window__", n)``), which it neither
+    shows nor lets user code write. Everything else is the task's :class:`KeyValueState`."""
+
+    def __init__(self, state: KeyValueState):  # a view: KeyValueState.__init__ is not called
+        self._state = state
+
+    def _check(self, key: Any) -> None:
+        if _window_key(key):
+            raise KeyError(f"state key {key!r} is reserved: it holds the window's contents; use another key")
+
+    def __getitem__(self, key: Any) -> Any:
+        self._check(key)
+        return self._state[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._check(key)
+        self._state[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        self._check(key)
+        del self._state[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (k for k in self._state if not _window_key(k))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return not _window_key(key) and key in self._state
+
+    def __repr__(self) -> str:
+        return f"WindowedState({dict(self.items())!r:.200})"
+
+    def delete(self, key: Any) -> None:
+        if key in self:
+            del self[key]
+
+    def take_changes(self) -> dict[bytes, bytes | None]:
+        raise TypeError("the runtime commits the task's whole state; a WindowedState is a view of it")
+
+    def reset(self, committed: dict[bytes, bytes]) -> None:
+        raise TypeError("the runtime rolls back the task's whole state; a WindowedState is a view of it")
+
+
+_Flags = tuple[bool, bool, bool]  # an event's (shown, held, in the previous window)
+
+
+class StatefulWindowedBolt(WindowedBolt, StatefulBolt):
+    """A windowed bolt whose window is checkpointed with its state (Storm's stateful
+    windowing with persistent windows; docs/windowing.md, "Stateful windows").
+
+    Declared and used as a :class:`WindowedBolt`; the difference is acking and recovery:
+
+    - The window's contents live in the task's checkpointed state, so a restarted or rolled
+      back task goes on with the window as of the last commit.
+    - A tuple is acked once it has been added to the window (or found late): the runtime
+      sends that ack when the checkpoint holding it commits, instead of when the tuple
+      leaves its last window. So windows need not fit in ``topology.message_timeout`` or
+      ``topology.max_spout_pending``; only the checkpoint interval must be below the timeout.
+    - Emits inside ``process_window`` are anchored by default to the window's tuples that
+      arrived since the last checkpoint (the rest are acked already, or were restored from
+      state); a window of only older tuples emits unanchored.
+    - ``self.state`` (a :class:`WindowedState`) is the rest of the task's state, for the
+      bolt's own keys; the keys ``"__window__"`` and ``("__window__", n)`` are the window's.
+
+    Overrides of ``prepare``, ``init_state``, ``pre_prepare`` and ``pre_rollback`` must call
+    ``super()`` first. If ``process_window`` raises, the error is reported and the next
+    checkpoint fails on purpose, so the window and the state go back to the last commit and
+    the inputs since are replayed.
+
+    Per checkpoint the window writes what changed since the last one: one record per tuple
+    added (``("__window__", seq)``: its timestamp, values and source), a record rewritten
+    when the tuple first shows in an evaluated window or leaves it, a deletion when it is in
+    no window, and a small ``"__window__"`` record (counters, watermark, source streams).
+    """
+
+    _checkpointed = True
+
+    def prepare(self, context: TopologyContext) -> None:
+        super().prepare(context)
+        self._kv: KeyValueState | None = None  # the task's whole state, once init_state has it
+        self._unacked: dict[int, Tuple] = {}  # id -> tuple: inputs since the last checkpoint
+        self._reload = False  # rolled back: rebuild the window from the state before using it
+        self._poisoned: str | None = None  # process_window raised: fail the next checkpoint
+        self._written: dict[int, _Flags] = {}  # seq -> the flags of its record in the state
+        self._meta_written: dict[str, Any] | None = None
+        self._schemas: list[list[Any]] = []  # [component, stream, fields] of the inputs kept
+        self._schema_of: dict[tuple[str, str], int] = {}
+
+    # -- the state's side --------------------------------------------------------------------
+
+    def init_state(self, state: KeyValueState) -> None:
+        """Take the task's committed state and restore the window from it."""
+        self._require_prepared()
+        super().init_state(state)
+        self._kv = state
+        self.state = WindowedState(state)
+        self._load()
+
+    def pre_prepare(self, txid: int) -> None:
+        """Write the window's changes to the state; ack the inputs since the last checkpoint
+        (the runtime holds those acks until checkpoint ``txid`` commits)."""
+        if self.__dict__.get("_kv") is None:
+            return
+        self._sync()
+        if self._poisoned is not None:
+            raise RuntimeError(f"{self.window_where}: {self._poisoned}; checkpoint {txid} is failed so that the "
+                               "window goes back to its last commit and the inputs since are replayed")
+        self._persist()
+        for t in self._unacked.values():
+            self.ack(t)
+        self._unacked.clear()
+
+    def pre_rollback(self) -> None:
+        """Fail the inputs since the last checkpoint (the spouts replay them); the window is
+        rebuilt from the rolled back state before the next tuple."""
+        for t in self.__dict__.get("_unacked", {}).values():
+            self.fail(t)
+        self._unacked = {}
+        self._poisoned = None
+        self._reload = True
+
+    def _sync(self) -> None:
+        if self._reload:
+            self._load()
+
+    def _spec_key(self) -> list[Any]:
+        spec = self.window_spec
+        return [repr(spec.length), repr(spec.slide), spec.timestamp_field]
+
+    def _load(self) -> None:
+        """Rebuild the window manager from the state (init_state, and after a rollback)."""
+        kv = self._kv
+        assert kv is not None
+        self._reload = False
+        self._unacked = {}
+        self._poisoned = None
+        meta = kv.get(WINDOW_KEY)
+        if meta is None:
+            self.window_manager = WindowManager(self.window_spec)
+            self.late_count = 0
+            self._written, self._meta_written, self._schemas, self._schema_of = {}, None, [], {}
+            return
+        if meta.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"{self.window_where}: the committed window's format {meta.get('version')!r} is not "
+                             f"{SNAPSHOT_VERSION}")
+        if meta["spec"] != self._spec_key():
+            length, slide, ts_field = meta["spec"]
+            raise TopologyError(
+                f"{self.window_where}: the committed window was declared with window_length {length}, "
+                f"window_slide {slide}, timestamp_field {ts_field!r}, and this bolt declares "
+                f"{self.window_spec.length!r}, {self.window_spec.slide!r}, {self.window_spec.timestamp_field!r}; "
+                "a window cannot be carried over to another declaration: declare the old one again, or run "
+                "the new one under another component or topology name")
+        schemas = [list(s) for s in meta["schemas"]]
+        indexes = [{f: i for i, f in enumerate(fields)} for _, _, fields in schemas]
+        events: list[list[Any]] = []
+        items: dict[int, Tuple] = {}
+        written: dict[int, _Flags] = {}
+        for key, record in kv.items():
+            if not _window_key(key) or not isinstance(key, tuple):
+                continue
+            seq = key[1]
+            ts, values, schema, task, shown, held, prev = record
+            component, stream, _ = schemas[schema]
+            events.append([seq, ts, values, [component, task], shown, held, prev])
+            items[seq] = Tuple(values, stream, component, task, indexes[schema])  # untracked: acked already
+            written[seq] = (shown, held, prev)
+        events.sort(key=lambda e: e[0])
+        data = {"version": SNAPSHOT_VERSION, "events": events, "next_seq": meta["next_seq"],
+                "since_trigger": meta["since_trigger"], "watermark": meta["watermark"],
+                "evaluated": meta["evaluated"], "latest": meta["latest"], "watermark_at": meta["watermark_at"]}
+        manager: WindowManager[Tuple] = WindowManager.restore(self.window_spec, data)
+        for e in (*manager.events, *manager.previous):
+            e.item = items[e.seq]
+        self.window_manager = manager
+        self.late_count = meta["late_count"]
+        self._written, self._meta_written = written, meta
+        self._schemas = schemas
+        self._schema_of = {(c, s): i for i, (c, s, _) in enumerate(schemas)}
+
+    def _schema(self, tup: Tuple) -> int:
+        key = (tup.source, tup.stream)
+        i = self._schema_of.get(key)
+        if i is None:
+            i = self._schema_of[key] = len(self._schemas)
+            self._schemas.append([tup.source, tup.stream, tup.fields])
+        return i
+
+    def _persist(self) -> None:
+        """Write what changed in the window since the last checkpoint to the state."""
+        kv = self._kv
+        assert kv is not None
+        m = self.window_manager
+        held = {e.seq for e in m.events}
+        prev = {e.seq for e in m.previous}
+        current = {e.seq: e for e in (*m.events, *m.previous)}
+        written = self._written
+        for seq, e in current.items():
+            flags = (e.shown, seq in held, seq in prev)
+            if written.get(seq) != flags:
+                kv[(WINDOW_KEY, seq)] = [e.ts, e.values, self._schema(e.item), e.item.source_task, *flags]
+                written[seq] = flags
+        for seq in [s for s in written if s not in current]:
+            del kv[(WINDOW_KEY, seq)]
+            del written[seq]
+        meta = {
+            "version": SNAPSHOT_VERSION,
+            "spec": self._spec_key(),
+            "next_seq": m.next_seq,
+            "since_trigger": m.since_trigger,
+            "watermark": m.watermark,
+            "evaluated": m.evaluated,
+            "latest": [[None if s is None else list(s), ts] for s, ts in m.latest.items()],
+            "watermark_at": m.watermark_at,
+            "late_count": self.late_count,
+            "schemas": [list(s) for s in self._schemas],
+        }
+        if meta != self._meta_written:
+            kv[WINDOW_KEY] = meta
+            self._meta_written = meta
+
+    # -- tuples ------------------------------------------------------------------------------
+
+    def process(self, tup: Tuple) -> None:
+        self._require_prepared()
+        if self.__dict__.get("_kv") is None:
+            if tup.is_tick:
+                return  # ticks come before the state does: the window starts with it
+            raise RuntimeError(f"{type(self).__name__}: the window's state is not initialised: init_state(state) "
+                               "was not called (the runtime calls it in a checkpointed topology), or an override "
+                               "of it did not call super().init_state(state)")
+        self._sync()
+        if tup.is_tick:
+            super().process(tup)
+            return
+        try:
+            encode(tup.values)
+        except TypeError as exc:
+            raise TypeError(f"{self.window_where}: {tup!r} cannot be kept in a stateful window: {exc}") from None
+        key = id(tup)
+        self._unacked[key] = tup
+        try:
+            super().process(tup)
+        except Exception:
+            self._unacked.pop(key, None)  # the runtime fails it
+            raise
+
+    def _window_anchors(self, window: Window[Tuple]) -> list[Tuple]:
+        live = self._unacked
+        return [t for t in window.tuples if id(t) in live]
+
+    def _window_failed(self, window: Window[Tuple]) -> None:
+        bounds = "" if window.start is None else f" [{window.start:g}, {window.end:g})"
+        self._poisoned = self._poisoned or f"process_window raised on the window{bounds}"
+
+    def _expired(self, items: list[Tuple]) -> None:
+        pass  # acked at the checkpoint that holds them
+
+    def _late(self, item: Tuple) -> None:
+        pass  # acked at the checkpoint that holds the late count

@@ -6,7 +6,8 @@ import textwrap
 from conftest import run_cli, wait_for
 
 COMMANDS = ("local", "config", "submit", "list", "kill", "activate", "deactivate", "rebalance", "info", "stats",
-            "monitor", "logs", "set-log-level", "cluster", "nimbus", "supervisor", "dev-zookeeper", "dev-cluster", "ui")
+            "monitor", "logs", "set-log-level", "state", "cluster", "nimbus", "supervisor", "dev-zookeeper", "dev-cluster",
+            "ui")
 
 
 def test_help_lists_the_commands():

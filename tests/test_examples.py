@@ -75,3 +75,30 @@ def test_sensor_windows_runs_from_the_cli_and_prints_window_averages():
     out = run_cli("local", "examples/sensor_windows.py", "--duration", "3", "-c", "sensors.speedup=20")
     assert out.returncode == 0, out.stderr
     assert len([line for line in out.stdout.splitlines() if line.startswith("[")]) >= 5
+
+
+def test_stateful_word_count_commits_exact_counts_on_redis(redis_url):
+    from streamgale import LocalCluster
+    from streamgale.state import committed_state
+
+    swc = load_example("stateful_word_count")
+    config = Config().merged({"sentences.total": 500, "topology.state.backend": "redis",
+                              "topology.state.redis.url": redis_url,
+                              "topology.state.checkpoint_interval": 0.1}, "test")
+    cluster = LocalCluster(swc.topology, config)
+    [spout] = [r.instance for e in cluster.loop.spouts for r in e.runners
+               if isinstance(r.instance, swc.NumberedSentences)]
+    cluster.run(duration=60, until=lambda: getattr(spout, "acked", 0) == 500)
+    assert spout.acked == 500
+    committed = {}
+    for task_state in committed_state("stateful-word-count", "count", cluster.topology.task_ids()["count"],
+                                      config).values():
+        committed.update(task_state)
+    assert committed == Counter(w for n in range(500) for w in swc.SENTENCES[n % 5].split())
+
+
+def test_stateful_word_count_runs_from_the_cli():
+    out = run_cli("local", "examples/stateful_word_count.py", "--duration", "3",
+                  "-c", "topology.state.checkpoint_interval=0.5")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"checkpoint \d+ committing: this task has counted \d+ words", out.stdout)

@@ -308,6 +308,21 @@ def test_worker_holding_counts_killed_twice_changes_no_committed_count(cluster, 
 
 
 @pytest.mark.slow
+def test_a_rebalance_keeps_every_count(cluster, cluster_state, redis_url, tmp_path):
+    out = tmp_path / "out"
+    submit_stateful(cluster, out, redis_url)
+    cluster.wait(lambda: len(acked_ids(out)) >= TOTAL // 4, timeout=90, message="a quarter acked")
+    before = {p.pid for p in cluster.worker_processes()}
+    result = cluster.cli("rebalance", "stateful-wc", "-w", "1", "-n", "2", "-e", "count=2")
+    assert result.returncode == 0, result.stderr
+    cluster.wait(lambda: len(cluster_state.assignments()) == 1
+                 and len(next(iter(cluster_state.assignments().values())).slots) == 2,
+                 timeout=60, message="the topology on 2 workers")
+    assert_exact_committed_counts(cluster, cluster_state, out, redis_url)
+    assert {p.pid for p in cluster.worker_processes()} - before  # executors really moved to new processes
+
+
+@pytest.mark.slow
 def test_a_lost_node_changes_no_committed_count(tmp_path, zookeeper, zk_root, make_cluster_state, redis_url,
                                                request):
     from cluster_fixtures import Cluster

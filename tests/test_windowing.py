@@ -10,18 +10,22 @@ import msgpack
 import pytest
 from conftest import ROOT
 
-from streamgale import Bolt, Spout, Topology, TopologyError
+from streamgale import Bolt, ReliableSpout, Spout, Topology, TopologyError
 from streamgale.config import Config
 from streamgale.local import LocalCluster
+from streamgale.state import KeyValueState, committed_state
 from streamgale.testing import FixedTupleSpout, complete_topology
 from streamgale.windowing import (
     TICK_SLACK,
+    WINDOW_KEY,
     Count,
     Duration,
     Evaluate,
     Expire,
     Late,
+    StatefulWindowedBolt,
     WindowedBolt,
+    WindowedState,
     WindowManager,
     WindowSpec,
 )
@@ -260,14 +264,16 @@ def test_invalid_declarations_name_the_setting_and_the_fix(attrs, message):
 @pytest.mark.parametrize("attrs, conf, message", [
     ({"window_length": Duration(20), "window_slide": Duration(10)}, {"topology.tick_interval": 1},
      "window_length + window_slide = 30 s exceeds topology.message_timeout = 20 s, so tuples would time out while "
-     "they wait in the window; raise topology.message_timeout to at least 30, or shorten the window"),
+     "they wait in the window; raise topology.message_timeout to at least 30, shorten the window, or make it a "
+     "StatefulWindowedBolt (acked at each checkpoint)"),
     ({**EVENT, "window_length": Duration(15)}, {"topology.tick_interval": 1},
      "window_length + window_slide + lag = 23 s exceeds topology.message_timeout = 20 s, so tuples would time out "
-     "while they wait in the window; raise topology.message_timeout to at least 23, or shorten the window"),
+     "while they wait in the window; raise topology.message_timeout to at least 23, shorten the window, or make it "
+     "a StatefulWindowedBolt (acked at each checkpoint)"),
     ({"window_length": Count(800), "window_slide": Count(400)}, {},
      "window_length + window_slide = 1200 tuples exceeds topology.max_spout_pending = 1000, so the spouts would "
-     "stop before a window fills; raise topology.max_spout_pending to at least 1200 (or null), or shorten the "
-     "window"),
+     "stop before a window fills; raise topology.max_spout_pending to at least 1200 (or null), shorten the "
+     "window, or make it a StatefulWindowedBolt (acked at each checkpoint)"),
     ({"window_length": Duration(10), "window_slide": Duration(5)}, {},
      "time windows are evaluated on tick tuples, but topology.tick_interval is not set for it; declare the bolt "
      "with config={\"topology.tick_interval\": 1}"),
@@ -332,6 +338,13 @@ class ScriptedSpout(Spout):
 def run_until(topology, until, conf=None, timeout=10.0):
     """Run ``topology`` in local mode until ``until(spouts, emitted)`` (bounded); returns both.
     ``spouts``: component -> its task instances; ``emitted``: (component, stream) -> value lists."""
+    spouts, emitted, run = run_local_until(topology, until, conf, timeout)
+    assert not run.errors, run.errors[0].details
+    return spouts, emitted
+
+
+def run_local_until(topology, until, conf=None, timeout=10.0):
+    """:func:`run_until` that lets components raise: returns ``(spouts, emitted, run)``."""
     emitted = defaultdict(list)
 
     def capture(component, task, stream, values):
@@ -350,9 +363,8 @@ def run_until(topology, until, conf=None, timeout=10.0):
         return time.monotonic() > deadline
 
     run = cluster.run(until=done)
-    assert not run.errors, run.errors[0].details
-    assert outcome.get("met"), f"not done after {timeout} s: emitted {dict(emitted)}"
-    return spouts, emitted
+    assert outcome.get("met"), f"not done after {timeout} s: emitted {dict(emitted)}, errors {run.errors}"
+    return spouts, emitted, run
 
 
 class Batches(WindowedBolt):
@@ -498,6 +510,281 @@ def test_a_timestamp_that_is_not_a_number_fails_the_tuple_and_says_why():
     (error,) = result.errors
     assert str(error.error) == ("field 'ts' of Tuple(readings:1 default ['noon', 'x']) must be its event time in "
                                 "seconds since the epoch (an int or float), got 'noon'")
+
+
+# -- stateful windows ----------------------------------------------------------------------------
+
+
+class Numbers(ReliableSpout):
+    """Emits ``[v]`` for each of ``values`` (message id: its position), replaying what fails.
+    With ``topology.max_spout_pending: 1`` one value is in flight at a time, so a replay
+    keeps the order."""
+
+    outputs = ["v"]
+
+    def __init__(self, values, fields=("v",)):
+        self.values = [v if isinstance(v, list) else [v] for v in values]
+        self.outputs = list(fields)
+
+    def open(self, context):
+        self.todo = list(enumerate(self.values))
+        self.todo.reverse()
+
+    def next_message(self):
+        return self.todo.pop() if self.todo else None
+
+
+def acked(spout):
+    return getattr(spout, "acked", 0)  # a ReliableSpout counts from its first next_tuple
+
+
+class Sink(Bolt):
+    """Acks every result (so anchored results are part of their inputs' trees)."""
+
+    def process(self, tup):
+        pass
+
+
+class StatefulBatches(StatefulWindowedBolt):
+    """Emits each window as [start, end, values of its 'v' field]; counts windows in its state."""
+
+    outputs = ["start", "end", "vs"]
+
+    def process_window(self, window):
+        self.state["windows"] = self.state.get("windows", 0) + 1
+        self.emit([window.start, window.end, [t["v"] for t in window.tuples]])
+
+
+class StatefulEventBatches(StatefulWindowedBolt):
+    window_length = Duration(10)
+    window_slide = Duration(5)
+    timestamp_field = "ts"
+    watermark_interval = 0.05
+    outputs = ["start", "end", "vs"]
+
+    def process_window(self, window):
+        self.emit([window.start, window.end, [t["ts"] for t in window.tuples]])
+
+
+def state_conf(tmp_path, **settings):
+    return {"topology.state.checkpoint_interval": 0.05, "topology.state.backend": "sqlite",
+            "topology.state.sqlite.path": str(tmp_path / "state.sqlite"), **settings}
+
+
+def committed_window(topology, conf, component="w"):
+    """The committed state of ``component``'s one task: (its own keys, the held tuples' values in
+    seq order, the window's meta record)."""
+    config = Config().merged(conf, "test")
+    [task] = topology.with_checkpointing(config).task_ids()[component]
+    state = committed_state(topology.name, component, [task], config)[task]
+    own = {k: v for k, v in state.items() if k != WINDOW_KEY and not (isinstance(k, tuple) and k[0] == WINDOW_KEY)}
+    records = sorted((k[1], v) for k, v in state.items() if isinstance(k, tuple) and k[0] == WINDOW_KEY)
+    held = [values for _, (_, values, _, _, _, is_held, _) in records if is_held]
+    return own, held, state.get(WINDOW_KEY)
+
+
+def count_topology(name, bolt, values):
+    t = Topology(name)
+    t.spout("numbers", Numbers(values))
+    t.bolt("w", bolt, config=bolt.component_config()).global_("numbers")
+    t.bolt("sink", Sink).shuffle("w")
+    return t
+
+
+def test_stateful_count_windows_are_exact_and_every_tuple_is_acked_even_while_it_waits_in_a_window(tmp_path):
+    # One tuple in flight (max_spout_pending 1): a plain window of 4 sliding by 2 would stall (it needs 6);
+    # a stateful one acks each tuple at the checkpoint after it joined the window.
+    bolt = subclass(StatefulBatches, window_length=Count(4), window_slide=Count(2))
+    t = count_topology("stateful-count", bolt, range(11))
+    conf = state_conf(tmp_path, **{"topology.max_spout_pending": 1})
+    spouts, emitted, run = run_local_until(t, lambda s, e: acked(s["numbers"][0]) == 11, conf)
+    assert not run.errors, run.errors[0].details
+    assert [vs for _, _, vs in emitted[("w", "default")]] == [[0, 1], [0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7],
+                                                              [6, 7, 8, 9]]
+    numbers = spouts["numbers"][0]
+    assert numbers.pending_count == 0  # 10 is acked though it waits for the next window, as are 8 and 9
+    own, held, meta = committed_window(t, conf)
+    assert own == {"windows": 5}
+    assert held == [[8], [9], [10]]
+    assert meta["next_seq"] == 11 and meta["since_trigger"] == 1
+
+
+def test_stateful_event_time_windows_are_exact_and_the_tuple_still_waiting_is_acked(tmp_path):
+    t = Topology("stateful-event")
+    t.spout("readings", Numbers([[ts, "x"] for ts in [*range(10), 12, 30]], ["ts", "v"]))
+    t.bolt("w", StatefulEventBatches, config=StatefulEventBatches.component_config()).global_("readings")
+    t.bolt("sink", Sink).shuffle("w")
+    conf = state_conf(tmp_path, **{"topology.max_spout_pending": 1})
+    spouts, emitted, run = run_local_until(
+        t, lambda s, e: acked(s["readings"][0]) == 12 and len(e[("w", "default")]) == 4, conf)
+    assert not run.errors, run.errors[0].details
+    assert emitted[("w", "default")] == [
+        [-5, 5, [0, 1, 2, 3, 4]], [0, 10, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]], [5, 15, [5, 6, 7, 8, 9, 12]], [10, 20, [12]],
+    ]
+    assert spouts["readings"][0].pending_count == 0  # ts 30 waits for a watermark past 35, acked already
+
+
+RESTARTS = {
+    # bolt, first run's values, second run's values, the windows of the second run
+    "count": (subclass(StatefulBatches, window_length=Count(6)), [0, 1, 2, 3], list(range(4, 12)),
+              [[None, None, [0, 1, 2, 3, 4, 5]], [None, None, [6, 7, 8, 9, 10, 11]]]),
+    "event time": (StatefulEventBatches, [[ts, "x"] for ts in range(5)], [[ts, "x"] for ts in (5, 6, 7, 8, 9, 12, 30)],
+                   [[-5, 5, [0, 1, 2, 3, 4]], [0, 10, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]], [5, 15, [5, 6, 7, 8, 9, 12]],
+                    [10, 20, [12]]]),
+}
+
+
+@pytest.mark.parametrize("kind", RESTARTS)
+def test_a_stateful_window_survives_a_restart_with_the_tuples_committed_before_it(tmp_path, kind):
+    bolt, first, second, windows = RESTARTS[kind]
+    fields = ["v"] if kind == "count" else ["ts", "v"]
+
+    def topology(values):
+        t = Topology(f"stateful-restart-{kind.replace(' ', '-')}")
+        t.spout("numbers", Numbers(values, fields))
+        t.bolt("w", bolt, config=bolt.component_config()).global_("numbers")
+        return t
+
+    conf = state_conf(tmp_path, **{"topology.max_spout_pending": 1})
+    _, emitted, run = run_local_until(topology(first), lambda s, e: acked(s["numbers"][0]) == len(first), conf)
+    assert not run.errors and emitted[("w", "default")] == []  # part of a window, acked: committed
+    _, held, _ = committed_window(topology(first), conf)
+    assert held == [v if isinstance(v, list) else [v] for v in first]
+    # A second process on the same file: its first window holds the first run's tuples.
+    spouts, emitted, run = run_local_until(
+        topology(second), lambda s, e: acked(s["numbers"][0]) == len(second) and len(e[("w", "default")]) == len(windows),
+        conf)
+    assert not run.errors, run.errors[0].details
+    assert emitted[("w", "default")] == windows
+
+
+def test_a_changed_window_declaration_is_refused_at_restart_naming_both(tmp_path):
+    conf = state_conf(tmp_path)
+    t = count_topology("stateful-redeclared", subclass(StatefulBatches, window_length=Count(6)), [1, 2])
+    run_local_until(t, lambda s, e: acked(s["numbers"][0]) == 2, conf)
+    t = count_topology("stateful-redeclared", subclass(StatefulBatches, window_length=Count(4)), [3])
+    errors = []
+    cluster = LocalCluster(t, Config().merged(conf, "test"), on_error=errors.append)
+    deadline = time.monotonic() + 10
+    cluster.run(until=lambda: bool(errors) or time.monotonic() > deadline)
+    assert [str(e.error) for e in errors] == [
+        "windowed bolt 'w': the committed window was declared with window_length Count(6), window_slide Count(6), "
+        "timestamp_field None, and this bolt declares Count(4), Count(4), None; a window cannot be carried over to "
+        "another declaration: declare the old one again, or run the new one under another component or topology "
+        "name"]
+
+
+class Totals(StatefulWindowedBolt):
+    """Tumbling windows of 5; every value evaluated goes into the state's 'seen' list."""
+
+    window_length = Count(5)
+    outputs = ["vs"]
+
+    def process_window(self, window):
+        self.state["seen"] = self.state.get("seen", []) + [t["v"] for t in window.tuples]
+        self.emit([[t["v"] for t in window.tuples]])
+
+
+class FailOncePrepared(Totals):
+    """Raises once in pre_prepare, after the window was written, while it holds part of a window
+    and windows were evaluated since the last commit: both must be rolled back."""
+
+    failed: list[int] = []
+
+    def pre_prepare(self, txid):
+        super().pre_prepare(txid)
+        if not FailOncePrepared.failed and self.window_manager.held and len(self.state.get("seen", [])) >= 10:
+            FailOncePrepared.failed.append(txid)
+            raise RuntimeError("injected failure in pre_prepare")
+
+
+class FailOnceEvaluated(Totals):
+    """process_window raises once, on the third window."""
+
+    failed: list[int] = []
+
+    def process_window(self, window):
+        if not FailOnceEvaluated.failed and len(self.state.get("seen", [])) == 10:
+            FailOnceEvaluated.failed.append(1)
+            raise RuntimeError("injected failure in process_window")
+        super().process_window(window)
+
+
+@pytest.mark.parametrize("bolt, errors", [
+    (FailOncePrepared, ["injected failure in pre_prepare"]),
+    (FailOnceEvaluated, ["injected failure in process_window",
+                         "windowed bolt 'w': process_window raised on the window; checkpoint {txid} is failed so that "
+                         "the window goes back to its last commit and the inputs since are replayed"]),
+])
+def test_a_rollback_neither_loses_nor_duplicates_window_contents(tmp_path, bolt, errors):
+    bolt.failed = []
+    values = list(range(42))
+    t = count_topology(f"stateful-rollback-{bolt.__name__}", bolt, values)
+    conf = state_conf(tmp_path, **{"topology.max_spout_pending": 3})  # a few tuples per checkpoint
+    spouts, emitted, run = run_local_until(t, lambda s, e: acked(s["numbers"][0]) == 42, conf, timeout=20)
+    assert bolt.failed
+    reported = [str(e.error) for e in run.errors]
+    assert len(reported) == len(errors)
+    for got, want in zip(reported, errors):
+        assert re.fullmatch(re.escape(want).replace(re.escape("{txid}"), r"\d+"), got), got
+    assert spouts["numbers"][0].replayed > 0  # the rolled back inputs were failed and sent again
+    own, held, _ = committed_window(t, conf)
+    seen = own["seen"]
+    assert len(seen) == 40 and sorted(seen + [v for [v] in held]) == values  # each value once: evaluated or held
+    results = [vs for [vs] in emitted[("w", "default")]]
+    assert set(seen) <= {v for vs in results for v in vs}  # results may repeat after a rollback, none is lost
+
+
+def test_stateful_windows_validate_only_the_checkpoint_interval_against_the_timeout():
+    base = {"topology.message_timeout": 20, "topology.tick_interval": 1}
+    long_window = spec_of(window_length=Duration(100), window_slide=Duration(50))
+    long_window.check_config(Config().merged(base, "test"), WHERE, stateful=True)  # fine: acked at checkpoints
+    spec_of(window_length=Count(800), window_slide=Count(400)).check_config(Config(), WHERE, stateful=True)
+    with pytest.raises(TopologyError) as err:
+        long_window.check_config(Config().merged({**base, "topology.state.checkpoint_interval": 20}, "test"), WHERE,
+                                 stateful=True)
+    assert str(err.value) == (
+        f"{WHERE}: a stateful window's tuples are acked when the checkpoint holding them commits, so "
+        "topology.state.checkpoint_interval = 20 s must be below topology.message_timeout = 20 s; lower the "
+        "interval or raise the timeout (the window's length does not count)")
+    with pytest.raises(TopologyError) as err:  # time windows still need ticks
+        long_window.check_config(Config().merged({"topology.tick_interval": None}, "test"), WHERE, stateful=True)
+    assert "topology.tick_interval is not set" in str(err.value)
+
+
+def test_the_bolts_state_hides_and_protects_the_window_keys():
+    kv = KeyValueState()
+    kv[WINDOW_KEY] = {"next_seq": 1}
+    kv[(WINDOW_KEY, 0)] = [0.0, [1], 0, 1, False, True, False]
+    kv["total"] = 3
+    state = WindowedState(kv)
+    assert dict(state) == {"total": 3} and len(state) == 1
+    assert WINDOW_KEY not in state and (WINDOW_KEY, 0) not in state and state.get(WINDOW_KEY) is None
+    state[("other", 0)] = 1
+    state["total"] += 1
+    state.delete("missing")
+    assert kv["total"] == 4 and kv[("other", 0)] == 1
+    for key in (WINDOW_KEY, (WINDOW_KEY, 0)):
+        with pytest.raises(KeyError) as err:
+            state[key] = 1
+        assert err.value.args[0] == (f"state key {key!r} is reserved: it holds the window's contents; use another "
+                                     "key")
+        with pytest.raises(KeyError):
+            del state[key]
+    assert kv[WINDOW_KEY] == {"next_seq": 1}
+
+
+def test_a_value_that_cannot_be_checkpointed_fails_its_tuple_and_says_why(tmp_path):
+    t = Topology("stateful-unencodable")
+    t.spout("numbers", Numbers([object()]))  # replayed until the window is initialised, then refused
+    t.bolt("w", subclass(StatefulBatches, window_length=Count(2))).global_("numbers")
+    errors = []
+    cluster = LocalCluster(t, Config().merged(state_conf(tmp_path), "test"), on_error=errors.append)
+    deadline = time.monotonic() + 10
+    cluster.run(until=lambda: bool(errors) or time.monotonic() > deadline)
+    assert errors, "no error reported"
+    message = str(errors[0].error)
+    assert message.startswith("windowed bolt 'w': Tuple(numbers:") and "cannot be kept in a stateful window" in message
 
 
 # -- the docs and the example --------------------------------------------------------------------

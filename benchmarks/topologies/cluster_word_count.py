@@ -2,8 +2,9 @@
 
 User config keys: bench.sentences (total, split over the spout tasks),
 bench.output_dir (where progress files go), bench.acked (emit with message
-ids, so every sentence's tuple tree is tracked by the ackers), bench.spouts (the
-spout's parallelism, default 2). Each count task rewrites
+ids, so every sentence's tuple tree is tracked by the ackers; a failed sentence
+is sent again), bench.spouts (the spout's parallelism, default 2), bench.stateful
+(count is a StatefulBolt: its counts checkpointed, docs/state.md; needs acked). Each count task rewrites
 ``count-<task>.txt`` as "<words counted> <time.time() of the last one>" on
 every tick, so the benchmark can tell when all words are counted and when.
 """
@@ -14,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from streamgale import Bolt, Spout, Topology
+from streamgale import Bolt, Spout, StatefulBolt, Topology
 
 VOCABULARY = [f"word{i}" for i in range(1000)]
 
@@ -31,11 +32,18 @@ class Sentences(Spout):
         self.out = Path(context.config["bench.output_dir"])
         self.task = context.task_id
         self.acked = bool(context.config.get("bench.acked", False))
+        self.retry = []
+
+    def fail(self, msg_id):
+        self.retry.append(msg_id)
 
     def next_tuple(self):
         if self.next == 0 and self.sentences:
             (self.out / f"start-{self.task}.txt").write_text(repr(time.time()))
         emit, sentences = self.emit, self.sentences
+        while self.retry:
+            i = self.retry.pop()
+            emit([sentences[i]], msg_id=i)
         end = min(self.next + 100, len(sentences))
         if self.acked:
             for i in range(self.next, end):
@@ -78,9 +86,35 @@ class Count(Bolt):
         self.emit([word, counts[word]])
 
 
+class StatefulCount(StatefulBolt):
+    """Count with its counts in checkpointed state; progress is the state's own total, so a
+    rolled-back word is not counted twice."""
+
+    outputs = ["word", "count"]
+
+    def prepare(self, context):
+        self.last = 0.0
+        self.file = Path(context.config["bench.output_dir"]) / f"count-{context.task_id}.txt"
+
+    def process(self, tup):
+        state = self.state
+        if tup.is_tick:
+            tmp = self.file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(f"{state.get('__total', 0)} {self.last!r}")
+            os.replace(tmp, self.file)
+            return
+        word = tup.values[0]
+        n = state.get(word, 0) + 1
+        state[word] = n
+        state["__total"] = state.get("__total", 0) + 1
+        self.last = time.time()
+        self.emit([word, n])
+
+
 def build_topology(config):
     t = Topology("bench-cluster-wc", config={"topology.workers": 2})
     t.spout("sentences", Sentences, parallelism=int(config.get("bench.spouts", 2)))
     t.bolt("split", Split, parallelism=4).shuffle("sentences")
-    t.bolt("count", Count, parallelism=4, config={"topology.tick_interval": 0.1}).fields("split", "word")
+    count = StatefulCount if config.get("bench.stateful") else Count
+    t.bolt("count", count, parallelism=4, config={"topology.tick_interval": 0.1}).fields("split", "word")
     return t
