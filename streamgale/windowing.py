@@ -48,6 +48,16 @@ clock passed in (``now``), no I/O: feed it tuples and ticks, act on the
 :data:`Action` list it returns. Its state is plain data; ``snapshot()`` /
 ``restore()`` give and take a msgpack-friendly form (values and timestamps).
 
+:class:`StatefulWindowedBolt` is a windowed bolt and a ``StatefulBolt``: its
+window is checkpointed with its state (a record per tuple under the reserved
+keys ``("__window__", seq)``, and a ``"__window__"`` record), restored in
+``init_state`` and after a rollback. A tuple is acked once it is in the window
+(the runtime sends the ack when the checkpoint holding it commits), so only
+the checkpoint interval must be below the message timeout; results are
+anchored to the window's tuples since the last checkpoint. The window and the
+state are exactly-once; results are at-least-once (a window evaluated after
+the last commit is evaluated again after a recovery).
+
 Threading: like every component, a windowed bolt and its manager are used by
 the executor loop's thread only.
 """
@@ -858,7 +868,7 @@ class StatefulWindowedBolt(WindowedBolt, StatefulBolt):
             return
         try:
             encode(tup.values)
-        except TypeError as exc:
+        except (TypeError, OverflowError) as exc:  # msgpack: an int beyond 64 bits overflows
             raise TypeError(f"{self.window_where}: {tup!r} cannot be kept in a stateful window: {exc}") from None
         key = id(tup)
         self._unacked[key] = tup

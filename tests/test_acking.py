@@ -521,3 +521,21 @@ def test_process_batch_inputs_are_acked_and_explicit_anchors_keep_the_trees():
     assert sum(BatchDouble.batches) >= 300 and max(BatchDouble.batches) > 1  # batches, not one by one
     failed = sorted(m for s in spout.log.values() for m in s.failed_ids)
     assert failed == list(range(1, 300, 2))  # 2n % 4 == 2 exactly for odd n: each of their trees failed once
+
+
+def test_a_large_release_of_acks_goes_out_in_messages_a_worker_decodes():
+    # A commit of checkpointed state releases a whole interval's acks at once (docs/state.md).
+    from streamgale.runtime.acking import ACK_CHUNK
+    from streamgale.wire.frames import MIN_ARRAY_LEN
+
+    buf = AckBuffer((7,))
+    roots = [new_id() for _ in range(2 * ACK_CHUNK + 5)]
+    for r in roots:
+        buf.ack(r, r ^ 1)
+    buf.fail(roots[0])
+    messages = buf.drain()
+    assert [acker for acker, _ in messages] == [7, 7, 7]
+    assert ACK_CHUNK <= MIN_ARRAY_LEN
+    assert all(len(v[1][0]) <= ACK_CHUNK and len(v[1][0]) == len(v[1][1]) for _, v in messages)
+    assert [r for _, v in messages for r in v[1][0]] == roots  # every ack, in order, once
+    assert [r for _, v in messages for r in v[2]] == [roots[0]]

@@ -573,14 +573,14 @@ def state_conf(tmp_path, **settings):
 
 def committed_window(topology, conf, component="w"):
     """The committed state of ``component``'s one task: (its own keys, the held tuples' values in
-    seq order, the window's meta record)."""
+    seq order, the window's meta record, seq -> values of every tuple record)."""
     config = Config().merged(conf, "test")
     [task] = topology.with_checkpointing(config).task_ids()[component]
     state = committed_state(topology.name, component, [task], config)[task]
     own = {k: v for k, v in state.items() if k != WINDOW_KEY and not (isinstance(k, tuple) and k[0] == WINDOW_KEY)}
     records = sorted((k[1], v) for k, v in state.items() if isinstance(k, tuple) and k[0] == WINDOW_KEY)
     held = [values for _, (_, values, _, _, _, is_held, _) in records if is_held]
-    return own, held, state.get(WINDOW_KEY)
+    return own, held, state.get(WINDOW_KEY), {seq: record[1] for seq, record in records}
 
 
 def count_topology(name, bolt, values):
@@ -603,10 +603,44 @@ def test_stateful_count_windows_are_exact_and_every_tuple_is_acked_even_while_it
                                                               [6, 7, 8, 9]]
     numbers = spouts["numbers"][0]
     assert numbers.pending_count == 0  # 10 is acked though it waits for the next window, as are 8 and 9
-    own, held, meta = committed_window(t, conf)
+    own, held, meta, records = committed_window(t, conf)
     assert own == {"windows": 5}
     assert held == [[8], [9], [10]]
+    assert records == {6: [6], 7: [7], 8: [8], 9: [9], 10: [10]}  # the last window [6..9] (for .expired) and 10
     assert meta["next_seq"] == 11 and meta["since_trigger"] == 1
+    assert meta["schemas"] == [["numbers", "default", ["v"]]]
+
+
+class FailFirstResult(Bolt):
+    auto_ack = False
+
+    def process(self, tup):
+        if not getattr(self, "failed_one", False):
+            self.failed_one = True
+            self.fail(tup)
+        else:
+            self.ack(tup)
+
+
+class RecordingNumbers(Numbers):
+    def fail(self, msg_id):
+        self.__dict__.setdefault("fails", []).append(msg_id)
+        super().fail(msg_id)
+
+
+def test_a_failed_result_replays_the_inputs_it_is_anchored_to_those_since_the_last_checkpoint(tmp_path):
+    t = Topology("stateful-anchors")
+    t.spout("numbers", RecordingNumbers(range(6)))
+    t.bolt("w", subclass(StatefulBatches, window_length=Count(2))).global_("numbers")
+    t.bolt("sink", FailFirstResult).shuffle("w")
+    conf = state_conf(tmp_path, **{"topology.max_spout_pending": 1})
+    spouts, emitted, run = run_local_until(t, lambda s, e: acked(s["numbers"][0]) == 6, conf)
+    assert not run.errors, run.errors[0].details
+    # [0, 1] is anchored to 1 only (0 was committed and acked at the checkpoint before): failing it replays 1,
+    # which joins the window again, as a replayed input of any stateful bolt counts again.
+    assert [vs for _, _, vs in emitted[("w", "default")]] == [[0, 1], [1, 2], [3, 4]]
+    fails = spouts["numbers"][0].fails
+    assert fails.count(1) == 1 and set(fails) <= {0, 1}  # 0 only before the window had its state
 
 
 def test_stateful_event_time_windows_are_exact_and_the_tuple_still_waiting_is_acked(tmp_path):
@@ -648,7 +682,7 @@ def test_a_stateful_window_survives_a_restart_with_the_tuples_committed_before_i
     conf = state_conf(tmp_path, **{"topology.max_spout_pending": 1})
     _, emitted, run = run_local_until(topology(first), lambda s, e: acked(s["numbers"][0]) == len(first), conf)
     assert not run.errors and emitted[("w", "default")] == []  # part of a window, acked: committed
-    _, held, _ = committed_window(topology(first), conf)
+    _, held, _, _ = committed_window(topology(first), conf)
     assert held == [v if isinstance(v, list) else [v] for v in first]
     # A second process on the same file: its first window holds the first run's tuples.
     spouts, emitted, run = run_local_until(
@@ -728,7 +762,7 @@ def test_a_rollback_neither_loses_nor_duplicates_window_contents(tmp_path, bolt,
     for got, want in zip(reported, errors):
         assert re.fullmatch(re.escape(want).replace(re.escape("{txid}"), r"\d+"), got), got
     assert spouts["numbers"][0].replayed > 0  # the rolled back inputs were failed and sent again
-    own, held, _ = committed_window(t, conf)
+    own, held, _, _ = committed_window(t, conf)
     seen = own["seen"]
     assert len(seen) == 40 and sorted(seen + [v for [v] in held]) == values  # each value once: evaluated or held
     results = [vs for [vs] in emitted[("w", "default")]]

@@ -19,7 +19,7 @@ from typing import Any
 from streamgale.components import Bolt, TopologyContext
 from streamgale.tuples import Tuple
 
-from .acking import ACK_RESULT_STREAM, ACK_STREAM, AckerTable
+from .acking import ACK_CHUNK, ACK_RESULT_STREAM, ACK_STREAM, AckerTable
 
 log = logging.getLogger("streamgale.acker")
 
@@ -66,9 +66,11 @@ class Acker(Bolt):
         self.trees_acked += sum(map(len, acked.values()))
         self.trees_failed += sum(map(len, failed.values()))
         for spout_task in set(acked) | set(failed):
+            done, lost = acked.get(spout_task, []), failed.get(spout_task, [])
             try:
-                self.emit_direct(spout_task, [acked.get(spout_task, []), failed.get(spout_task, [])],
-                                 stream=ACK_RESULT_STREAM)
+                for start in range(0, max(len(done), len(lost)), ACK_CHUNK):
+                    self.emit_direct(spout_task, [done[start:start + ACK_CHUNK], lost[start:start + ACK_CHUNK]],
+                                     stream=ACK_RESULT_STREAM)
             except ValueError:
                 self.malformed += 1  # an init naming a task that is no spout
                 log.warning("acker task %d: task %d is no spout; its results are dropped", self.task, spout_task)

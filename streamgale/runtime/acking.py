@@ -35,6 +35,9 @@ ACK_STREAM = "__ack"  # any task -> acker: [inits [roots, xors, spout tasks], ac
 ACK_RESULT_STREAM = "__ack_result"  # acker -> spout task: [acked roots, failed roots]
 ACK_INDEX = {"inits": 0, "acks": 1, "fails": 2}
 
+# Entries per list in one ack or ack-result message: well under what a worker decodes in one
+# array (wire.frames.MIN_ARRAY_LEN), however many acks a step (or a commit) releases.
+ACK_CHUNK = 1024
 ID_BITS = 62  # ids stay small ints for the compiled code (no big-int arithmetic); 2**-62 per tree to err
 POOL_SIZE = 4096
 _pool: Final[list[int]] = []  # ids drawn ahead, a pool at a time (one urandom call per pool)
@@ -120,13 +123,24 @@ class AckBuffer:
         self.dirty = True
 
     def drain(self) -> list[tuple[int, list[Any]]]:
-        """(acker task, ``__ack`` values) for every acker with buffered traffic; empties the buffer."""
+        """(acker task, ``__ack`` values) for every acker with buffered traffic, at most
+        ``ACK_CHUNK`` entries a list per message (a commit releases a checkpoint's acks at
+        once); empties the buffer."""
         inits, acks, fails = self.inits, self.acks, self.fails
         self.inits, self.acks, self.fails, self.dirty = {}, {}, {}, False
         out: list[tuple[int, list[Any]]] = []
         for acker in set(inits) | set(acks) | set(fails):
-            out.append((acker, [inits.get(acker) or [[], [], []], acks.get(acker) or [[], []],
-                                fails.get(acker, [])]))
+            i = inits.get(acker) or [[], [], []]
+            a = acks.get(acker) or [[], []]
+            f = fails.get(acker, [])
+            longest = max(len(i[0]), len(a[0]), len(f))
+            if longest <= ACK_CHUNK:
+                out.append((acker, [i, a, f]))
+                continue
+            for start in range(0, longest, ACK_CHUNK):
+                end = start + ACK_CHUNK
+                out.append((acker, [[i[0][start:end], i[1][start:end], i[2][start:end]],
+                                    [a[0][start:end], a[1][start:end]], f[start:end]]))
         return out
 
 

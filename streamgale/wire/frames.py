@@ -57,6 +57,11 @@ class Group:
         self.tracked = False
 
 
+# Arrays in a frame may hold this many entries whatever the batch size (an ack message's lists
+# hold up to runtime.acking.ACK_CHUNK); a frame still carries at most max_tuples tuples.
+MIN_ARRAY_LEN = 4096
+
+
 class Batch:
     """Tuples waiting for one peer worker, grouped by (dest task, source task, stream).
 
@@ -158,7 +163,7 @@ def decode_frame(frame: bytes, queues: Mapping[int, TupleSink], task_component: 
     out = Decoded()
     # int map keys (anchors: root -> edge) are safe: 64-bit ints cannot flood one hash
     unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=False,
-                                max_buffer_size=max(len(frame), 1), max_array_len=max_tuples)
+                                max_buffer_size=max(len(frame), 1), max_array_len=max(max_tuples, MIN_ARRAY_LEN))
     unpacker.feed(frame)
     try:
         if unpacker.read_array_header() != 3:
