@@ -309,8 +309,9 @@ class Topology:
                     sources.append(source)
             marks = [Subscription(s, CHECKPOINT, Grouping("all")) for s in sources]
             factory = c.factory
+            inputs = sum(1 if s == CHECKPOINT else self.components[s].tasks for s in sources)
             clone.components[name] = dataclasses.replace(
-                c, factory=lambda f=factory, s=tuple(sources): CheckpointedBolt(f(), s),  # type: ignore[misc]
+                c, factory=lambda f=factory, s=tuple(sources), n=inputs: CheckpointedBolt(f(), s, n),  # type: ignore[misc]
                 outputs={**c.outputs, CHECKPOINT: CHECKPOINT_FIELDS}, inputs=[*c.inputs, *marks])
         # A checkpoint lost with a worker is retried after a quarter of the message timeout, so a
         # COMMIT reaches a restarted task before the inputs it holds time out and are replayed.

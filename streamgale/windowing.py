@@ -643,6 +643,9 @@ class WindowedState(KeyValueState):
         self._check(key)
         return self._state[key]
 
+    def get(self, key: Any, default: Any = None) -> Any:
+        return default if _window_key(key) else self._state.get(key, default)
+
     def __setitem__(self, key: Any, value: Any) -> None:
         self._check(key)
         self._state[key] = value

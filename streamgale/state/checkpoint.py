@@ -193,11 +193,16 @@ class CheckpointedBolt(Bolt):
     auto_ack = False  # acks are this wrapper's business: held (stateful) or sent (forwarder)
     _report: Callable[[BaseException, str], None] = staticmethod(lambda exc, doing: None)  # until installed
 
-    def __init__(self, inner: Bolt, checkpoint_sources: Sequence[str]):
+    def __init__(self, inner: Bolt, checkpoint_sources: Sequence[str], input_tasks: int):
         self.inner = inner
         self.stateful = isinstance(inner, StatefulBolt)
         self.inner_auto = bool(inner.auto_ack)
         self.checkpoint_sources = tuple(checkpoint_sources)
+        # A stateless bolt with one checkpoint input never aligns, never holds and never fails a
+        # tuple: data goes straight to it, and the runtime auto-acks for it as for any bolt.
+        self.passthrough = not self.stateful and input_tasks == 1
+        if self.passthrough:
+            self.auto_ack = self.inner_auto  # type: ignore[misc]
 
     # The collector is installed on the wrapper by the runtime; the inner bolt gets its emits.
     @property
@@ -214,7 +219,7 @@ class CheckpointedBolt(Bolt):
         self.component, self.task = context.component, context.task_id
         self.inputs = frozenset(t for c in self.checkpoint_sources for t in context.tasks_of(c))
         self.barrier: _Barrier | None = None
-        self.held: list[list[int]] = []  # [root, xor] of inputs processed since the last PREPARE
+        self.held: list[int] = []  # root, xor, root, xor, ... of inputs processed since the last PREPARE
         self.initialised = not self.stateful
         self.store: StateStore | None = None
         self.kv: KeyValueState | None = None
@@ -239,7 +244,24 @@ class CheckpointedBolt(Bolt):
 
     def process(self, tup: Tuple) -> None:
         """The runtime's input: its errors are the runtime's to report (and ``tup`` is failed)."""
-        self._dispatch(tup, direct=True)
+        if tup.stream == CHECKPOINT:
+            self._mark(tup)
+        elif self.passthrough:
+            self.inner.process(tup)
+        elif self.barrier is None and self.initialised and self.stateful and self.inner_auto:
+            col = self._collector  # the common case, inline: no barrier, an auto-acked stateful bolt
+            col.auto_anchor = True
+            try:
+                self.inner.process(tup)
+            finally:
+                col.auto_anchor = False
+            if tup.root:
+                col.acked += 1
+                self.held += (tup.root, tup.edge ^ tup.ack_val)
+            elif tup.multi is not None:
+                self.hold(tup)
+        else:
+            self._dispatch(tup, direct=True)
 
     def _dispatch(self, tup: Tuple, direct: bool) -> None:
         if tup.stream == CHECKPOINT:
@@ -278,11 +300,11 @@ class CheckpointedBolt(Bolt):
             return
         self._collector.acked += 1
         if tup.root:
-            self.held.append([tup.root, tup.edge ^ tup.ack_val])
+            self.held += (tup.root, tup.edge ^ tup.ack_val)
         elif tup.multi is not None:
             val = tup.ack_val
             for root, edge in tup.multi.items():
-                self.held.append([root, edge ^ val])
+                self.held += (root, edge ^ val)
 
     # -- checkpoint tuples --------------------------------------------------------------------
 
@@ -325,8 +347,9 @@ class CheckpointedBolt(Bolt):
                 return
             self._stateful_act(txid, action)
         col.bolt_emit([txid, action], CHECKPOINT, marks)
-        for mark in marks:
-            col.ack(mark)
+        if not (self.passthrough and self.auto_ack):  # else the runtime acks its input, the one mark
+            for mark in marks:
+                col.ack(mark)
 
     def _stateful_act(self, txid: int, action: str) -> None:
         store, inner, acks = self.store, self.inner, self._collector.acks
@@ -341,8 +364,9 @@ class CheckpointedBolt(Bolt):
                 inner.pre_commit(txid)  # type: ignore[attr-defined]
             held = store.commit(txid)
             if held is not None and acks is not None:
-                for root, xor in msgpack.unpackb(held):
-                    acks.ack(root, xor)
+                pairs = msgpack.unpackb(held)
+                for i in range(0, len(pairs), 2):
+                    acks.ack(pairs[i], pairs[i + 1])
         else:  # ROLLBACK or INITSTATE: back to the last commit, every held input failed
             if self.initialised:
                 inner.pre_rollback()  # type: ignore[attr-defined]
@@ -350,7 +374,7 @@ class CheckpointedBolt(Bolt):
             failed = self.held + (msgpack.unpackb(prepared) if prepared else [])
             self.held = []
             if acks is not None:
-                for root, _ in failed:
+                for root in failed[::2]:
                     acks.fail(root)
             committed = store.load()[1]
             if self.kv is not None:

@@ -15,12 +15,15 @@ from typing import Any
 import msgpack
 
 
-def encode(obj: Any) -> bytes:
+_MISSING = object()
+
+
+def encode(obj: Any, what: str = "value") -> bytes:
     try:
         return msgpack.packb(obj, use_bin_type=True)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"state keys and values must be msgpack-encodable (str, int, float, bool, bytes, None, "
-                        f"lists, tuples, dicts of those); {obj!r:.80} is not: {exc}") from None
+                        f"lists, tuples, dicts of those); the {what} {obj!r:.80} is not: {exc}") from None
 
 
 def decode_key(data: bytes) -> Any:
@@ -40,20 +43,21 @@ class KeyValueState(MutableMapping[Any, Any]):
 
     def __init__(self, committed: dict[bytes, bytes] | None = None):
         self._data: dict[Any, Any] = {decode_key(k): decode_value(v) for k, v in (committed or {}).items()}
-        self._changes: dict[Any, bytes | None] = {}  # key -> encoded new value, None: deleted
+        self._changed: set[Any] = set()  # keys assigned or deleted since the last checkpoint
 
     def __getitem__(self, key: Any) -> Any:
         return self._data[key]
 
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
     def __setitem__(self, key: Any, value: Any) -> None:
-        encoded = encode(value)  # fails here, in the call that stored it, if it cannot be committed
-        encode(key)
         self._data[key] = value
-        self._changes[key] = encoded
+        self._changed.add(key)
 
     def __delitem__(self, key: Any) -> None:
         del self._data[key]
-        self._changes[key] = None
+        self._changed.add(key)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._data)
@@ -76,15 +80,20 @@ class KeyValueState(MutableMapping[Any, Any]):
             del self[key]
 
     def take_changes(self) -> dict[bytes, bytes | None]:
-        """What changed since the last call, encoded for the store (None: deleted); then forget it."""
-        out = {encode(k): v for k, v in self._changes.items()}
-        self._changes = {}
+        """What changed since the last call, encoded for the store (None: deleted); then forget it.
+        Each changed key is encoded once, with the value it holds now."""
+        out: dict[bytes, bytes | None] = {}
+        data = self._data
+        for key in self._changed:
+            value = data.get(key, _MISSING)
+            out[encode(key, "key")] = None if value is _MISSING else encode(value, f"value of key {key!r:.60}")
+        self._changed = set()
         return out
 
     def reset(self, committed: dict[bytes, bytes]) -> None:
         """Back to ``committed`` (a rollback): every change since is dropped."""
         self._data = {decode_key(k): decode_value(v) for k, v in committed.items()}
-        self._changes = {}
+        self._changed = set()
 
 
 def decode_state(data: dict[bytes, bytes]) -> dict[Any, Any]:
