@@ -37,13 +37,15 @@ run: build
 
 # System packages for the tests, from Debian, installed when missing: ZooKeeper,
 # iproute2/iptables for network namespaces and cuts, Chromium for the web UI test,
-# redis-server for the redis state backend (the tests start their own, never on 6379).
+# redis-server (state backend, Redis connectors), mosquitto (MQTT) and rabbitmq-server (AMQP) for the
+# connectors: the tests start their own servers on their own ports, never the system services'.
 system-packages:
 	@test -f /usr/share/java/zookeeper.jar && command -v ip >/dev/null && command -v iptables >/dev/null \
-	  && test -x /usr/bin/chromium && test -x /usr/bin/chromedriver && test -x /usr/bin/redis-server || { \
+	  && test -x /usr/bin/chromium && test -x /usr/bin/chromedriver && test -x /usr/bin/redis-server \
+	  && test -x /usr/sbin/mosquitto && test -x /usr/sbin/rabbitmq-server || { \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q zookeeper iproute2 iptables chromium chromium-driver \
-	    redis-server; }
+	    redis-server mosquitto rabbitmq-server; }
 
 # Lint and type-check first (seconds), then the tests.
 test: build system-packages

@@ -161,6 +161,9 @@ SETTINGS: dict[str, Setting] = {
                 "where stateful bolts commit their state (docs/state.md)"),
         Setting("topology.state.checkpoint_interval", "a number of seconds > 0", 1.0, _float(),
                 "how often the checkpoint spout starts a checkpoint; must be below topology.message_timeout"),
+        Setting("topology.state.checkpoint_timeout", "a number of seconds > 0 or null", None, _optional(_float()),
+                "a checkpoint not complete within this is retried or rolled back (null: min(5, "
+                "topology.message_timeout / 4)); must be below topology.message_timeout"),
         Setting("topology.state.sqlite.path", "a file path", "~/.streamgale/state.sqlite", _str,
                 "the SQLite file of the sqlite backend, on each node"),
         Setting("topology.state.redis.url", "a redis:// URL", "redis://127.0.0.1:6379/0", _str,

@@ -293,6 +293,14 @@ class Topology:
                 f"topology.state.checkpoint_interval ({interval:g} s) must be below topology.message_timeout "
                 f"({timeout:g} s): inputs wait for a checkpoint's commit to be acked; lower the interval or "
                 "raise the timeout")
+        checkpoint_timeout = config["topology.state.checkpoint_timeout"]
+        if checkpoint_timeout is None:
+            checkpoint_timeout = min(5.0, timeout / 4)
+        elif checkpoint_timeout >= timeout:
+            raise TopologyError(
+                f"topology.state.checkpoint_timeout ({checkpoint_timeout:g} s) must be below "
+                f"topology.message_timeout ({timeout:g} s): a lost COMMIT must be retried before the inputs it "
+                "holds time out; lower it or raise the message timeout")
         clone = copy.copy(self)
         clone.components = {}
         for name, c in self.components.items():
@@ -313,11 +321,11 @@ class Topology:
             clone.components[name] = dataclasses.replace(
                 c, factory=lambda f=factory, s=tuple(sources), n=inputs: CheckpointedBolt(f(), s, n),  # type: ignore[misc]
                 outputs={**c.outputs, CHECKPOINT: CHECKPOINT_FIELDS}, inputs=[*c.inputs, *marks])
-        # A checkpoint lost with a worker is retried after a quarter of the message timeout, so a
-        # COMMIT reaches a restarted task before the inputs it holds time out and are replayed.
+        # A checkpoint lost with a worker is retried after checkpoint_timeout, so a COMMIT reaches
+        # a restarted task before the inputs it holds time out and are replayed.
         clone.components[CHECKPOINT] = ComponentDef(CHECKPOINT, "spout", CheckpointSpout, CheckpointSpout, 1, 1,
                                                     {CHECKPOINT: CHECKPOINT_FIELDS},
-                                                    {"topology.message_timeout": timeout / 4})
+                                                    {"topology.message_timeout": checkpoint_timeout})
         return clone
 
     def acker_tasks(self) -> tuple[int, ...]:

@@ -368,3 +368,26 @@ def _topology_module():
 def _count_tasks(cluster_state) -> list[int]:
     [assignment] = cluster_state.assignments().values()
     return sorted(t for slot in assignment.slots.values() for c, ts in slot.executors if c == "count" for t in ts)
+
+
+def test_a_wrapped_bolt_still_reports_its_own_counters(tmp_path):
+    from streamgale.runtime.metrics import task_counters
+
+    class Counting(Count):
+        def counters(self):
+            return {"words_seen": len(self.state)}
+
+    cluster, _ = run_until_acked(word_count(Counting), local_config())
+    counters = task_counters(cluster.executors)
+    tasks = cluster.topology.task_ids()["count"]
+    assert sum(counters[str(t)]["words_seen"] for t in tasks) == len(TRUTH)
+    assert all("checkpoint_failed_unready" in counters[str(t)] for t in tasks)
+
+
+def test_checkpoint_timeout_must_be_below_the_message_timeout():
+    config = Config().merged({"topology.state.checkpoint_timeout": 30, "topology.message_timeout": 30}, "test")
+    with pytest.raises(TopologyError) as e:
+        LocalCluster(word_count(), config)
+    assert str(e.value) == (
+        "topology.state.checkpoint_timeout (30 s) must be below topology.message_timeout (30 s): a lost COMMIT "
+        "must be retried before the inputs it holds time out; lower it or raise the message timeout")

@@ -229,6 +229,14 @@ class CheckpointedBolt(Bolt):
                                                                   context.task_id))
         inner.prepare(context)
 
+    def counters(self) -> dict[str, Any]:
+        """The inner bolt's own counters (if it reports any), and the tuples failed unready."""
+        extra = getattr(self.inner, "counters", None)
+        out: dict[str, Any] = dict(extra()) if callable(extra) else {}
+        if not self.passthrough:
+            out["checkpoint_failed_unready"] = self.failed_unready
+        return out
+
     def cleanup(self) -> None:
         try:
             self.inner.cleanup()

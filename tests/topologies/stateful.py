@@ -71,7 +71,9 @@ class Count(StatefulBolt):
         self.emit([word, n])
 
 
-topology = Topology("stateful-wc", config={"topology.workers": 3, "topology.message_timeout": 20,
+# The message timeout leaves room for a lost node: its session timeout, the reassignment, a worker
+# start and a retried COMMIT (every topology.state.checkpoint_timeout, 5 s) before held inputs expire.
+topology = Topology("stateful-wc", config={"topology.workers": 3, "topology.message_timeout": 40,
                                           "topology.state.checkpoint_interval": 0.5})
 topology.spout("sentences", Sentences)
 topology.bolt("split", Split, parallelism=2).shuffle("sentences")
