@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 from mqtt_fixtures import *  # noqa: F401,F403  (real mosquitto fixtures)
+from rabbitmq_fixtures import *  # noqa: F401,F403  (real RabbitMQ fixtures)
 from redis_fixtures import *  # noqa: F401,F403  (real redis-server fixtures)
 from zk_fixtures import *  # noqa: F401,F403  (real ZooKeeper fixtures)
 

@@ -102,3 +102,44 @@ def test_stateful_word_count_runs_from_the_cli():
                   "-c", "topology.state.checkpoint_interval=0.5")
     assert out.returncode == 0, out.stderr
     assert re.search(r"checkpoint \d+ committing: this task has counted \d+ words", out.stdout)
+
+
+def test_sensor_pipeline_writes_window_averages_from_mqtt_to_redis(mosquitto, redis_server, redis_url):
+    import json
+
+    import paho.mqtt.client as mqtt
+
+    from streamgale import LocalCluster
+
+    pipeline = load_example("sensor_pipeline")
+    config = Config().merged({"pipeline.mqtt_port": mosquitto.port, "redis.url": redis_url}, "test")
+    cluster = LocalCluster(pipeline.build_topology(config), config)
+    from streamgale.connectors.mqtt import MqttSource
+
+    [spout] = [r.instance for e in cluster.loop.spouts for r in e.runners if isinstance(r.instance, MqttSource)]
+    base = 1_000_000  # three 10 s windows of readings, one a second, then one reading to close them
+    readings = [{"sensor": s, "ts": base + i, "celsius": i * k} for i in range(30) for s, k in (("s1", 1), ("s2", 2))]
+    readings.append({"sensor": "s1", "ts": base + 40, "celsius": 0})
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    publisher.connect("127.0.0.1", mosquitto.port)
+    publisher.loop_start()
+    sent = False
+    expected = {f"s1@{base + w}": 4.5 + w for w in (0, 10, 20)} | {f"s2@{base + w}": 9.0 + 2 * w for w in (0, 10, 20)}
+
+    def done():
+        nonlocal sent
+        if not sent and spout.counters().get("connected"):
+            for r in readings:
+                publisher.publish(f"sensors/{r['sensor']}", json.dumps(r), qos=1).wait_for_publish(10)
+            sent = True
+        with redis_server.client() as c:
+            stored = {k.decode(): float(v) for k, v in c.hgetall("sensor-averages").items()}
+        return stored == expected
+
+    try:
+        cluster.run(duration=60, until=done)
+    finally:
+        publisher.loop_stop()
+        publisher.disconnect()
+    with redis_server.client() as c:
+        assert {k.decode(): float(v) for k, v in c.hgetall("sensor-averages").items()} == expected
