@@ -391,3 +391,20 @@ def test_checkpoint_timeout_must_be_below_the_message_timeout():
     assert str(e.value) == (
         "topology.state.checkpoint_timeout (30 s) must be below topology.message_timeout (30 s): a lost COMMIT "
         "must be retried before the inputs it holds time out; lower it or raise the message timeout")
+
+
+def test_counters_before_prepare_or_raising_never_break_the_metrics():
+    # The heartbeat thread reads counters from the first beat, possibly before prepare ran;
+    # a counters() that raised there once stopped a worker's heartbeats (it was killed as hung).
+    from streamgale.runtime.metrics import task_counters
+
+    class Broken(Count):
+        def counters(self):
+            raise RuntimeError("boom")
+
+    cluster = LocalCluster(word_count(Broken), local_config())
+    counters = task_counters(cluster.executors)  # before prepare
+    tasks = cluster.topology.task_ids()["count"]
+    assert all(counters[str(t)]["counters_error"] == "RuntimeError: boom" for t in tasks)
+    split = cluster.topology.task_ids()["split"]
+    assert all("counters_error" not in counters[str(t)] for t in split)

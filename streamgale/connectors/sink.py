@@ -122,6 +122,8 @@ class SinkBolt(Bolt):
         return True
 
     def counters(self) -> dict[str, Any]:
+        if "stats" not in self.__dict__:
+            return {}  # prepare() has not run (or raised)
         return {**self.stats, "batched": len(self._batch), "connected": self._connected}
 
     def cleanup(self) -> None:

@@ -31,6 +31,9 @@ def task_counters(executors: Sequence[Executor]) -> dict[str, dict[str, Any]]:
             }
             extra = getattr(r.instance, "counters", None)
             if callable(extra):
-                counters.update(extra())
+                try:
+                    counters.update(extra())
+                except Exception as exc:  # noqa: BLE001 - a component's metrics never stop the heartbeat
+                    counters["counters_error"] = f"{type(exc).__name__}: {exc}"[:200]
             out[str(r.task)] = counters
     return out

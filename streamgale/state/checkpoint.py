@@ -234,7 +234,7 @@ class CheckpointedBolt(Bolt):
         extra = getattr(self.inner, "counters", None)
         out: dict[str, Any] = dict(extra()) if callable(extra) else {}
         if not self.passthrough:
-            out["checkpoint_failed_unready"] = self.failed_unready
+            out["checkpoint_failed_unready"] = getattr(self, "failed_unready", 0)  # 0 before prepare
         return out
 
     def cleanup(self) -> None:
