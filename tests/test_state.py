@@ -408,3 +408,54 @@ def test_counters_before_prepare_or_raising_never_break_the_metrics():
     assert all(counters[str(t)]["counters_error"] == "RuntimeError: boom" for t in tasks)
     split = cluster.topology.task_ids()["split"]
     assert all("counters_error" not in counters[str(t)] for t in split)
+
+
+def test_the_checkpoint_spout_sends_nothing_new_until_it_could_record_a_phase():
+    # An unreachable backend while a PREPARE is acked: COMMIT is sent only once COMMITTING is
+    # recorded (else a restart could roll back what some tasks committed), and txids never repeat.
+    from streamgale.state.checkpoint import COMMIT, PREPARE, CheckpointSpout
+    from streamgale.state.store import MemorySpace, MemoryStore
+
+    class Flaky(MemoryStore):
+        down = False
+
+        def prepare(self, txid, changes, held):
+            if Flaky.down:
+                raise StateError("backend down")
+            super().prepare(txid, changes, held)
+
+    sent: list[tuple[int, str]] = []
+    now = [0.0]
+    spout = CheckpointSpout()
+    spout.clock = lambda: now[0]
+    spout.interval = 1.0
+    spout.store = Flaky(MemorySpace(), "t/__checkpoint")
+    spout.version, spout.txid, spout.phase = 0, 0, "COMMITTED"
+    spout.todo, spout.in_flight, spout.after, spout.save_failing, spout.last, spout.attempt = [], None, None, False, 0.0, 0
+    spout.emit = lambda values, stream, msg_id: sent.append((values[0], values[1]))  # type: ignore[method-assign]
+    now[0] = 1.0
+    spout.next_tuple()
+    assert sent == [(1, PREPARE)]
+    Flaky.down = True
+    spout.ack((1, PREPARE, 1))
+    for _ in range(3):
+        spout.next_tuple()
+    assert sent == [(1, PREPARE)]  # COMMIT waits for COMMITTING to be recorded
+    Flaky.down = False
+    spout.next_tuple()
+    assert sent == [(1, PREPARE), (1, COMMIT)]
+    assert spout.phase == "COMMITTING"
+    spout.fail((1, COMMIT, 2))
+    spout.next_tuple()
+    spout.ack((1, COMMIT, 3))
+    now[0] = 3.0
+    spout.next_tuple()
+    assert sent[-1] == (2, PREPARE)
+    spout.fail((2, PREPARE, 4))
+    spout.next_tuple()
+    spout.ack((2, "ROLLBACK", 5))
+    spout.next_tuple()
+    spout.ack((2, "INITSTATE", 6))
+    now[0] = 5.0
+    spout.next_tuple()
+    assert sent[-1] == (3, PREPARE)  # after a rollback of 2, the next checkpoint is 3, not 2 again

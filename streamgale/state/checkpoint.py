@@ -41,6 +41,7 @@ barrier is complete on every channel.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,6 +55,8 @@ from streamgale.wire.spec import CHECKPOINT  # the system spout, and its stream
 from .bolt import StatefulBolt
 from .kv import KeyValueState
 from .store import StateStore, open_store
+
+log = logging.getLogger("streamgale.state")
 
 CHECKPOINT_FIELDS = ("txid", "action")
 PREPARE, COMMIT, ROLLBACK, INITSTATE = "PREPARE", "COMMIT", "ROLLBACK", "INITSTATE"
@@ -92,6 +95,8 @@ class CheckpointSpout(Spout):
         # Recovery first: finish or undo what a previous incarnation started, then INITSTATE.
         self.todo: list[str] = {PREPARING: [ROLLBACK], COMMITTING: [COMMIT]}.get(self.phase, []) + [INITSTATE]
         self.in_flight: str | None = None
+        self.after: tuple[int, str, list[str]] | None = None  # a phase to record before going on
+        self.save_failing = False
         self.last = self.clock()
         self.attempt = 0
 
@@ -101,13 +106,39 @@ class CheckpointSpout(Spout):
         self.store.commit(self.version)
         self.txid, self.phase = txid, phase
 
+    def _advance(self, txid: int, phase: str, todo: list[str]) -> None:
+        """Record (txid, phase), then make ``todo`` what comes next; if the store cannot be
+        written now (an unreachable backend), nothing more is sent until it can: an action
+        whose outcome is not recorded must not be followed by the next one."""
+        self.after = (txid, phase, todo)
+        self._apply_after()
+
+    def _apply_after(self) -> bool:
+        if self.after is None:
+            return True
+        txid, phase, todo = self.after
+        try:
+            self._save(txid, phase)
+        except Exception as exc:  # noqa: BLE001 - the backend is down: retried on the next call
+            if not self.save_failing:
+                log.warning("checkpoint spout cannot record checkpoint %d as %s (%s); retrying", txid, phase, exc)
+            self.save_failing = True
+            return False
+        self.save_failing = False
+        self.after = None
+        self.todo = todo
+        return True
+
     def next_tuple(self) -> None:
-        if self.in_flight is not None:
+        if self.in_flight is not None or not self._apply_after():
             return
         if self.todo:
             action = self.todo[0]
         elif self.clock() - self.last >= self.interval:
-            self._save(self.txid + 1, PREPARING)
+            # A new number for every PREPARE, also after a rollback: a txid is never reused.
+            self._advance(self.txid + 1, PREPARING, [PREPARE])
+            if not self.todo:
+                return
             action = PREPARE
         else:
             return
@@ -121,15 +152,12 @@ class CheckpointSpout(Spout):
             return  # a late answer to an attempt given up on
         self.in_flight = None
         if action == PREPARE:
-            self._save(txid, COMMITTING)
-            self.todo = [COMMIT]
+            self._advance(txid, COMMITTING, [COMMIT])
         elif action == COMMIT:
-            self._save(txid, COMMITTED)
-            self.todo = self.todo[1:]
             self.last = self.clock()
+            self._advance(txid, COMMITTED, self.todo[1:])
         elif action == ROLLBACK:
-            self._save(txid - 1 if self.phase == PREPARING else txid, COMMITTED)
-            self.todo = self.todo[1:]
+            self._advance(txid, COMMITTED, self.todo[1:])  # txid is done (rolled back); the next is txid + 1
         else:  # INITSTATE
             self.todo = self.todo[1:]
             self.last = self.clock()
@@ -145,7 +173,7 @@ class CheckpointSpout(Spout):
 
     def exhausted(self) -> bool:
         """Nothing in flight or due (lets ``streamgale.testing.complete_topology`` finish)."""
-        return self.in_flight is None and not self.todo
+        return self.in_flight is None and not self.todo and self.after is None
 
     def close(self) -> None:
         self.store.close()
