@@ -27,23 +27,20 @@ from typing import Any, ClassVar
 from streamgale.components import Bolt, TopologyContext
 from streamgale.tuples import Tuple
 
+from .reconnect import Reconnecting
+
 log = logging.getLogger("streamgale.connectors")
 
 
-class SinkBolt(Bolt):
+class SinkBolt(Reconnecting, Bolt):
     auto_ack = False
     batch_size: ClassVar[int] = 100
     max_wait: ClassVar[float] = 0.1  # seconds a partial batch may wait
-    reconnect_backoff: ClassVar[float] = 0.1
-    reconnect_backoff_max: ClassVar[float] = 5.0
     clock: Callable[[], float] = time.monotonic
 
     @classmethod
     def component_config(cls) -> dict[str, Any]:
         return {"topology.tick_interval": cls.max_wait}
-
-    def connect(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement connect()")
 
     def write(self, tuples: list[Tuple]) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement write(tuples)")
@@ -57,7 +54,7 @@ class SinkBolt(Bolt):
         self._first = 0.0
         self._connected = False
         self._next_connect = 0.0
-        self._delay = self.reconnect_backoff
+        self._connect_delay = self.reconnect_backoff
         self.stats = {"written": 0, "failed_batches": 0, "connection_lost": 0, "reconnects": 0}
 
     def process(self, tup: Tuple) -> None:
@@ -84,7 +81,7 @@ class SinkBolt(Bolt):
         except Exception as exc:  # noqa: BLE001 - any write error: replay and reconnect
             self.stats["connection_lost"] += 1
             self._connected = False
-            self._next_connect = self.clock() + self._delay
+            self._next_connect = self.clock() + self._connect_delay
             log.warning("%s: writing %d tuples failed (%s); they are failed for replay, reconnecting",
                         self._name, len(batch), exc)
             try:
@@ -102,24 +99,6 @@ class SinkBolt(Bolt):
         for tup in batch:
             self.fail(tup)
 
-    def _ensure_connected(self) -> bool:
-        if self._connected:
-            return True
-        now = self.clock()
-        if now < self._next_connect:
-            return False
-        try:
-            self.connect()
-        except Exception as exc:  # noqa: BLE001
-            self._next_connect = now + self._delay
-            log.warning("%s: cannot connect (%s); retrying in %.1f s", self._name, exc, self._delay)
-            self._delay = min(self._delay * 2, self.reconnect_backoff_max)
-            return False
-        if self.stats["connection_lost"]:
-            self.stats["reconnects"] += 1
-        self._connected = True
-        self._delay = self.reconnect_backoff
-        return True
 
     def counters(self) -> dict[str, Any]:
         if "stats" not in self.__dict__:

@@ -52,6 +52,8 @@ from typing import Any
 
 from streamgale.components import Spout, TopologyContext
 
+from .reconnect import Reconnecting
+
 log = logging.getLogger("streamgale.connectors")
 
 
@@ -64,23 +66,18 @@ class Message:
     attempts: int = field(default=0, compare=False)
 
 
-class SourceSpout(Spout):
+class SourceSpout(Reconnecting, Spout):
     """Base of every broker source (see the module docstring for the contract)."""
 
     max_retries: int | None = 5
     retry_backoff = 0.1  # seconds before the first replay of a failed message
     retry_backoff_max = 5.0
-    reconnect_backoff = 0.1
-    reconnect_backoff_max = 5.0
     commit_batch = 500  # ids per commit call
     max_in_flight = 1000  # when acking is off or max_spout_pending is null
     stream = "default"
     clock: Callable[[], float] = time.monotonic
 
     # -- the broker side (connectors implement these) ------------------------------------------
-
-    def connect(self) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement connect()")
 
     def fetch(self, limit: int) -> Sequence[Message]:
         raise NotImplementedError(f"{type(self).__name__} must implement fetch(limit)")
@@ -124,25 +121,6 @@ class SourceSpout(Spout):
                       "reconnects": 0}
         self._ensure_connected()
 
-    def _ensure_connected(self) -> bool:
-        if self._connected:
-            return True
-        now = self.clock()
-        if now < self._next_connect:
-            return False
-        try:
-            self.connect()
-        except Exception as exc:  # noqa: BLE001 - any broker error: try again later
-            self._next_connect = now + self._connect_delay
-            log.warning("%s: cannot connect (%s); retrying in %.1f s", self._name, exc, self._connect_delay)
-            self._connect_delay = min(self._connect_delay * 2, self.reconnect_backoff_max)
-            return False
-        if self.stats["connection_lost"]:
-            self.stats["reconnects"] += 1
-            log.warning("%s: reconnected", self._name)
-        self._connected = True
-        self._connect_delay = self.reconnect_backoff
-        return True
 
     def _lost(self, exc: BaseException, doing: str) -> None:
         self.stats["connection_lost"] += 1
