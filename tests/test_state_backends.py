@@ -200,15 +200,16 @@ def test_sqlite_stores_of_two_threads_share_the_file(tmp_path):
     errors = []
 
     def task(n):
-        store = SqliteStore.open(path, f"task-{n}")
         try:
-            for txid in range(1, 21):
-                store.prepare(txid, {b"n": str(txid).encode()}, b"h")
-                assert store.commit(txid) == b"h"
-        except Exception as exc:  # reported below: an assert in a thread would be lost
+            store = SqliteStore.open(path, f"task-{n}")  # all four open the new file at once
+            try:
+                for txid in range(1, 21):
+                    store.prepare(txid, {b"n": str(txid).encode()}, b"h")
+                    assert store.commit(txid) == b"h"
+            finally:
+                store.close()
+        except Exception as exc:  # reported below: an exception in a thread would be lost
             errors.append(exc)
-        finally:
-            store.close()
 
     threads = [threading.Thread(target=task, args=(n,)) for n in range(4)]
     for t in threads:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,7 +64,7 @@ class SqliteStore:
             if full != ":memory:":
                 Path(full).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(full, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(conn, time.monotonic() + BUSY_TIMEOUT_S)
             conn.execute("PRAGMA synchronous=FULL")
             _create_schema(conn)
         except (OSError, sqlite3.Error, _SchemaMismatch) as e:
@@ -140,6 +141,24 @@ class SqliteStore:
 
 class _SchemaMismatch(Exception):
     pass
+
+
+WAL_RETRY_S = 0.005  # between tries of the switch to WAL while another connection sets the file up
+
+
+def _enter_wal(conn: sqlite3.Connection, deadline: float) -> None:
+    """Switch the file to WAL mode. The switch needs the exclusive lock, and SQLite answers it with
+    an immediate SQLITE_BUSY, without waiting in the busy handler, while another connection is
+    setting the same file up (waiting could deadlock); so it is retried until ``deadline``."""
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
+                    or time.monotonic() >= deadline:
+                raise
+        time.sleep(WAL_RETRY_S)
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
