@@ -4,7 +4,9 @@ Threading contract: every method of a component instance is called from one
 thread, the worker's executor loop, never concurrently. All executors of a
 worker share that loop, so a method must not block for long: ``next_tuple``
 must return promptly (emit nothing if nothing is ready), and a bolt that waits
-on slow I/O delays every other task in its worker.
+on slow I/O delays every other task in its worker. Slow work belongs on a
+thread of the bolt's own, which hands its results back with
+``call_soon_threadsafe`` (as the model bolts of :mod:`streamgale.inference` do).
 
 Each task runs its own instance: a component given as a class is instantiated
 with no arguments per task; one given as an instance is deep-copied per task.
@@ -12,7 +14,7 @@ with no arguments per task; one given as an instance is deep-copied per task.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -34,6 +36,7 @@ class TopologyContext:
     config: Config
     component_tasks: Mapping[str, tuple[int, ...]] = field(repr=False)
     outputs: Mapping[str, tuple[str, ...]] = field(repr=False)
+    base_dir: str = "."  # the topology file's directory (in a worker: inside its code package)
 
     def tasks_of(self, component: str) -> tuple[int, ...]:
         """Task ids of ``component`` (for emit_direct targets)."""
@@ -117,6 +120,10 @@ class Bolt(Component):
     the input, and the input is acked when ``process`` returns (failed if it
     raises). Set ``auto_ack = False`` to hold tuples and call ``ack``/``fail``
     yourself, passing ``anchors`` to ``emit``.
+
+    Optional: ``process_batch(tuples)`` takes queued inputs a batch at a time;
+    ``accepts_input()`` returning False leaves inputs queued (backpressure: the
+    queue fills and the spouts wait) until it returns True again.
     """
 
     auto_ack: ClassVar[bool] = True
@@ -145,6 +152,12 @@ class Bolt(Component):
     def emit_direct(self, task: int, values: Sequence[Any], stream: str = "default",
                     anchors: Tuple | Sequence[Tuple] | None = None) -> None:
         self._collector.bolt_emit_direct(task, values, stream, anchors)
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Have ``fn()`` called on this task's thread at the loop's next turn; the one method
+        another thread may call. A bolt that hands work to a thread of its own emits, acks and
+        fails its results inside ``fn`` (pass ``anchors`` to emit: there is no current input)."""
+        self._collector.call_soon_threadsafe(fn)
 
     def ack(self, tup: Tuple) -> None:
         self._collector.ack(tup)

@@ -82,6 +82,14 @@ def _str(v: Any) -> str:
     return v
 
 
+def _names(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, str) and x for x in v):
+        raise ValueError(v)
+    return tuple(v)
+
+
 def _zk_root(v: Any) -> str:
     v = _str(v)
     if not v.startswith("/") or v.endswith("/") or "//" in v:
@@ -168,6 +176,13 @@ SETTINGS: dict[str, Setting] = {
                 "the SQLite file of the sqlite backend, on each node"),
         Setting("topology.state.redis.url", "a redis:// URL", "redis://127.0.0.1:6379/0", _str,
                 "the Redis server of the redis backend"),
+        Setting("topology.inference.providers", "a list of ONNX Runtime execution provider names",
+                ("CPUExecutionProvider",), _names,
+                "where model bolts run ONNX models, in order of preference (docs/ml.md)"),
+        Setting("topology.inference.intra_op_threads", "an integer >= 0", 1, _int(0),
+                "threads one model call may use (0: ONNX Runtime's and PyTorch's default, every core)"),
+        Setting("topology.inference.inter_op_threads", "an integer >= 0", 1, _int(0),
+                "threads ONNX Runtime may run independent operators on (0: its default)"),
     ]
 }
 

@@ -155,6 +155,9 @@ class Topology:
             raise TopologyError(str(e)) from None
         self.config: dict[str, Any] = dict(config or {})
         self.components: dict[str, ComponentDef] = {}
+        # Where components find the files shipped beside the topology (a model bolt's model): the
+        # topology file's directory when loaded from one, else the working directory.
+        self.base_dir: str | None = None
 
     def _declare(self, name: str, component: Any, base: type, parallelism: int,
                  tasks: int | None, config: Mapping[str, Any] | None) -> ComponentDef:

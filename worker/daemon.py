@@ -34,6 +34,7 @@ from streamgale.runtime.executor import Sink
 from streamgale.runtime.loader import load_topology
 from streamgale.runtime.loop import ExecutorLoop
 from streamgale.runtime.metrics import task_counters
+from streamgale.runtime.wakeup import Wakeup
 from streamgale.topology import Topology
 from streamgale.wire import channel
 from streamgale.wire.channel import WorkerArgs
@@ -71,8 +72,8 @@ class WorkerIO:
     def congested(self) -> bool:
         return self.transport.congested()
 
-    def wait(self, timeout: float) -> None:
-        self.transport.wait(timeout)
+    def wait(self, timeout: float, wakeup: Wakeup) -> None:
+        self.transport.wait(timeout, wakeup)
 
 
 class Worker:

@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from streamgale.runtime.wakeup import Wakeup
 from streamgale.tuples import Tuple
 from streamgale.wire.frames import Batch, RemoteSink, decode_frame
 
@@ -92,6 +93,7 @@ class Transport:
         self.received = 0
         self.sent = 0
         self.paused = False  # set by the loop while local queues are full
+        self._poller: zmq.Poller | None = None  # the pull socket and the loop's wakeup (built at the first wait)
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -186,12 +188,17 @@ class Transport:
                 self._flush(endpoint)
         return 0 if self.paused else self._receive(RECEIVE_FRAMES, self.batch_size)
 
-    def wait(self, timeout: float) -> None:
-        """Block up to ``timeout`` seconds for incoming frames (the loop is idle)."""
+    def wait(self, timeout: float, wakeup: Wakeup) -> None:
+        """Block up to ``timeout`` seconds for incoming frames or ``wakeup`` (the loop is idle)."""
         if self.paused or self._outbox:
-            time.sleep(min(timeout, 0.001))
+            wakeup.wait(min(timeout, 0.001))
             return
-        self.pull.poll(max(0, int(timeout * 1000)))
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = zmq.Poller()
+            poller.register(self.pull, zmq.POLLIN)
+            poller.register(wakeup.fileno(), zmq.POLLIN)
+        poller.poll(max(0, int(timeout * 1000)))
 
     def _receive(self, max_frames: int, max_tuples: int) -> int:
         """Take in up to ``max_frames`` frames, stopping once ``max_tuples`` tuples arrived."""

@@ -6,6 +6,7 @@ here and how to reach a task that runs elsewhere, return ready executors.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 from streamgale.components import TopologyContext
@@ -88,6 +89,7 @@ def build_executors(
     subscribers = topology.subscribers()
 
     runners: dict[int, TaskRunner] = {}
+    base_dir = topology.base_dir or os.getcwd()
     if sinks is None:
         sinks = {}
     index = stream_index(topology)
@@ -101,7 +103,7 @@ def build_executors(
             context = TopologyContext(
                 topology=topology.name, component=component, task_id=task,
                 task_index=task_ids[component].index(task), task_count=len(task_ids[component]),
-                config=conf, component_tasks=task_ids, outputs=outputs[component],
+                config=conf, component_tasks=task_ids, outputs=outputs[component], base_dir=base_dir,
             )
             routes = Routes(component, task, {}, {}, index[component], sinks)
             for stream, fields in comp.outputs.items():

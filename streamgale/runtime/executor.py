@@ -103,6 +103,10 @@ class Collector:
         self.capture = capture
         self.acks = acks
         self.pending = PendingRoots()
+        # Calls handed to this task's thread by other threads (call_soon_threadsafe), and the loop's
+        # wakeup (installed by the loop) that ends its idle wait for them.
+        self.deferred: deque[Callable[[], None]] = deque()
+        self.waker: Any = None
         self.clock = clock
         self._sinks = routes.sinks
         # Metrics: stream -> tuples emitted and transferred; bolts: inputs executed, acked,
@@ -330,6 +334,13 @@ class Collector:
                 for root in tup.multi:
                     acks.fail(root)
 
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on the loop thread at its next turn (from any thread)."""
+        self.deferred.append(fn)
+        waker = self.waker
+        if waker is not None:
+            waker.set()
+
     def flush_acks(self) -> None:
         """Send the buffered ack traffic: one ``__ack`` tuple per acker task."""
         acks = self.acks
@@ -343,7 +354,7 @@ class Collector:
 class TaskRunner:
     """One task: its component instance, context and collector."""
 
-    __slots__ = ("task", "instance", "context", "collector", "queue", "batch")
+    __slots__ = ("task", "instance", "context", "collector", "queue", "batch", "accepts")
 
     def __init__(self, task: int, instance: Any, context: TopologyContext, collector: Collector):
         self.task = task
@@ -354,6 +365,11 @@ class TaskRunner:
         # A bolt may take its input a batch at a time (``process_batch(tuples)``, e.g. the acker).
         self.batch: Callable[[list[Tuple]], None] | None = (
             getattr(instance, "process_batch", None) if isinstance(instance, Bolt) else None)
+        # A bolt may leave its input queued while it cannot take more (``accepts_input()`` is
+        # false, e.g. a model bolt whose inference is behind): its queue fills, and the loop's
+        # backpressure stops the spouts.
+        self.accepts: Callable[[], bool] | None = (
+            getattr(instance, "accepts_input", None) if isinstance(instance, Bolt) else None)
         instance._collector = collector
         # Bind emit straight to the collector: one call less on the hot path.
         if isinstance(instance, Spout):
@@ -572,9 +588,13 @@ class BoltExecutor(Executor):
         if self.outputs and self.blocked():
             return 0
         for r in self.runners:
+            if r.collector.deferred:
+                work += self._run_deferred(r)
             q = r.queue
             n = len(q)
             if not n:
+                continue
+            if r.accepts is not None and not self._accepts(r):
                 continue
             if n > budget:
                 n = budget
@@ -632,6 +652,34 @@ class BoltExecutor(Executor):
                 col.flush_acks()
             work += done
         return work
+
+    def _run_deferred(self, r: TaskRunner) -> int:
+        """Run the calls other threads handed to this task (``call_soon_threadsafe``)."""
+        col = r.collector
+        q = col.deferred
+        n = 0
+        started = perf_counter()
+        while q:
+            fn = q.popleft()
+            n += 1
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - user code
+                self._report(r, exc, f"in a call handed to bolt '{self.component}' task {r.task} "
+                                     f"by another thread ({getattr(fn, '__qualname__', fn)!r})")
+        col.busy += perf_counter() - started
+        if col.acks is not None and col.acks.dirty:
+            col.flush_acks()
+        return n
+
+    def _accepts(self, r: TaskRunner) -> bool:
+        accepts = r.accepts
+        assert accepts is not None
+        try:
+            return bool(accepts())
+        except Exception as exc:  # noqa: BLE001 - user code
+            self._report(r, exc, f"in accepts_input of bolt '{self.component}' task {r.task}")
+            return True
 
     def _step_batch(self, r: TaskRunner, n: int) -> int:
         """``process_batch`` with up to ``n`` queued tuples: auto-ack bolts have every input acked

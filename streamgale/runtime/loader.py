@@ -68,4 +68,5 @@ def load_topology(path: str | Path, config: Config) -> Topology:
         raise TopologyFileError(
             f"'topology' in {path} must be a streamgale.Topology, got {type(topology).__name__}"
         )
+    topology.base_dir = str(Path(path).resolve().parent)
     return topology.validate()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .executor import Executor, SpoutExecutor
+from .wakeup import Wakeup
 
 
 class LoopIO(Protocol):
@@ -30,8 +31,8 @@ class LoopIO(Protocol):
     def congested(self) -> bool:
         """True while downstream workers refuse more tuples."""
 
-    def wait(self, timeout: float) -> None:
-        """Block up to ``timeout`` seconds for input."""
+    def wait(self, timeout: float, wakeup: Wakeup) -> None:
+        """Block up to ``timeout`` seconds for input, or until ``wakeup`` is set."""
 
 BOLT_BUDGET = 256  # tuples per task per turn
 SPOUT_BUDGET = 64  # next_tuple calls per task per turn
@@ -56,6 +57,12 @@ class ExecutorLoop:
         self.io = io
         self._ticks: list[list[Any]] = [[b.tick_interval, 0.0, b] for b in self.bolts if b.tick_interval]
         self.started = False
+        # Ends the idle wait when another thread hands a task a call (call_soon_threadsafe).
+        self.wakeup = Wakeup()
+        self.deferred = [r.collector.deferred for e in executors for r in e.runners]
+        for e in executors:
+            for r in e.runners:
+                r.collector.waker = self.wakeup
         # The executor whose user code runs now and since when (read by a worker's heartbeat
         # thread to report a slow component; written only by the loop thread).
         self.running: Executor | None = None
@@ -81,7 +88,7 @@ class ExecutorLoop:
 
     def idle(self) -> bool:
         """True when no executor has queued tuples (spouts' ack results included)."""
-        return not any(self.all_queues)
+        return not any(self.all_queues) and not any(self.deferred)
 
     def step(self) -> int:
         """One turn; returns the number of tuples processed or emitted."""
@@ -119,7 +126,7 @@ class ExecutorLoop:
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         """Run turns until ``should_stop()``; wait briefly when turns do nothing."""
-        wait = self.io.wait if self.io is not None else time.sleep
+        io, wakeup = self.io, self.wakeup
         idle_turns = 0
         while not should_stop():
             if self.step():
@@ -128,7 +135,12 @@ class ExecutorLoop:
             idle_turns += 1
             # Back off gently: stay hot for a few empty turns, then sleep.
             if idle_turns > 3:
-                wait(min(self.next_timer_in(), 0.0002 * idle_turns))
+                timeout = min(self.next_timer_in(), 0.0002 * idle_turns)
+                if io is not None:
+                    io.wait(timeout, wakeup)
+                else:
+                    wakeup.wait(timeout)
+                wakeup.clear()
 
     def stop(self) -> None:
         """Close spouts, then clean up bolts; errors are reported, not raised."""
@@ -139,6 +151,7 @@ class ExecutorLoop:
         for bolt in self.bolts:
             bolt.stop()
         self.started = False
+        self.wakeup.close()
 
     def set_active(self, active: bool) -> None:
         for s in self.spouts:

@@ -231,6 +231,9 @@ class CheckpointedBolt(Bolt):
         self.passthrough = not self.stateful and input_tasks == 1
         if self.passthrough:
             self.auto_ack = self.inner_auto  # type: ignore[misc]
+        accepts = getattr(inner, "accepts_input", None)
+        if accepts is not None:  # the inner bolt's backpressure holds the wrapper's queue
+            self.accepts_input = accepts
 
     # The collector is installed on the wrapper by the runtime; the inner bolt gets its emits.
     @property
@@ -275,8 +278,12 @@ class CheckpointedBolt(Bolt):
     # -- data tuples --------------------------------------------------------------------------
 
     def error_reporter(self, report: Callable[[BaseException, str], None]) -> None:
-        """The runtime's error reporting, for errors this wrapper handles itself."""
+        """The runtime's error reporting, for errors this wrapper handles itself (and the inner
+        bolt's, if it reports its own)."""
         self._report = report
+        inner_hook = getattr(self.inner, "error_reporter", None)
+        if inner_hook is not None:
+            inner_hook(report)
 
     def process(self, tup: Tuple) -> None:
         """The runtime's input: its errors are the runtime's to report (and ``tup`` is failed)."""
