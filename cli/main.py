@@ -168,4 +168,4 @@ def main() -> None:
     cli(prog_name="streamgale")
 
 
-from . import client_commands, daemon_commands, observe_commands, ui_command  # noqa: E402,F401  (register commands)
+from . import client_commands, daemon_commands, model_commands, observe_commands, ui_command  # noqa: E402,F401,I001  (register commands)

@@ -46,6 +46,10 @@ def stats_table(stats: dict[str, Any], window: str) -> str:
                    if transport.get("dropped_frames") or transport.get("dropped_entries") else "")
         out.append(f"worker {w['host']}:{w['port']} pid {w['pid']}: cpu {w['cpu_percent']}%, "
                    f"{w['rss_mb']} MB resident, up {w['uptime_s']} s{dropped}")
+    for task, t in sorted(stats.get("tasks", {}).items(), key=lambda kv: int(kv[0])):
+        if t.get("metrics"):
+            shown = ", ".join(f"{k} {_cell(v)}" for k, v in sorted(t["metrics"].items()))
+            out.append(f"task {task} ({t['component']}): {shown}")
     for component, records in sorted(stats["errors"].items()):
         last = records[-1]
         first_line = str(last.get("message", "")).splitlines()[0] if last.get("message") else ""

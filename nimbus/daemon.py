@@ -34,7 +34,7 @@ from streamgale.cluster.records import (
     slot_id,
 )
 from streamgale.cluster.state import ClusterState
-from streamgale.config import Config, ConfigError
+from streamgale.config import MODEL_BOLT, Config, ConfigError
 from streamgale.wire import protocol as p
 from streamgale.wire.rpc import RpcServer
 from streamgale.wire.spec import SpecError
@@ -83,7 +83,8 @@ class Nimbus:
             p.ListTopologies: self.list_topologies, p.TopologyInfo: self.topology_info,
             p.ClusterInfo: self.cluster_info, p.DownloadCode: self.download_code, p.Ping: self.ping,
             p.TopologyStats: self.topology_stats, p.SupervisorReport: self.supervisor_report,
-            p.SetLogLevel: self.set_log_level,
+            p.SetLogLevel: self.set_log_level, p.UpdateModel: self.update_model,
+            p.DownloadModel: self.download_model,
         }
         self.metrics = MetricsStore()
 
@@ -321,6 +322,39 @@ class Nimbus:
         self._update(rec, lambda r: r.with_(log_levels={**r.log_levels, req.logger: req.level}))
         log.info("log level of %r in %s set to %s", req.logger or "root", rec.id, req.level)
         return {}
+
+    def update_model(self, req: p.UpdateModel) -> dict[str, Any]:
+        """Store a new model file for a model bolt and record its version: supervisors fetch it
+        and the bolt's workers switch to it between batches."""
+        self._require_leader()
+        rec = self._by_name(req.name)
+        comp = rec.spec.components.get(req.component)
+        if comp is None or not comp.config.get(MODEL_BOLT):
+            bolts = sorted(n for n, c in rec.spec.components.items() if c.config.get(MODEL_BOLT))
+            raise p.NotFound(f"topology '{req.name}' has no model bolt named '{req.component}' "
+                             f"(its model bolts: {', '.join(bolts) or 'none'})")
+        if not req.model:
+            raise p.BadRequest("the model file is empty")
+        if digest(req.model) != req.digest:
+            raise p.BadRequest("model file digest does not match its contents")
+        self.state.put_model(rec.id, req.component, req.model)
+        versions: list[int] = []
+
+        def bump(r: TopologyRecord) -> TopologyRecord:
+            versions.append(int(r.models.get(req.component, {}).get("version", 1)) + 1)
+            return r.with_(models={**r.models, req.component: {"digest": req.digest, "version": versions[-1]}})
+
+        self._update(rec, bump)
+        log.info("model of %s in %s updated to version %d (sha256 %s)", req.component, rec.id, versions[-1],
+                 req.digest[:12])
+        return {"version": versions[-1]}
+
+    def download_model(self, req: p.DownloadModel) -> dict[str, Any]:
+        rec = self.state.topology(req.topology_id)
+        model = None if rec is None else rec.models.get(req.component)
+        if rec is None or model is None:
+            raise p.NotFound(f"no model was uploaded to component '{req.component}' of '{req.topology_id}'")
+        return {"model": self.state.get_model(req.topology_id, req.component), "digest": model["digest"]}
 
     def topology_stats(self, req: p.TopologyStats) -> dict[str, Any]:
         self._require_leader()

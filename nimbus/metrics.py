@@ -39,6 +39,9 @@ from typing import Any
 
 WINDOWS: tuple[tuple[str, float | None], ...] = (("600", 600.0), ("10800", 10800.0), ("86400", 86400.0),
                                                 ("all", None))
+# What the runtime reports of every task; anything else a task reports is its component's own.
+RUNTIME_KEYS = frozenset({"component", "kind", "queue", "emitted_by_stream", "transferred_by_stream", "executed",
+                          "acked", "failed", "busy", "latency_total", "pending", "malformed"})
 COUNTERS = ("emitted", "transferred", "executed", "acked", "failed", "busy", "latency_total", "malformed")
 # Checkpoint spacing by age: (younger than, keep one per) seconds.
 THINNING = ((600.0, 0.0), (10800.0, 60.0), (86400.0, 600.0))
@@ -59,6 +62,7 @@ class TaskSeries:
     host: str = ""
     port: int = 0
     first_seen: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)  # the component's own (counters()), latest values
 
     def add(self, now: float, pid: int, raw: Mapping[str, Any]) -> None:
         counts = {k: float(raw.get(k, 0) or 0) for k in COUNTERS}
@@ -75,6 +79,8 @@ class TaskSeries:
         self.last, self.last_streams = counts, emitted
         self.pid = pid
         self.queue = int(raw.get("queue", 0) or 0)
+        self.metrics = {str(k): v for k, v in raw.items()
+                        if k not in RUNTIME_KEYS and isinstance(v, (int, float, str, bool))}
         if not self.first_seen:
             self.first_seen = now
         self.checkpoints.append((now, dict(self.totals), dict(self.streams)))
@@ -174,7 +180,7 @@ class MetricsStore:
                     streams.setdefault(s.component, {}).setdefault(stream, {})
                     streams[s.component][stream][name] = streams[s.component][stream].get(name, 0) + int(v)
             tasks_out[str(task)] = {"component": s.component, "host": s.host, "port": s.port, "queue": s.queue,
-                                    "windows": t_windows}
+                                    "windows": t_windows, "metrics": dict(s.metrics)}
         for (component, name), acc in sums.items():
             comp = components[component]
             comp["windows"][name] = _derived(acc, covered_by[(component, name)], len(comp["tasks"]))

@@ -25,6 +25,7 @@ no nimbus answered in time, ...). The messages name the thing at fault.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -412,6 +413,28 @@ class Client:
         """Set ``logger``'s level ("DEBUG" ... "CRITICAL") in every worker of ``name``, live;
         ``logger`` "root" or "" is the root logger."""
         self._nimbus.set_log_level(name, "" if logger in ("", "root") else logger, level)
+
+    # -- models ------------------------------------------------------------------------------
+
+    def update_model(self, name: str, component: str, path: str | os.PathLike[str]) -> int:
+        """Upload the model file at ``path`` to model bolt ``component`` of running topology
+        ``name``; returns its version (the shipped model is version 1). Its workers load it
+        beside the model they serve and switch to it between batches; one that cannot load it,
+        or finds it does not fit the bolt, refuses it (an error of the component) and keeps
+        serving the old. An ``.onnx`` file is loaded here first, so a corrupt one is refused
+        before it is uploaded: raises :class:`streamgale.inference.ModelError`."""
+        from .inference.models import OnnxModel, read_model_file
+
+        data = read_model_file(path)
+        if str(path).endswith(".onnx"):
+            OnnxModel(str(path), data)  # raises ModelError, naming what is wrong with the file
+        return self._nimbus.update_model(name, component, data, hashlib.sha256(data).hexdigest())
+
+    def model_versions(self, name: str, component: str) -> dict[int, int | None]:
+        """Task -> the model version it serves, as its last metrics say (None: not reported yet)."""
+        stats = self.stats(name)
+        tasks = stats["components"].get(component, {}).get("tasks", [])
+        return {int(t): stats["tasks"].get(str(t), {}).get("metrics", {}).get("model_version") for t in tasks}
 
     # -- logs --------------------------------------------------------------------------------
 

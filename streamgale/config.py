@@ -76,6 +76,12 @@ def _choice(*options: str) -> Callable[[Any], str]:
     return check
 
 
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(v)
+    return v
+
+
 def _str(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError
@@ -113,6 +119,8 @@ def _servers(v: Any) -> tuple[str, ...]:
 
 
 _PORT = _int(1, 65535)
+
+MODEL_BOLT = "topology.inference.model_bolt"  # a component config key model bolts set on themselves
 
 SETTINGS: dict[str, Setting] = {
     s.key: s
@@ -176,6 +184,8 @@ SETTINGS: dict[str, Setting] = {
                 "the SQLite file of the sqlite backend, on each node"),
         Setting("topology.state.redis.url", "a redis:// URL", "redis://127.0.0.1:6379/0", _str,
                 "the Redis server of the redis backend"),
+        Setting(MODEL_BOLT, "true or false", False, _bool,
+                "set by model bolts on themselves (not by users): the component takes model updates"),
         Setting("topology.inference.providers", "a list of ONNX Runtime execution provider names",
                 ("CPUExecutionProvider",), _names,
                 "where model bolts run ONNX models, in order of preference (docs/ml.md)"),

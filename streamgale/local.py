@@ -6,6 +6,7 @@ executor loop that a cluster worker uses.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -56,6 +57,8 @@ class LocalCluster:
         self.errors: list[ComponentError] = []
         self._on_error = on_error
         self._stop = threading.Event()
+        self._versions_lock = threading.Lock()
+        self._model_versions: dict[str, int] = {}
         groups = [(name, tasks) for name, execs in topology.executors().items() for tasks in execs]
         self.executors = build_executors(topology, config, groups, None, self._record_error, capture)
         self.loop = ExecutorLoop(self.executors, config["topology.queue_size"])
@@ -67,6 +70,24 @@ class LocalCluster:
                   type(exc).__name__, exc, details)
         if self._on_error is not None:
             self._on_error(err)
+
+    def update_model(self, component: str, path: str) -> int:
+        """Serve the model file at ``path`` in model bolt ``component`` from its next batch on
+        (thread-safe; see :meth:`streamgale.inference.ModelBolt.model_updated`); returns the new
+        version (the model the bolt names is version 1). A file that does not load or fit is
+        refused, reported as an error of the component, and the old model keeps serving."""
+        runners = [r for e in self.executors if e.component == component for r in e.runners
+                   if getattr(r.instance, "model_updated", None) is not None]
+        if not runners:
+            bolts = sorted({e.component for e in self.executors for r in e.runners
+                            if getattr(r.instance, "model_updated", None) is not None})
+            raise ValueError(f"topology '{self.topology.name}' has no model bolt named '{component}' "
+                             f"(its model bolts: {', '.join(bolts) or 'none'})")
+        with self._versions_lock:
+            version = self._model_versions[component] = self._model_versions.get(component, 1) + 1
+        for r in runners:
+            r.collector.call_soon_threadsafe(functools.partial(r.instance.model_updated, path, version))
+        return version
 
     def shutdown(self) -> None:
         """Ask the loop to stop after its current turn (thread-safe)."""

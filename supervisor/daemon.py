@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgpack
 import psutil
@@ -71,15 +72,36 @@ def supervisor_id(local_dir: Path) -> str:
 GONE = channel.WorkerControl(1, "KILLED", {}, None)  # a topology (or its assignment) that is gone
 
 
-def control_for(record: TopologyRecord | None, assignment: Assignment | None) -> channel.WorkerControl:
-    """What the workers of a topology must know; its version is a digest of its content
-    (bit 1 set, so never GONE's 1 nor a fresh worker's 0)."""
+def control_for(record: TopologyRecord | None, assignment: Assignment | None,
+                models: dict[str, dict[str, Any]] | None = None) -> channel.WorkerControl:
+    """What the workers of a topology must know (``models``: the uploaded model files this node
+    holds, see :func:`local_models`); its version is a digest of its content (bit 1 set, so
+    never GONE's 1 nor a fresh worker's 0)."""
     if record is None or assignment is None:
         return GONE
     body: dict[str, Any] = {"status": record.status, "log_levels": dict(record.log_levels),
-            "assignment": {**assignment.to_dict(), "version": assignment.version}}
+            "assignment": {**assignment.to_dict(), "version": assignment.version}, "models": models or {}}
     version = int.from_bytes(hashlib.sha256(msgpack.packb(body, use_bin_type=True)).digest()[:7], "big") | 2
-    return channel.WorkerControl(version, body["status"], body["log_levels"], body["assignment"])
+    return channel.WorkerControl(version, body["status"], body["log_levels"], body["assignment"], body["models"])
+
+
+def model_path(local_dir: Path, topology_id: str, component: str, digest: str) -> Path:
+    """Where a supervisor keeps an uploaded model file: named by its digest, so a new version
+    never overwrites the one a worker is reading."""
+    return local_dir / "models" / topology_id / f"{quote(component, safe='')}-{digest}"
+
+
+def local_models(local_dir: Path, record: TopologyRecord) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(the uploaded models of ``record`` already on this node, as a control's ``models``;
+    the components whose file is still to be fetched)."""
+    ready, missing = {}, []
+    for component, m in sorted(record.models.items()):
+        path = model_path(local_dir, record.id, component, m["digest"])
+        if path.is_file():
+            ready[component] = {"version": m["version"], "path": str(path)}
+        else:
+            missing.append(component)
+    return ready, missing
 
 
 class Outbox:
@@ -172,12 +194,18 @@ class Supervisor:
         return self.local_dir / "workers" / str(port)
 
     def code_ready(self, desired: Desired) -> bool:
+        """The topology's record, its code package and its uploaded model files are here."""
         with self._lock:
-            if desired.topology_id not in self._topologies:
-                return False  # its record (entry, config) has not arrived yet
-        marker = self.code_dir(desired.topology_id) / CODE_MARKER
+            record = self._topologies.get(desired.topology_id)
+        if record is None:
+            return False  # its record (entry, config) has not arrived yet
+        if local_models(self.local_dir, record)[1]:
+            return False
+        return self._code_here(desired.topology_id, desired.code_digest)
+
+    def _code_here(self, topology_id: str, digest: str) -> bool:
         try:
-            return marker.read_text().strip() == desired.code_digest
+            return (self.code_dir(topology_id) / CODE_MARKER).read_text().strip() == digest
         except OSError:
             return False
 
@@ -280,7 +308,8 @@ class Supervisor:
 
     def _update_controls(self) -> None:
         # Under _lock, on a watch change only: beats and steps then just look the control up.
-        self._controls = {tid: control_for(rec, self._assignments.get(tid)) for tid, rec in self._topologies.items()}
+        self._controls = {tid: control_for(rec, self._assignments.get(tid), local_models(self.local_dir, rec)[0])
+                          for tid, rec in self._topologies.items()}
 
     # -- the channel --------------------------------------------------------------------------
 
@@ -358,6 +387,7 @@ class Supervisor:
                 self.beats.pop(port, None)
                 self.sent_control.pop(port, None)
                 self.outbox.forget(port)
+        self._fetch_new_models()
         self._push_controls()
         self._clean_code(desired)
 
@@ -391,7 +421,7 @@ class Supervisor:
             return None  # gone meanwhile: the next step sees it
         wdir = self.worker_dir(port)
         wdir.mkdir(parents=True, exist_ok=True)
-        channel.write_launch(wdir, record, assignment)
+        channel.write_launch(wdir, record, assignment, local_models(self.local_dir, record)[0])
         assert self.channel is not None
         args = WorkerArgs(desired.topology_id, port, self.id, self.host, self.code_dir(desired.topology_id), wdir,
                           self.worker_config, self.channel.url, self.worker_scheme)
@@ -414,14 +444,47 @@ class Supervisor:
         t.start()
 
     def _fetch(self, topology_id: str, digest: str) -> None:
-        """Runs on a download thread with its own client socket."""
+        """Runs on a download thread with its own client socket: the code package unless it is
+        here, then the uploaded model files that are not."""
         try:
             with self.nimbus(DOWNLOAD_TIMEOUT) as client:
-                data, _ = client.download_code(topology_id)
-            unpack(data, self.code_dir(topology_id), digest)  # writes the digest marker before it appears
-            log.info("downloaded code for %s (%d bytes)", topology_id, len(data))
+                if not self._code_here(topology_id, digest):
+                    data, _ = client.download_code(topology_id)
+                    unpack(data, self.code_dir(topology_id), digest)  # writes the digest marker before it appears
+                    log.info("downloaded code for %s (%d bytes)", topology_id, len(data))
+                self._fetch_models(client, topology_id)
         except (NimbusError, PackageError, OSError) as e:
             log.error("could not fetch code for %s: %s", topology_id, e)
+
+    def _fetch_models(self, client: NimbusClient, topology_id: str) -> None:
+        with self._lock:
+            record = self._topologies.get(topology_id)
+        if record is None:
+            return
+        for component in local_models(self.local_dir, record)[1]:
+            data, digest = client.download_model(topology_id, component)
+            if hashlib.sha256(data).hexdigest() != digest or digest != record.models[component]["digest"]:
+                log.warning("model file of %s in %s changed while it was fetched; fetching again later",
+                            component, topology_id)
+                continue
+            path = model_path(self.local_dir, topology_id, component, digest)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+            tmp.write_bytes(data)
+            tmp.replace(path)  # complete or absent, never half written
+            log.info("downloaded model version %d of %s in %s (%d bytes)", record.models[component]["version"],
+                     component, topology_id, len(data))
+        with self._lock:
+            self._update_controls()  # running workers are told at the next step
+
+    def _fetch_new_models(self) -> None:
+        """Start fetching model files uploaded to topologies whose workers run here."""
+        running = {s.running.topology_id for s in self.slots.values() if s.running is not None}
+        with self._lock:
+            records = [self._topologies.get(tid) for tid in running]
+        for rec in records:
+            if rec is not None and rec.models and local_models(self.local_dir, rec)[1]:
+                self._download(rec.id, rec.code_digest)
 
     def _clean_code(self, desired: dict[int, Desired]) -> None:
         wanted = {d.topology_id for d in desired.values()} | {
@@ -431,6 +494,10 @@ class Supervisor:
             if path.name.startswith("."):
                 continue  # a package being unpacked or replaced; package.unpack owns it
             if path.name not in wanted and path.is_dir() and path.name not in active:
+                shutil.rmtree(path, ignore_errors=True)
+        models = self.local_dir / "models"
+        for path in models.iterdir() if models.is_dir() else ():
+            if path.name not in wanted and path.name not in active:
                 shutil.rmtree(path, ignore_errors=True)
 
     # -- run / stop ---------------------------------------------------------------------------

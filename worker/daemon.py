@@ -108,12 +108,13 @@ class Worker:
         self.heartbeat: Heartbeat | None = None
         self.process = psutil.Process()
         self._last_error: dict[str, float] = {}
+        self.model_versions: dict[str, int] = {}  # component -> the uploaded model version handed to its tasks
 
     # -- set-up -------------------------------------------------------------------------------
 
     def start(self) -> None:
         a = self.args
-        record, assignment = channel.read_launch(a.worker_dir)
+        record, assignment, models = channel.read_launch(a.worker_dir)
         my_slot = assignment.slots.get(self.slot)
         if record.id != a.topology_id or my_slot is None:
             raise RuntimeError(f"the launch file does not give slot {self.slot} executors of {a.topology_id}")
@@ -138,6 +139,7 @@ class Worker:
         )
         self.inbound.queues.update({r.task: r.queue.append for e in executors for r in e.runners})
         self.loop = ExecutorLoop(executors, self.config["topology.queue_size"], io=WorkerIO(self, transport))
+        self._apply_models(models)  # before prepare: the tasks load these instead of the shipped files
         self.process.cpu_percent()  # the first call only starts the measurement
         self.heartbeat = Heartbeat(self.context, a.channel, str(a.port).encode(), self._beat, self._metrics,
                                    self.controls, self.loop, (a.host, a.port), clock=self.clock)
@@ -190,8 +192,23 @@ class Worker:
         assert self.loop is not None
         self.loop.set_active(control.status == ACTIVE)
         apply_log_levels(control.log_levels)
+        self._apply_models(control.models)
         self._repoint(assignment)
         self.control_version = control.version
+
+    def _apply_models(self, models: dict[str, dict[str, Any]]) -> None:
+        """Hand each local task of a model bolt the uploaded model version it should serve."""
+        assert self.loop is not None
+        for e in self.loop.executors:
+            m = models.get(e.component)
+            if m is None or self.model_versions.get(e.component) == m["version"]:
+                continue
+            self.model_versions[e.component] = m["version"]
+            for r in e.runners:
+                update = getattr(r.instance, "model_updated", None)
+                if update is not None:
+                    update(m["path"], m["version"])
+            log.info("%s serves model version %d from %s", e.component, m["version"], m["path"])
 
     def _repoint(self, assignment: Assignment) -> None:
         assert self.transport is not None and self.inbound is not None

@@ -13,6 +13,8 @@ All under ``root`` (``zookeeper.root``, default ``/streamgale``)::
                                     ClusterState.set_assignment)
     code/<topology id>/meta         msgpack {size, sha256, chunks}, written last
     code/<topology id>/chunk-NNNNN  up to 512 KiB of the code package each
+    models/<topology id>/<quoted component>/meta, chunk-NNNNN
+                                    the model file uploaded to a running model bolt
     errors/<topology id>/<quoted component>/e_<seq>
                                     ErrorRecord, newest 10 per component
 
@@ -26,7 +28,8 @@ from urllib.parse import quote, unquote
 
 from .errors import ClusterStateError
 
-DIRS = ("supervisors", "nimbuses", "election", "topologies", "topology-names", "assignments", "code", "errors")
+DIRS = ("supervisors", "nimbuses", "election", "topologies", "topology-names", "assignments", "code", "models",
+        "errors")
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -48,6 +51,7 @@ class Paths:
         self.topology_names = f"{self.root}/topology-names"
         self.assignments = f"{self.root}/assignments"
         self.code = f"{self.root}/code"
+        self.models = f"{self.root}/models"
         self.errors = f"{self.root}/errors"
 
     def dirs(self) -> list[str]:
@@ -77,6 +81,12 @@ class Paths:
 
     def code_chunk(self, topology_id: str, index: int) -> str:
         return f"{self.code_package(topology_id)}/chunk-{index:05d}"
+
+    def topology_models(self, topology_id: str) -> str:
+        return f"{self.models}/{_check_name('topology id', topology_id)}"
+
+    def model_file(self, topology_id: str, component: str) -> str:
+        return f"{self.topology_models(topology_id)}/{quote(component, safe='')}"
 
     def topology_errors(self, topology_id: str) -> str:
         return f"{self.errors}/{_check_name('topology id', topology_id)}"

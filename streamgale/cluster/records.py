@@ -113,6 +113,9 @@ class TopologyRecord:
     submitted_at: float
     pending: dict[str, Any] | None = None
     log_levels: dict[str, str] = field(default_factory=dict)  # logger name -> level, applied by workers
+    # component -> {"digest": sha256, "version": n}: the model file uploaded to a running model bolt
+    # (stored beside the code package), which its workers serve instead of the one shipped in the code
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, TopologySpec):
@@ -128,7 +131,8 @@ class TopologyRecord:
         return {"id": self.id, "name": self.name, "status": self.status, "spec": self.spec.to_dict(),
                 "config": self.config, "code_digest": self.code_digest, "entry": self.entry,
                 "workers": self.workers, "parallelism": dict(self.parallelism),
-                "submitted_at": self.submitted_at, "pending": self.pending, "log_levels": dict(self.log_levels)}
+                "submitted_at": self.submitted_at, "pending": self.pending, "log_levels": dict(self.log_levels),
+                "models": {c: dict(m) for c, m in self.models.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TopologyRecord:
@@ -138,7 +142,9 @@ class TopologyRecord:
                       str(d["code_digest"]), str(d["entry"]), int(d["workers"]),
                       {str(k): int(v) for k, v in d["parallelism"].items()}, float(d["submitted_at"]),
                       dict(d["pending"]) if d.get("pending") else None,
-                      {str(k): str(v) for k, v in (d.get("log_levels") or {}).items()})
+                      {str(k): str(v) for k, v in (d.get("log_levels") or {}).items()},
+                      {str(c): {"digest": str(m["digest"]), "version": int(m["version"])}
+                       for c, m in (d.get("models") or {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as e:  # SpecError is a ValueError
             raise RecordError(f"bad topology record: {e}") from None
         if rec.status not in STATUSES:

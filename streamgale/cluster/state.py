@@ -324,6 +324,7 @@ class ClusterState:
             except (NoNode, BadVersion):
                 pass
         self._code.delete(topology_id)
+        delete_tree(self.storage, self.paths.topology_models(topology_id))
         delete_tree(self.storage, self.paths.topology_errors(topology_id))
 
     @_translated
@@ -351,6 +352,18 @@ class ClusterState:
     @_translated
     def delete_code(self, topology_id: str) -> None:
         self._code.delete(topology_id)
+
+    @_translated
+    def put_model(self, topology_id: str, component: str, data: bytes) -> str:
+        """Store the model file of ``component`` (replacing any older one); returns its sha256."""
+        return self._code.put_blob(self.paths.model_file(topology_id, component), data,
+                                   f"model file of component {component!r} of topology {topology_id!r}")
+
+    @_translated
+    def get_model(self, topology_id: str, component: str) -> bytes:
+        """The model file of ``component``, verified against its sha256."""
+        return self._code.get_blob(self.paths.model_file(topology_id, component),
+                                   f"model file of component {component!r} of topology {topology_id!r}")
 
     # -- assignments --------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from streamgale.components import Bolt, TopologyContext
+from streamgale.config import MODEL_BOLT
 from streamgale.tuples import Tuple
 
 from . import models
@@ -75,6 +76,10 @@ class ModelBolt(Bolt):
             setattr(self, key, value)
         _check_knobs(type(self).__name__, self.max_batch, self.max_wait, self.max_inflight)
         self._override: tuple[str, int] | None = None
+
+    @classmethod
+    def component_config(cls) -> dict[str, Any]:
+        return {MODEL_BOLT: True}  # nimbus accepts model updates for this component
 
     # -- what a backend provides ------------------------------------------------------------------
 
@@ -320,8 +325,9 @@ class OnnxBolt(ModelBolt):
 
 
 class TorchBolt(ModelBolt):
-    """A PyTorch model: a TorchScript file, or the ``state_dict`` of the ``torch.nn.Module`` that
-    :meth:`build` returns (override it for an eager model). ``inputs`` declares each model input
+    """A PyTorch model: a ``torch.export`` program (``.pt2``), a TorchScript file, or the
+    ``state_dict`` of the ``torch.nn.Module`` that :meth:`build` returns (override it for an
+    eager model). ``inputs`` declares each model input
     as name -> (dtype, shape), first dimension the batch (None: any), in the order the model takes
     them; ``output_names`` names what it returns. Threads: ``topology.inference.intra_op_threads``."""
 

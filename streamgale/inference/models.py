@@ -11,6 +11,7 @@ a task's reference, and the last one frees it.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ class Model(Protocol):
     def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def read_model_file(path: str | Path, hint: str = "") -> bytes:
+def read_model_file(path: str | os.PathLike[str], hint: str = "") -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
@@ -89,8 +90,9 @@ def _onnx_spec(arg: Any, path: str) -> TensorSpec:
 
 
 class TorchModel:
-    """A TorchScript file (``torch.jit.save``), or the weights (``state_dict``) of the module that
-    ``build()`` returns. PyTorch has no input signature to read, so ``inputs`` (name -> (dtype,
+    """A program saved by ``torch.export.save`` (a ``.pt2`` file, exported with a dynamic batch
+    dimension), a TorchScript file (``torch.jit.save``), or the weights (``state_dict``) of the
+    module that ``build()`` returns. PyTorch has no input signature to read, so ``inputs`` (name -> (dtype,
     shape), first dimension the batch) and ``output_names`` are declared by the bolt; the model
     is called with the inputs as positional arguments in that order, and returns a tensor or a
     tuple of tensors, one per output name."""
@@ -105,16 +107,21 @@ class TorchModel:
 
         self._torch = torch
         self.threads = threads
+        exported = str(path).endswith(".pt2")
         try:
-            if build is None:
-                module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-            else:
+            if build is not None:
                 module = build()
                 module.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+                module.eval()
+            elif exported:
+                module = torch.export.load(io.BytesIO(data)).module()
+            else:
+                module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+                module.eval()
         except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-            kind = "a TorchScript file (torch.jit.save)" if build is None else "the state_dict of build()'s module"
+            kind = ("the state_dict of build()'s module" if build is not None else
+                    "a program saved by torch.export.save" if exported else "a TorchScript file (torch.jit.save)")
             raise ModelError(f"model file {path} is not {kind}: {str(e).strip().splitlines()[0][:300]}") from None
-        module.eval()
         self.module = module
         self.path = path
         self.digest = hashlib.sha256(data).hexdigest()

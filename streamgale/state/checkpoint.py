@@ -234,6 +234,9 @@ class CheckpointedBolt(Bolt):
         accepts = getattr(inner, "accepts_input", None)
         if accepts is not None:  # the inner bolt's backpressure holds the wrapper's queue
             self.accepts_input = accepts
+        updated = getattr(inner, "model_updated", None)
+        if updated is not None:  # a model bolt takes model updates through the wrapper
+            self.model_updated = updated
 
     # The collector is installed on the wrapper by the runtime; the inner bolt gets its emits.
     @property

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,8 @@ class WorkerControl:
     status: str
     log_levels: dict[str, str]
     assignment: dict[str, Any] | None
+    # component -> {"version": int, "path": str}: uploaded model files (on this node) to serve
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,7 +165,16 @@ class WorkerControl:
         if assignment is not None and not isinstance(assignment, dict):
             raise ChannelError("control: field 'assignment' must be a map or None")
         levels = _dict(d, "log_levels")
-        return cls(_int(d, "version"), _str(d, "status"), {str(k): str(v) for k, v in levels.items()}, assignment)
+        return cls(_int(d, "version"), _str(d, "status"), {str(k): str(v) for k, v in levels.items()}, assignment,
+                   models_from_dict(d.get("models") or {}))
+
+
+def models_from_dict(d: Any) -> dict[str, dict[str, Any]]:
+    """``{component: {"version": int, "path": str}}``, checked; ChannelError if malformed."""
+    try:
+        return {str(c): {"version": int(m["version"]), "path": str(m["path"])} for c, m in d.items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ChannelError(f"control: field 'models' is malformed: {e}") from None
 
 
 Message = WorkerBeat | WorkerMetrics | WorkerErrorReport | WorkerControl
@@ -214,23 +225,26 @@ class WorkerArgs:
 LAUNCH_FILE = "launch"
 
 
-def write_launch(worker_dir: Path, record: TopologyRecord, assignment: Assignment) -> None:
-    """Written by the supervisor before it starts a worker: what the worker runs, so a
-    worker needs no ZooKeeper to start. Replaced atomically."""
+def write_launch(worker_dir: Path, record: TopologyRecord, assignment: Assignment,
+                 models: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Written by the supervisor before it starts a worker: what the worker runs (and the
+    uploaded model files it serves, as in :class:`WorkerControl`), so a worker needs no
+    ZooKeeper to start. Replaced atomically."""
     body = {"v": CHANNEL_VERSION, "topology": record.to_dict(),
-            "assignment": {**assignment.to_dict(), "version": assignment.version}}
+            "assignment": {**assignment.to_dict(), "version": assignment.version},
+            "models": {c: dict(m) for c, m in (models or {}).items()}}
     path = worker_dir / LAUNCH_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(msgpack.packb(body, use_bin_type=True))
     os.replace(tmp, path)
 
 
-def read_launch(worker_dir: Path) -> tuple[TopologyRecord, Assignment]:
+def read_launch(worker_dir: Path) -> tuple[TopologyRecord, Assignment, dict[str, dict[str, Any]]]:
     """The worker's side of :func:`write_launch`; raises :class:`ChannelError` if unusable."""
     try:
         body = msgpack.unpackb((worker_dir / LAUNCH_FILE).read_bytes(), raw=False)
         record = TopologyRecord.from_dict(body["topology"])
-        return record, assignment_from_dict(body["assignment"])
+        return record, assignment_from_dict(body["assignment"]), models_from_dict(body.get("models") or {})
     except (OSError, ValueError, KeyError, TypeError, RecordError, msgpack.UnpackException) as e:
         raise ChannelError(f"cannot read the launch file in {worker_dir}: {e}") from None
 

@@ -28,6 +28,8 @@ cluster_info    ClusterInfo()                                        ``{"leader"
                                                                      "nimbuses": [...], "supervisors":
                                                                      [{...}, ...], "topologies": int}``
 download_code   DownloadCode(topology_id)                            ``{"code": bytes, "digest": str}``
+update_model    UpdateModel(name, component, model, digest)          ``{"version": int}`` (leader only)
+download_model  DownloadModel(topology_id, component)                ``{"model": bytes, "digest": str}``
 ping            Ping()                                               ``{"address": "host:port",
                                                                      "leader": bool}``
 topology_stats  TopologyStats(name)                                  windowed metrics per component,
@@ -330,6 +332,24 @@ class DownloadCode(Request):
 
 
 @dataclass(frozen=True)
+class UpdateModel(Request):
+    """A new model file for a running model bolt; ``digest`` is its sha256, checked by nimbus."""
+
+    OP: ClassVar[str] = "update_model"
+    name: str = _arg(_string)
+    component: str = _arg(_string)
+    model: bytes = _arg(_binary, repr=False)
+    digest: str = _arg(_string)
+
+
+@dataclass(frozen=True)
+class DownloadModel(Request):
+    OP: ClassVar[str] = "download_model"
+    topology_id: str = _arg(_string)
+    component: str = _arg(_string)
+
+
+@dataclass(frozen=True)
 class Ping(Request):
     OP: ClassVar[str] = "ping"
 
@@ -414,7 +434,8 @@ class SupervisorReport(Request):
 
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls for cls in (Submit, Kill, Activate, Deactivate, Rebalance, ListTopologies, TopologyInfo,
-                            ClusterInfo, DownloadCode, Ping, TopologyStats, SupervisorReport, SetLogLevel, ReadLog)
+                            ClusterInfo, DownloadCode, UpdateModel, DownloadModel, Ping, TopologyStats,
+                            SupervisorReport, SetLogLevel, ReadLog)
 }
 
 

@@ -28,6 +28,7 @@ from .protocol import (
     ClusterInfo,
     Deactivate,
     DownloadCode,
+    DownloadModel,
     InvalidTopology,
     Kill,
     ListTopologies,
@@ -45,6 +46,7 @@ from .protocol import (
     SupervisorReport,
     TopologyInfo,
     TopologyStats,
+    UpdateModel,
     decode_request,
     decode_response,
     encode_error,
@@ -296,6 +298,21 @@ class NimbusClient:
                 and isinstance(result.get("digest"), str)):
             raise self._malformed("download_code", result, '{"code": bytes, "digest": str}')
         return result["code"], result["digest"]
+
+    def update_model(self, name: str, component: str, model: bytes, digest: str) -> int:
+        """Upload a new model file for ``component`` of topology ``name``; returns its version."""
+        result = self._call(UpdateModel, name, component, model, digest)
+        if not (isinstance(result, dict) and isinstance(result.get("version"), int)):
+            raise self._malformed("update_model", result, '{"version": int}')
+        return int(result["version"])
+
+    def download_model(self, topology_id: str, component: str) -> tuple[bytes, str]:
+        """``(model file bytes, digest)``; checking the digest is the caller's job."""
+        result = self._call(DownloadModel, topology_id, component)
+        if not (isinstance(result, dict) and isinstance(result.get("model"), bytes)
+                and isinstance(result.get("digest"), str)):
+            raise self._malformed("download_model", result, '{"model": bytes, "digest": str}')
+        return result["model"], result["digest"]
 
     def topology_stats(self, name: str) -> dict[str, Any]:
         """Windowed metrics of topology ``name`` (shape: ``streamgale.nimbus.metrics``)."""
