@@ -197,7 +197,7 @@ def component_detail(row: Mapping[str, Any], info: Mapping[str, Any], stats: Map
         ts = task_stats.get(str(task)) or {}
         host, port = endpoints.get(task, (ts.get("host") or None, ts.get("port") or None))
         tasks.append({"task": task, "host": host, "port": port, **counts((ts.get("windows") or {}).get(window)),
-                      "queue": ts.get("queue")})
+                      "queue": ts.get("queue"), "metrics": dict(ts.get("metrics") or {})})
     errors = [_error(e) for e in reversed((info.get("errors") or {}).get(component) or [])][:MAX_ERRORS]
     return {"id": component, "topology": row["name"], "topologyId": row["id"], "kind": spec.get("kind"),
             "executors": (info["topology"].get("parallelism") or {}).get(component, spec.get("parallelism")),

@@ -380,12 +380,15 @@ function componentPage(root, key, component, refresh) {
         numCell(v.capacity, null, decimal(v.capacity)), numCell(v.completeLatencyMs, null, decimal(v.completeLatencyMs)));
     }), { testid: "window-table" }));
     fill(tasks, table([["Task", 1], ["Host:port"], ["Emitted", 1], ["Transferred", 1], ["Executed", 1],
-                                 ["Acked", 1], ["Failed", 1], ["Exec ms", 1], ["Capacity", 1], ["Queue", 1]],
+                                 ["Acked", 1], ["Failed", 1], ["Exec ms", 1], ["Capacity", 1], ["Queue", 1],
+                                 ["Component metrics"]],
       c.tasks.map((t) => h("tr", { testid: `task-row-${t.task}` }, numCell(t.task),
         h("td", {}, t.host ? `${t.host}:${t.port}` : "-"), numCell(t.emitted, `task-emitted-${t.task}`),
         numCell(t.transferred), numCell(t.executed, `task-executed-${t.task}`), numCell(t.acked), numCell(t.failed),
         numCell(t.executeLatencyMs, null, decimal(t.executeLatencyMs)), numCell(t.capacity, null, decimal(t.capacity)),
-        numCell(t.queue))), { testid: "task-table" }));
+        numCell(t.queue),
+        h("td", { testid: `task-metrics-${t.task}` },
+          Object.entries(t.metrics || {}).map(([k, v]) => `${k} ${v}`).join(", ") || "-"))), { testid: "task-table" }));
     fill(errors, c.errors.length ? table([["Time"], ["Task", 1], ["Worker"], ["Error"]],
       c.errors.map((e, i) => h("tr", { testid: `error-row-${i}` }, h("td", {}, clock(e.time)), numCell(e.task),
         h("td", {}, `${e.host}:${e.port}`),
