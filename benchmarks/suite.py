@@ -26,7 +26,15 @@ Groups (``--groups``):
   ``--profile-sentences`` sentences, unacked and acked, under cProfile: the
   share of own time by part of the code (user code, executor, routing, tuples,
   acking, framing, builtins, other) and the top 10 functions
-  (``benchmarks/profile.py``, also ``python -m benchmarks.profile``).
+  (``benchmarks/profile.py``, also ``python -m benchmarks.profile``);
+- inference (no cluster; needs scikit-learn and skl2onnx, ``pip install -e
+  '.[test]'``, to train the model): OnnxBolt on a small MLP
+  with ``max_batch`` 1, 8, 64 and 256 on the CPU (and the GPU where
+  onnxruntime has CUDA), local mode, acked: readings/s and p50/p99 latency
+  saturated (``--inference-readings``) and paced (``--inference-rate`` for
+  ``--inference-paced-seconds``), each relative to max_batch 1 and to
+  ``InferenceSession.run`` on the same batches (``benchmarks/inference.py``,
+  also ``python -m benchmarks.inference``).
 
 After the throughput table, a "targets" table gives the ratios the project
 aims for, from the same run's medians (a row whose scenarios were not run is
@@ -47,9 +55,9 @@ from pathlib import Path
 
 from .wordcount import local_word_count, sentences
 
-GROUPS = ("throughput", "latency", "recovery", "memory", "scaling", "profile")
-DEFAULT_GROUPS = ("throughput", "latency", "recovery", "memory")
-NO_CLUSTER_GROUPS = ("throughput", "profile")  # throughput needs one only for its cluster-* rows
+GROUPS = ("throughput", "latency", "recovery", "memory", "scaling", "profile", "inference")
+DEFAULT_GROUPS = ("throughput", "latency", "recovery", "memory", "inference")
+NO_CLUSTER_GROUPS = ("throughput", "profile", "inference")  # throughput needs one only for its cluster-* rows
 THROUGHPUT = ("local", "local-acked", "cluster-1w", "cluster-2w", "cluster-4w", "cluster-1w-acked",
               "cluster-2w-acked", "cluster-4w-acked", "bytewax-1p", "bytewax-2p", "zmq-ceiling")
 DEFAULT_THROUGHPUT = ",".join(THROUGHPUT)
@@ -192,6 +200,12 @@ def profile(args: argparse.Namespace, cluster) -> dict:
     return run_profile(args.profile_sentences)
 
 
+def inference(args: argparse.Namespace, cluster) -> dict:
+    from .inference import inference as run_inference
+
+    return run_inference(args.inference_readings, args.runs, args.inference_rate, args.inference_paced_seconds)
+
+
 def machine() -> dict:
     import psutil
 
@@ -212,6 +226,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overload-seconds", type=float, default=60)
     ap.add_argument("--profile-sentences", type=int, default=30_000,
                     help="sentences of the profile group's word count (default: %(default)s)")
+    ap.add_argument("--inference-readings", type=int, default=20_000,
+                    help="readings of each saturated run of the inference group (default: %(default)s)")
+    ap.add_argument("--inference-rate", type=float, default=1000,
+                    help="readings/s of the inference group's paced runs (default: %(default)s)")
+    ap.add_argument("--inference-paced-seconds", type=float, default=2,
+                    help="how long each paced run of the inference group emits (default: %(default)s)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/latest.json"),
                     help="write every figure here (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -236,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             report["ratios"] = ratios(results)
             print_ratios(report["ratios"])
         for name, fn in (("latency", latency), ("recovery", recovery), ("memory", memory), ("scaling", scaling),
-                         ("profile", profile)):
+                         ("profile", profile), ("inference", inference)):
             if name in groups:
                 report[name] = fn(args, cluster)
     finally:

@@ -39,6 +39,17 @@ def test_latency_recovery_and_memory_smoke_run(tmp_path):
     assert report["memory"]["idle_worker_mb"] > 0
 
 
+def test_inference_smoke_run(tmp_path):
+    out = tmp_path / "r.json"
+    result = bench("--groups", "inference", "--runs", "1", "--inference-readings", "600",
+                   "--inference-paced-seconds", "0.2", "--json", str(out))
+    assert result.returncode == 0, result.stderr + result.stdout
+    cpu = json.loads(out.read_text())["inference"]["devices"]["cpu"]
+    assert set(cpu["by_max_batch"]) == {"1", "8", "64", "256"}
+    assert all(r["saturated"]["per_s"] > 0 and r["raw"]["per_s"] > 0 for r in cpu["by_max_batch"].values())
+    assert "max_batch 64 / max_batch 1" in result.stdout
+
+
 def test_unknown_scenario_is_a_clear_error():
     result = bench("--scenarios", "nope", timeout=60)
     assert result.returncode == 2
