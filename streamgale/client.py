@@ -36,6 +36,7 @@ from typing import Any, TypedDict, Union
 
 from .cluster.package import PackageError, digest, pack_directory
 from .config import Config, ConfigError, load_config, parse_override
+from .runtime.assembly import check_before_submit
 from .runtime.loader import TopologyFileError, load_topology
 from .topology import Topology, TopologyError, acker_count
 from .wire.protocol import (
@@ -234,6 +235,7 @@ def prepare(topology: Topology | str | os.PathLike[str], *, name: str | None = N
         layer, _ = _override_layer(config)  # read without error by topology_from_file
     topology = topology.with_checkpointing(run_config).with_ackers(acker_count(run_config),
                                                                run_config["topology.message_timeout"])
+    check_before_submit(topology, run_config, str(file.parent))
     directory = file.parent if code_dir is None else Path(code_dir).resolve()
     try:
         entry = file.relative_to(directory).as_posix()

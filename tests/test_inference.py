@@ -445,3 +445,27 @@ def test_a_torch_file_that_is_not_torchscript_is_refused_with_what_it_expected(t
     path.write_bytes(b"garbage")
     with pytest.raises(ModelError, match=rf"model file {path} is not a TorchScript file \(torch.jit.save\)"):
         LocalCluster(topology(TorchScorer(model=str(path)), spout_class(), sink_class()), Config()).run(duration=5)
+
+
+# -- submit -----------------------------------------------------------------------------------
+
+
+def test_submit_refuses_a_model_bolt_whose_model_does_not_fit_before_uploading(models, tmp_path):
+    from streamgale.client import prepare
+    from streamgale.topology import TopologyError
+
+    (tmp_path / "model.onnx").write_bytes(models["v1"].read_bytes())
+    (tmp_path / "scoring.py").write_text(
+        "from streamgale import Topology\n"
+        "from streamgale.inference import OnnxBolt\n"
+        "from test_inference import Readings, Collect\n"
+        "topology = Topology('scoring')\n"
+        "topology.spout('src', Readings)\n"
+        "topology.bolt('score', OnnxBolt(model='model.onnx', feeds={'readings': ['temperature', 'humidity']},\n"
+        "              outputs=['id', 'score'])).shuffle('src')\n")
+    with pytest.raises(TopologyError, match=r"bolt 'score': model input readings: float32\[\?, 4\] of model "
+                                            r"model.onnx \(version 1\) is fed from 2 fields"):
+        prepare(str(tmp_path / "scoring.py"), base=Config())
+    (tmp_path / "model.onnx").unlink()
+    with pytest.raises(TopologyError, match=rf"model file {tmp_path}/model.onnx does not exist"):
+        prepare(str(tmp_path / "scoring.py"), base=Config())

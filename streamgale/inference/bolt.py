@@ -115,6 +115,15 @@ class ModelBolt(Bolt):
                                         f"{context.task_id}", daemon=True)
         self._thread.start()
 
+    def check_before_submit(self, context: TopologyContext) -> None:
+        """What ``prepare`` checks (the model file loads, the feeds and outputs fit it), run by
+        ``streamgale submit`` before anything is uploaded; raises :class:`ModelError`."""
+        self.name = f"bolt '{context.component}'"
+        self.context = context
+        self.base_dir = Path(context.base_dir)
+        path, version = self._override or (self.model, 1)
+        models.release(self._serve(path, version).model)
+
     def error_reporter(self, report: Callable[[BaseException, str], None]) -> None:
         """The runtime's error reporting (installed before prepare)."""
         self._report = report
@@ -288,6 +297,7 @@ class ModelBolt(Bolt):
                                "model_digest": serving.model.digest[:12]}
         if sizes:
             out["batch_size_mean"] = round(sum(sizes) / len(sizes), 1)
+            out["batch_size_p50"] = _pct(sorted(sizes), 0.5)
             out["batch_size_max"] = max(sizes)
             out["inference_ms_p50"] = round(_pct(latency, 0.5) * 1000, 3)
             out["inference_ms_p99"] = round(_pct(latency, 0.99) * 1000, 3)

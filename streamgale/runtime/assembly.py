@@ -13,7 +13,7 @@ from streamgale.components import TopologyContext
 from streamgale.config import Config
 from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, ACKER, AckBuffer
 from streamgale.runtime.routing import DirectRouter, make_router
-from streamgale.topology import Topology
+from streamgale.topology import Topology, TopologyError
 
 from .executor import BoltExecutor, Capture, Collector, ErrorHandler, Executor, Routes, Sink, SpoutExecutor, TaskRunner
 
@@ -64,6 +64,32 @@ def blocking_targets(topology: Topology, task_ids: dict[str, tuple[int, ...]]) -
             for component, targets in downstream.items()}
 
 
+def task_context(topology: Topology, conf: Config, component: str, task: int,
+                 task_ids: dict[str, tuple[int, ...]], outputs: dict[str, tuple[str, ...]],
+                 base_dir: str) -> TopologyContext:
+    return TopologyContext(topology=topology.name, component=component, task_id=task,
+                           task_index=task_ids[component].index(task), task_count=len(task_ids[component]),
+                           config=conf, component_tasks=task_ids, outputs=outputs, base_dir=base_dir)
+
+
+def check_before_submit(topology: Topology, config: Config, base_dir: str) -> None:
+    """Let every component that can check itself against what it will run with (a model bolt:
+    its model file, and its feeds and outputs against the model) do so, with the context of its
+    first task, before anything is uploaded; raises :class:`TopologyError` with its message."""
+    task_ids = topology.task_ids()
+    for name, comp in topology.components.items():
+        if not hasattr(comp.cls, "check_before_submit") or not task_ids[name]:
+            continue
+        check = getattr(comp.factory(), "check_before_submit")  # noqa: B009 - not on every Component
+        outputs = {s: tuple(f) for s, f in comp.outputs.items()}
+        context = task_context(topology, component_config(topology, config, name), name, task_ids[name][0],
+                               task_ids, outputs, base_dir)
+        try:
+            check(context)
+        except Exception as e:  # noqa: BLE001 - the component's own check: its message is the error
+            raise TopologyError(str(e)) from e
+
+
 def build_executors(
     topology: Topology,
     config: Config,
@@ -100,11 +126,7 @@ def build_executors(
         comp = topology.components[component]
         conf = component_config(topology, config, component)
         for task in tasks:
-            context = TopologyContext(
-                topology=topology.name, component=component, task_id=task,
-                task_index=task_ids[component].index(task), task_count=len(task_ids[component]),
-                config=conf, component_tasks=task_ids, outputs=outputs[component], base_dir=base_dir,
-            )
+            context = task_context(topology, conf, component, task, task_ids, outputs[component], base_dir)
             routes = Routes(component, task, {}, {}, index[component], sinks)
             for stream, fields in comp.outputs.items():
                 routers = []
