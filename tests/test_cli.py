@@ -6,7 +6,7 @@ import textwrap
 from conftest import run_cli, wait_for
 
 COMMANDS = ("local", "config", "submit", "list", "kill", "activate", "deactivate", "rebalance", "info", "stats",
-            "monitor", "logs", "set-log-level", "state", "cluster", "nimbus", "supervisor", "dev-zookeeper", "dev-cluster",
+            "monitor", "logs", "set-log-level", "state", "model", "cluster", "nimbus", "supervisor", "dev-zookeeper", "dev-cluster",
             "ui")
 
 

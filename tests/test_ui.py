@@ -49,7 +49,7 @@ STATS = {"windows": list(api.WINDOWS),
          "components": {"count": {"kind": "bolt", "tasks": [1, 2, 3, 4], "queue": 7,
                                   "windows": {w: W for w in api.WINDOWS}}},
          "tasks": {"1": {"component": "count", "host": "h", "port": 6700, "queue": 7,
-                         "windows": {w: W for w in api.WINDOWS}}},
+                         "windows": {w: W for w in api.WINDOWS}, "metrics": {"model_version": 2}}},
          "streams": {"count": {"default": {w: 5 for w in api.WINDOWS}}},
          "workers": [{"host": "h", "port": 6700, "pid": 42, "cpu_percent": 12.5, "rss_mb": 50.0, "uptime_s": 9.9,
                       "age_s": 0.4}]}
@@ -108,8 +108,8 @@ def test_component_detail_lists_every_task_and_the_last_ten_errors():
     assert [t["task"] for t in c["tasks"]] == [1, 2, 3, 4]
     assert c["tasks"][0] == {"task": 1, "host": "h", "port": 6700, "emitted": 5, "transferred": 4, "executed": 3,
                              "acked": 2, "failed": 1, "executeLatencyMs": 0.5, "capacity": 0.25,
-                             "completeLatencyMs": None, "queue": 7}
-    assert c["tasks"][3]["emitted"] == 0 and c["tasks"][3]["host"] == "h"
+                             "completeLatencyMs": None, "queue": 7, "metrics": {"model_version": 2}}
+    assert c["tasks"][3]["emitted"] == 0 and c["tasks"][3]["host"] == "h" and c["tasks"][3]["metrics"] == {}
     assert [e["task"] for e in c["errors"]] == list(range(12, 2, -1))  # newest first, ten of them
     assert set(c["windows"]) == set(api.WINDOWS) and c["windows"]["all"]["emitted"] == 5
     with pytest.raises(api.ApiError) as e:
