@@ -19,7 +19,8 @@ clock. Settings (override with -c):
   machines.fail_after  simulated seconds before press-3 starts failing (default 20)
 """
 
-from collections import defaultdict
+import time
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 from streamgale import Bolt, Spout, Topology
@@ -38,30 +39,46 @@ FAULTY, _ = sensor_readings(2_000, seed=8, anomaly_rate=1.0)
 
 
 class Machines(Spout):
-    """Readings of this task's share of the machines, stamped with simulated event time."""
+    """Readings of this task's share of the machines, stamped with simulated event time, each
+    emitted with a message id: the spout hears when a reading has been scored and has left its
+    window (``ack``), or not (``fail``)."""
 
     outputs = ["machine", "ts", *FEATURES]
 
     def open(self, context):
-        import time
-
-        self.clock = time.monotonic
         self.machines = MACHINES[context.task_index::context.task_count]
         self.speedup = float(context.config.get("machines.speedup", 10))
         self.fail_at = START + float(context.config.get("machines.fail_after", 20))
-        self.started = self.clock()
-        self.due = START
+        self.started = time.monotonic()
+        self.rounds = 0  # rounds of readings emitted; the next one is stamped START + rounds * EVERY
         self.n = 0
+        self.pending = OrderedDict()  # msg_id -> (machine, ts) of the readings in flight, oldest first
+        self.acked = self.failed = 0
 
     def next_tuple(self):
-        if self.due > START + (self.clock() - self.started) * self.speedup:
+        due = START + self.rounds * EVERY
+        if due > START + (time.monotonic() - self.started) * self.speedup:
             return  # not yet: never block in next_tuple
         for machine in self.machines:
-            source = FAULTY if machine == FAILING and self.due >= self.fail_at else HEALTHY
+            source = FAULTY if machine == FAILING and due >= self.fail_at else HEALTHY
             reading = source[self.n % len(source)].tolist()
             self.n += 1
-            self.emit([machine, self.due, *reading], msg_id=(machine, self.due))
-        self.due += EVERY
+            self.pending[self.n] = (machine, due)
+            self.emit([machine, due, *reading], msg_id=self.n)
+        self.rounds += 1
+
+    def ack(self, msg_id):
+        del self.pending[msg_id]
+        self.acked += 1
+
+    def fail(self, msg_id):
+        machine, ts = self.pending.pop(msg_id)
+        self.failed += 1
+        print(f"reading of {machine} at +{ts - START:.1f}s failed (timed out or not scored)", flush=True)
+
+    def oldest_pending(self):
+        """The event time of the oldest reading in flight, or None."""
+        return next(iter(self.pending.values()))[1] if self.pending else None
 
 
 class AnomalyRate(WindowedBolt):
