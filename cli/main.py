@@ -137,7 +137,10 @@ def local(state: State, topology_file: str, duration: float | None, overrides: t
     log = logging.getLogger("streamgale.local")
     log.info("running topology '%s' locally (%d components)%s", topology.name,
              len(topology.components), f" for {duration:g} s" if duration else "; Ctrl-C stops")
-    result = run_local(topology, config, duration)
+    try:
+        result = run_local(topology, config, duration)
+    except INVALID_TOPOLOGY as e:  # what only building the run finds (a model bolt's model file)
+        fail(str(e))
     log.info("stopped after %.1f s", result.seconds)
     if result.errors:
         first = result.errors[0]

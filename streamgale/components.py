@@ -37,6 +37,8 @@ class TopologyContext:
     component_tasks: Mapping[str, tuple[int, ...]] = field(repr=False)
     outputs: Mapping[str, tuple[str, ...]] = field(repr=False)
     base_dir: str = "."  # the topology file's directory (in a worker: inside its code package)
+    # (source component, stream) -> its fields, for every user stream this component subscribes to
+    sources: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     def tasks_of(self, component: str) -> tuple[int, ...]:
         """Task ids of ``component`` (for emit_direct targets)."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamgale.runtime import gcpolicy
-from streamgale.runtime.assembly import build_executors
+from streamgale.runtime.assembly import build_executors, check_before_submit
 from streamgale.runtime.executor import Capture
 from streamgale.runtime.loop import ExecutorLoop
 
@@ -52,6 +53,7 @@ class LocalCluster:
                                                                              config["topology.message_timeout"])
         if topology.stateful_components():
             check_backend(config)
+        check_before_submit(topology, config, topology.base_dir or os.getcwd())  # a model bolt's file and mapping
         self.topology = topology
         self.config = config
         self.errors: list[ComponentError] = []

@@ -19,6 +19,7 @@ from streamgale.dev.models import FEATURES, sensor_readings, train_anomaly_mlp
 from streamgale.inference import ModelBolt, ModelError, OnnxBolt, TensorSpec, TorchBolt
 from streamgale.inference.plan import plan
 from streamgale.local import LocalCluster
+from streamgale.topology import TopologyError
 
 READINGS, _ = sensor_readings(3000, seed=11)
 
@@ -208,27 +209,27 @@ def test_an_inference_error_fails_its_batch_only_and_the_task_goes_on():
     assert str(result.errors[0].error) == "the accelerator fell over"
 
 
-def test_a_missing_model_file_fails_at_prepare_naming_the_file(tmp_path):
+def test_a_missing_model_file_fails_before_the_run_naming_the_file(tmp_path):
     t = topology(OnnxBolt(model="nowhere.onnx", feeds={"readings": list(FEATURES)}, outputs=["id", "score"]),
                  spout_class(), sink_class())
     t.base_dir = str(tmp_path)
-    with pytest.raises(ModelError, match=rf"model file {tmp_path}/nowhere.onnx does not exist \(model = "
+    with pytest.raises(TopologyError, match=rf"model file {tmp_path}/nowhere.onnx does not exist \(model = "
                                          r"'nowhere.onnx', read relative to .*\); put the file in the topology's"):
         LocalCluster(t, Config()).run(duration=5)
 
 
-def test_a_corrupt_model_file_fails_at_prepare(tmp_path):
+def test_a_corrupt_model_file_fails_before_the_run(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07 not a protobuf at all")
     t = topology(scorer(bad), spout_class(), sink_class())
-    with pytest.raises(ModelError, match=rf"model file {bad} is not a model ONNX Runtime can load"):
+    with pytest.raises(TopologyError, match=rf"model file {bad} is not a model ONNX Runtime can load"):
         LocalCluster(t, Config()).run(duration=5)
 
 
-def test_feeding_three_fields_to_a_four_wide_input_fails_at_prepare(models):
+def test_feeding_three_fields_to_a_four_wide_input_fails_before_the_run(models):
     bolt = OnnxBolt(model=str(models["v1"]), feeds={"readings": ["temperature", "humidity", "vibration"]},
                     outputs=["id", "score"])
-    with pytest.raises(ModelError, match=r"bolt 'score': model input readings: float32\[\?, 4\] of model .* is fed "
+    with pytest.raises(TopologyError, match=r"bolt 'score': model input readings: float32\[\?, 4\] of model .* is fed "
                                          r"from 3 fields \(temperature, humidity, vibration\), one value each, which "
                                          r"makes rows of shape \[3\]; the model takes rows of shape \[4\]"):
         LocalCluster(topology(bolt, spout_class(), sink_class()), Config()).run(duration=5)
@@ -238,10 +239,23 @@ def test_asking_for_the_cuda_provider_where_there_is_none_says_so(models):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has the CUDA provider")
     config = Config().merged({"topology.inference.providers": ["CUDAExecutionProvider"]}, "test")
-    with pytest.raises(ModelError, match="execution provider CUDAExecutionProvider is not available on this machine "
+    with pytest.raises(TopologyError, match="execution provider CUDAExecutionProvider is not available on this machine "
                                          r"\(the CUDA provider needs the onnxruntime-gpu package and a CUDA GPU\); "
                                          "available: .*CPUExecutionProvider"):
         LocalCluster(topology(scorer(models["v1"]), spout_class(), sink_class()), config).run(duration=5)
+
+
+def test_fields_the_input_streams_lack_fail_before_the_run(models):
+    bolt = OnnxBolt(model=str(models["v1"]), feeds={"readings": ["temperature", "humidity", "vibration", "amps"]},
+                    outputs=["id", "score"])
+    with pytest.raises(TopologyError, match=r"bolt 'score': field 'amps' feeds model input readings: "
+                                            r"float32\[\?, 4\], but stream 'default' of 'src' has no field 'amps' "
+                                            r"\(its fields: id, temperature, humidity, vibration, current\)"):
+        LocalCluster(topology(bolt, spout_class(), sink_class()), Config())
+    bolt = OnnxBolt(model=str(models["v1"]), feeds={"readings": list(FEATURES)}, outputs=["id", "site", "score"])
+    with pytest.raises(TopologyError, match=r"output field 'site' is not a prediction, so it is copied from the "
+                                            r"input, but stream 'default' of 'src' has no field 'site'"):
+        LocalCluster(topology(bolt, spout_class(), sink_class()), Config())
 
 
 def test_mapping_errors_name_the_field_the_input_and_what_it_expected():
@@ -443,7 +457,7 @@ def test_torch_predictions_equal_torch_itself(tmp_path, kind):
 def test_a_torch_file_that_is_not_torchscript_is_refused_with_what_it_expected(tmp_path):
     path = tmp_path / "m.pt"
     path.write_bytes(b"garbage")
-    with pytest.raises(ModelError, match=rf"model file {path} is not a TorchScript file \(torch.jit.save\)"):
+    with pytest.raises(TopologyError, match=rf"model file {path} is not a TorchScript file \(torch.jit.save\)"):
         LocalCluster(topology(TorchScorer(model=str(path)), spout_class(), sink_class()), Config()).run(duration=5)
 
 
@@ -469,3 +483,21 @@ def test_submit_refuses_a_model_bolt_whose_model_does_not_fit_before_uploading(m
     (tmp_path / "model.onnx").unlink()
     with pytest.raises(TopologyError, match=rf"model file {tmp_path}/model.onnx does not exist"):
         prepare(str(tmp_path / "scoring.py"), base=Config())
+
+
+def test_streamgale_local_reports_a_missing_model_as_one_error_line(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "scoring.py").write_text(
+        "from streamgale import Topology\n"
+        "from streamgale.inference import OnnxBolt\n"
+        "from streamgale.testing import FixedTupleSpout\n"
+        "topology = Topology('scoring')\n"
+        "topology.spout('src', FixedTupleSpout([[1.0, 2.0, 3.0, 4.0]], ['a', 'b', 'c', 'd']))\n"
+        "topology.bolt('score', OnnxBolt(model='scorer.onnx', feeds={'readings': ['a', 'b', 'c', 'd']},\n"
+        "              outputs=['score'])).shuffle('src')\n")
+    out = run_cli("local", str(tmp_path / "scoring.py"), "--duration", "1")
+    assert out.returncode == 2, out.stderr
+    assert (f"\nerror: model file {tmp_path}/scorer.onnx does not exist (model = 'scorer.onnx', "
+            f"read relative to {tmp_path})") in out.stderr
+    assert "Traceback" not in out.stderr

@@ -200,7 +200,7 @@ class ModelBolt(Bolt):
         try:
             outputs = self.context.outputs.get("default", ())
             mapping = plan(self.context.component, model.inputs, model.outputs, self.feeds, self.predictions,
-                           outputs, self.max_batch, f"model {path} (version {version})")
+                           outputs, self.max_batch, f"model {path} (version {version})", self.context.sources)
         except ModelError:
             models.release(model)
             raise

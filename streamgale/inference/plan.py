@@ -147,8 +147,10 @@ class Plan:
 
 def plan(component: str, inputs: Sequence[TensorSpec], model_outputs: Sequence[TensorSpec],
          feeds: Mapping[str, str | Sequence[str]], predictions: Mapping[str, str],
-         outputs: Sequence[str], max_batch: int, model_name: str) -> Plan:
-    """Check the mapping of a bolt onto a model; see the module docstring."""
+         outputs: Sequence[str], max_batch: int, model_name: str,
+         sources: Mapping[tuple[str, str], Sequence[str]] | None = None) -> Plan:
+    """Check the mapping of a bolt onto a model; see the module docstring. ``sources`` (source
+    component, stream) -> fields, if given, is checked to hold every field the bolt reads."""
     by_name = {i.name: i for i in inputs}
     listed = "; ".join(i.describe() for i in inputs) or "none"
     for name in feeds:
@@ -198,6 +200,21 @@ def plan(component: str, inputs: Sequence[TensorSpec], model_outputs: Sequence[T
         if field_name not in outputs:
             raise ModelError(f"bolt '{component}': predictions names field '{field_name}', which is not among the "
                              f"bolt's outputs {list(outputs)}; declare it in outputs")
+    copied = [f for f in outputs if f not in predictions and f != MODEL_VERSION_FIELD]
+    for (source, stream), source_fields in (sources or {}).items():
+        fields_of = tuple(source_fields)
+        for feed in plan_feeds:
+            for f in feed.fields:
+                if f not in fields_of:
+                    raise ModelError(f"bolt '{component}': field '{f}' feeds model input {feed.spec.describe()}, but "
+                                     f"stream '{stream}' of '{source}' has no field '{f}' (its fields: "
+                                     f"{', '.join(fields_of) or 'none'})")
+        for f in copied:
+            if f not in fields_of:
+                raise ModelError(f"bolt '{component}': output field '{f}' is not a prediction, so it is copied from "
+                                 f"the input, but stream '{stream}' of '{source}' has no field '{f}' (its fields: "
+                                 f"{', '.join(fields_of) or 'none'}); map it to a model output in predictions, or "
+                                 f"declare it upstream")
     return Plan(component, tuple(plan_feeds), tuple(outputs), dict(predictions))
 
 

@@ -67,9 +67,13 @@ def blocking_targets(topology: Topology, task_ids: dict[str, tuple[int, ...]]) -
 def task_context(topology: Topology, conf: Config, component: str, task: int,
                  task_ids: dict[str, tuple[int, ...]], outputs: dict[str, tuple[str, ...]],
                  base_dir: str) -> TopologyContext:
+    sources = {(s.source, s.stream): tuple(topology.components[s.source].outputs[s.stream])
+               for s in topology.components[component].inputs
+               if not s.stream.startswith("__") and s.stream in topology.components[s.source].outputs}
     return TopologyContext(topology=topology.name, component=component, task_id=task,
                            task_index=task_ids[component].index(task), task_count=len(task_ids[component]),
-                           config=conf, component_tasks=task_ids, outputs=outputs, base_dir=base_dir)
+                           config=conf, component_tasks=task_ids, outputs=outputs, base_dir=base_dir,
+                           sources=sources)
 
 
 def check_before_submit(topology: Topology, config: Config, base_dir: str) -> None:
