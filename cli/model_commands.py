@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from streamgale.inference import ModelError
+from streamgale.inference.bolt import refusal
 
 from .main import State, cli, fail
 
@@ -65,6 +66,6 @@ def _refusal(info: Mapping[str, Any], component: str, version: int) -> str | Non
     """The message of a task's refusal of ``version``, if one was reported."""
     for record in (info.get("errors") or {}).get(component, []):
         message = str(record.get("message", ""))
-        if f"refused model version {version};" in message:
+        if refusal(version) in message:
             return message.splitlines()[0]
     return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from streamgale.runtime import gcpolicy
 from streamgale.runtime.assembly import build_executors, check_before_submit
-from streamgale.runtime.executor import Capture
+from streamgale.runtime.executor import Capture, TaskRunner
 from streamgale.runtime.loop import ExecutorLoop
 
 from .config import Config
@@ -78,11 +78,14 @@ class LocalCluster:
         (thread-safe; see :meth:`streamgale.inference.ModelBolt.model_updated`); returns the new
         version (the model the bolt names is version 1). A file that does not load or fit is
         refused, reported as an error of the component, and the old model keeps serving."""
-        runners = [r for e in self.executors if e.component == component for r in e.runners
-                   if getattr(r.instance, "model_updated", None) is not None]
+        model_bolts: dict[str, list[TaskRunner]] = {}
+        for e in self.executors:
+            for r in e.runners:
+                if getattr(r.instance, "model_updated", None) is not None:
+                    model_bolts.setdefault(e.component, []).append(r)
+        runners = model_bolts.get(component)
         if not runners:
-            bolts = sorted({e.component for e in self.executors for r in e.runners
-                            if getattr(r.instance, "model_updated", None) is not None})
+            bolts = sorted(model_bolts)
             raise ValueError(f"topology '{self.topology.name}' has no model bolt named '{component}' "
                              f"(its model bolts: {', '.join(bolts) or 'none'})")
         with self._versions_lock:

@@ -51,7 +51,9 @@ def export_probability(model: object, path: str | Path) -> Path:
     onx = to_onnx(model, initial_types=[("readings", FloatTensorType([None, len(FEATURES)]))],
                   options={id(model): {"zipmap": False}}, target_opset=17)
     graph = onx.graph
-    probabilities = next(o.name for o in graph.output if o.name == "probabilities")
+    probabilities = "probabilities"  # skl2onnx's output for a classifier without zipmap
+    if probabilities not in {o.name for o in graph.output}:
+        raise ValueError(f"{type(model).__name__} exported no '{probabilities}' output")
     # score = probabilities[:, 1]
     graph.node.extend([
         helper.make_node("Constant", [], ["score_index"], value=helper.make_tensor("i", onnx.TensorProto.INT64,

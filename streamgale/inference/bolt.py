@@ -53,6 +53,12 @@ class _Serving:
     version: int
 
 
+def refusal(version: int) -> str:
+    """How a task's report of a refused model update begins (after the task's name); what
+    ``streamgale model update --wait`` looks for in the component's errors."""
+    return f"refused model version {version};"
+
+
 class ModelBolt(Bolt):
     """Base of :class:`OnnxBolt` and :class:`TorchBolt`; set the class attributes in a subclass,
     or pass them as keyword arguments (``OnnxBolt(model="scorer.onnx", feeds={...}, ...)``)."""
@@ -92,10 +98,13 @@ class ModelBolt(Bolt):
 
     # -- lifecycle (loop thread) ------------------------------------------------------------------
 
-    def prepare(self, context: TopologyContext) -> None:
-        self.name = f"bolt '{context.component}' task {context.task_id}"
+    def _bind(self, context: TopologyContext, name: str) -> None:
+        self.name = name
         self.context = context
         self.base_dir = Path(context.base_dir)
+
+    def prepare(self, context: TopologyContext) -> None:
+        self._bind(context, f"bolt '{context.component}' task {context.task_id}")
         self._cond = threading.Condition()
         self._open: list[Tuple] = []
         self._opened_at = 0.0
@@ -109,8 +118,7 @@ class ModelBolt(Bolt):
         self._sizes: deque[int] = deque(maxlen=RECENT)
         self._latency: deque[float] = deque(maxlen=RECENT)
         self._waits: deque[float] = deque(maxlen=RECENT)
-        path, version = self._override or (self.model, 1)
-        self.serving = self._serve(path, version)
+        self.serving = self._serve(*(self._override or (self.model, 1)))
         self._thread = threading.Thread(target=self._infer_forever, name=f"inference-{context.component}-"
                                         f"{context.task_id}", daemon=True)
         self._thread.start()
@@ -118,11 +126,8 @@ class ModelBolt(Bolt):
     def check_before_submit(self, context: TopologyContext) -> None:
         """What ``prepare`` checks (the model file loads, the feeds and outputs fit it), run by
         ``streamgale submit`` before anything is uploaded; raises :class:`ModelError`."""
-        self.name = f"bolt '{context.component}'"
-        self.context = context
-        self.base_dir = Path(context.base_dir)
-        path, version = self._override or (self.model, 1)
-        models.release(self._serve(path, version).model)
+        self._bind(context, f"bolt '{context.component}'")
+        models.release(self._serve(*(self._override or (self.model, 1))).model)
 
     def error_reporter(self, report: Callable[[BaseException, str], None]) -> None:
         """The runtime's error reporting (installed before prepare)."""
@@ -186,13 +191,13 @@ class ModelBolt(Bolt):
 
     def _refused(self, exc: ModelError, version: int, old: int) -> None:
         self.stats["model_updates_refused"] += 1
-        self._report(exc, f"{self.name} refused model version {version}; version {old} keeps serving")
+        self._report(exc, f"{self.name} {refusal(version)} version {old} keeps serving")
 
     def _serve(self, path: str, version: int) -> _Serving:
-        full = Path(path) if Path(path).is_absolute() else self.base_dir / path
         if not path:
             raise ModelError(f"{self.name}: no model file named; set model = 'file.onnx' (relative to the "
                              f"topology file's directory)")
+        full = Path(path) if Path(path).is_absolute() else self.base_dir / path
         data = models.read_model_file(full, f" (model = {path!r}, read relative to {self.base_dir}); put the "
                                             f"file in the topology's directory so it ships in the code package")
         key = (hashlib.sha256(data).hexdigest(), *self.load_key(self.context))
