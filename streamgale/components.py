@@ -39,6 +39,9 @@ class TopologyContext:
     base_dir: str = "."  # the topology file's directory (in a worker: inside its code package)
     # (source component, stream) -> its fields, for every user stream this component subscribes to
     sources: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, repr=False)
+    # (source component, stream, target component) -> grouping spec ({"type": "fields", "fields": [...]}),
+    # for every user stream this component subscribes to or emits to a subscriber
+    groupings: Mapping[tuple[str, str, str], Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     def tasks_of(self, component: str) -> tuple[int, ...]:
         """Task ids of ``component`` (for emit_direct targets)."""
@@ -67,6 +70,13 @@ class Component:
 
     outputs: ClassVar[Sequence[str] | Mapping[str, Sequence[str]]] = ()
     _collector: Any = _NOT_RUNNING
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Have ``fn()`` called on this task's thread at the loop's next turn; the one method
+        another thread may call. A component that hands work to a thread of its own emits, acks
+        and fails its results inside ``fn`` (a bolt passes ``anchors`` to emit: there is no
+        current input)."""
+        self._collector.call_soon_threadsafe(fn)
 
 
 class Spout(Component):
@@ -154,12 +164,6 @@ class Bolt(Component):
     def emit_direct(self, task: int, values: Sequence[Any], stream: str = "default",
                     anchors: Tuple | Sequence[Tuple] | None = None) -> None:
         self._collector.bolt_emit_direct(task, values, stream, anchors)
-
-    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
-        """Have ``fn()`` called on this task's thread at the loop's next turn; the one method
-        another thread may call. A bolt that hands work to a thread of its own emits, acks and
-        fails its results inside ``fn`` (pass ``anchors`` to emit: there is no current input)."""
-        self._collector.call_soon_threadsafe(fn)
 
     def ack(self, tup: Tuple) -> None:
         self._collector.ack(tup)

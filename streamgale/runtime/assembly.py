@@ -70,10 +70,13 @@ def task_context(topology: Topology, conf: Config, component: str, task: int,
     sources = {(s.source, s.stream): tuple(topology.components[s.source].outputs[s.stream])
                for s in topology.components[component].inputs
                if not s.stream.startswith("__") and s.stream in topology.components[s.source].outputs}
+    groupings = {(s.source, s.stream, target): s.grouping.to_spec()
+                 for target, comp in topology.components.items() for s in comp.inputs
+                 if not s.stream.startswith("__") and component in (s.source, target)}
     return TopologyContext(topology=topology.name, component=component, task_id=task,
                            task_index=task_ids[component].index(task), task_count=len(task_ids[component]),
                            config=conf, component_tasks=task_ids, outputs=outputs, base_dir=base_dir,
-                           sources=sources)
+                           sources=sources, groupings=groupings)
 
 
 def check_before_submit(topology: Topology, config: Config, base_dir: str) -> None:

@@ -411,6 +411,35 @@ class Executor(ABC):
     def tasks(self) -> list[int]:
         return [r.task for r in self.runners]
 
+    def _run_deferred(self, r: TaskRunner) -> int:
+        """Run the calls other threads handed to this task (``call_soon_threadsafe``)."""
+        col = r.collector
+        q = col.deferred
+        n = 0
+        started = perf_counter()
+        while q:
+            fn = q.popleft()
+            n += 1
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - user code
+                self._report(r, exc, f"in a call handed to {self.kind} '{self.component}' task {r.task} "
+                                     f"by another thread ({getattr(fn, '__qualname__', fn)!r})")
+        col.busy += perf_counter() - started
+        if col.acks is not None and col.acks.dirty:
+            col.flush_acks()
+        return n
+
+    def _install_reporter(self, r: TaskRunner) -> None:
+        hook = getattr(r.instance, "error_reporter", None)
+        if hook is not None:  # a component that reports errors it handles itself (a model or shell bolt)
+            hook(self._reporter(r))
+
+    def _reporter(self, r: TaskRunner) -> Callable[[BaseException, str], None]:
+        def report(exc: BaseException, doing: str) -> None:
+            self._report(r, exc, doing)
+        return report
+
 
 class SpoutExecutor(Executor):
     """Spout tasks: ack results and timeouts first, then ``next_tuple`` while
@@ -429,12 +458,16 @@ class SpoutExecutor(Executor):
 
     def start(self) -> None:
         for r in self.runners:
+            self._install_reporter(r)
             r.instance.open(r.context)
 
     def settle(self) -> int:
-        """Deliver ack results and timeouts to the spouts (also while they are throttled)."""
+        """Deliver ack results, timeouts and calls handed over by other threads to the spouts
+        (also while they are throttled)."""
         work = 0
         for r in self.runners:
+            if r.collector.deferred:
+                work += self._run_deferred(r)
             if r.queue:
                 work += self._results(r)
             if r.collector.pending:
@@ -563,15 +596,8 @@ class BoltExecutor(Executor):
 
     def start(self) -> None:
         for r in self.runners:
-            hook = getattr(r.instance, "error_reporter", None)
-            if hook is not None:  # a system wrapper (checkpointing) reports errors it handles itself
-                hook(self._reporter(r))
+            self._install_reporter(r)
             r.instance.prepare(r.context)
-
-    def _reporter(self, r: TaskRunner) -> Callable[[BaseException, str], None]:
-        def report(exc: BaseException, doing: str) -> None:
-            self._report(r, exc, doing)
-        return report
 
     def tick(self) -> None:
         for r in self.runners:
@@ -652,25 +678,6 @@ class BoltExecutor(Executor):
                 col.flush_acks()
             work += done
         return work
-
-    def _run_deferred(self, r: TaskRunner) -> int:
-        """Run the calls other threads handed to this task (``call_soon_threadsafe``)."""
-        col = r.collector
-        q = col.deferred
-        n = 0
-        started = perf_counter()
-        while q:
-            fn = q.popleft()
-            n += 1
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - user code
-                self._report(r, exc, f"in a call handed to bolt '{self.component}' task {r.task} "
-                                     f"by another thread ({getattr(fn, '__qualname__', fn)!r})")
-        col.busy += perf_counter() - started
-        if col.acks is not None and col.acks.dirty:
-            col.flush_acks()
-        return n
 
     def _accepts(self, r: TaskRunner) -> bool:
         accepts = r.accepts

@@ -1,0 +1,114 @@
+"""ShellBolt: a bolt whose tuples a subprocess processes, over Storm's multi-lang protocol.
+
+Asynchronous, as in Storm: tuples are written to the subprocess as they come
+(each with an id of its own), and it emits, acks and fails them when it will,
+by id. At most ``topology.multilang.max_pending`` tuples are inside it at a
+time; beyond that its input queue fills and the spouts wait. Every second a
+``__heartbeat`` tuple (task -1) is sent that it must answer with ``sync``.
+If it ends, for whatever reason, every tuple it held fails (and replays from
+its spout) and it is restarted with backoff.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from streamgale.components import Bolt, TopologyContext
+from streamgale.tuples import Tuple
+
+from . import messages
+from .framing import EncodeError
+from .shell import ShellComponent, ShellError
+
+
+class ShellBolt(ShellComponent, Bolt):
+    auto_ack = False  # the subprocess acks (a multi-lang library's basic bolt does it for its users)
+    kind = "bolt"
+    max_pending: ClassVar[int | None] = None  # None: topology.multilang.max_pending
+    settings = (*ShellComponent.settings, "max_pending")
+
+    def prepare(self, context: TopologyContext) -> None:
+        self._inflight: dict[str, Tuple] = {}
+        self._next_id = 0
+        limit = self.max_pending or context.config["topology.multilang.max_pending"]
+        self._limit = int(limit)
+        self._warned_anchor = False
+        self._open_shell(context)
+        self._beat = self._codec.encode(messages.heartbeat("heartbeat"))
+
+    def accepts_input(self) -> bool:
+        return self._proc is not None and len(self._inflight) < self._limit
+
+    def process(self, tup: Tuple) -> None:
+        self.process_batch([tup])
+
+    def process_batch(self, tuples: list[Tuple]) -> None:
+        proc = self._proc
+        if proc is None:  # lost between the queue check and now: these fail and replay
+            for tup in tuples:
+                self.fail(tup)
+            return
+        encode = self._codec.encode
+        inflight = self._inflight
+        out = []
+        n = self._next_id
+        for tup in tuples:
+            n += 1
+            tid = str(n)
+            if tup.stream == "__tick":
+                out.append(encode(messages.tick(tid)))  # untracked: its ack, if any, is ignored
+                continue
+            try:
+                out.append(encode(messages.bolt_tuple(tid, tup.source, tup.stream, tup.source_task, tup.values)))
+            except EncodeError as e:
+                self.fail(tup)
+                self._report(ShellError(f"{self.name} cannot send {tup!r} to its subprocess: {e}"),
+                             f"{self.name} failed a tuple")
+                continue
+            inflight[tid] = tup
+        self._next_id = n
+        if out:
+            proc.send(b"".join(out) if len(out) > 1 else out[0])
+
+    def _handle(self, message: Any) -> None:
+        command = messages.command(message, messages.BOLT_COMMANDS)
+        if command == "ack":
+            tup = self._inflight.pop(message["id"], None)
+            if tup is not None:
+                self.ack(tup)
+        elif command == "emit":
+            self._emit(message, self._anchors(message.get("anchors")))
+        elif command == "fail":
+            tup = self._inflight.pop(message["id"], None)
+            if tup is not None:
+                self.fail(tup)
+        elif command != "sync":  # sync: the answer to a heartbeat
+            self._common(command, message)
+
+    def _anchors(self, ids: list[Any] | None) -> list[Tuple]:
+        if not ids:
+            return []
+        inflight = self._inflight
+        held = [inflight[i] for i in ids if i in inflight]
+        if len(held) < len(ids) and not self._warned_anchor:
+            self._warned_anchor = True
+            gone = [i for i in ids if i not in inflight]
+            self._report(ShellError(f"{self.name}: the subprocess anchored an emit to tuple ids {gone!r:.80} it had "
+                                    "already acked or failed (or never got); the tuple is emitted anchored to "
+                                    "the rest only (reported once)"), f"{self.name} anchored to a finished tuple")
+        return held
+
+    def _lost(self) -> int:
+        held, self._inflight = self._inflight, {}
+        for tup in held.values():
+            self.fail(tup)
+        return len(held)
+
+    def _heartbeat(self) -> bytes | None:
+        return self._beat
+
+    def cleanup(self) -> None:
+        self._close_shell()
+
+    def counters(self) -> dict[str, Any]:
+        return {**super().counters(), "in_flight": len(self._inflight)}
