@@ -110,6 +110,11 @@ class ShellProcess:
             self._kill_reason = reason
         self._signal(signal.SIGKILL)
 
+    def garbage(self, error: ProtocolError) -> None:
+        """Kill a subprocess that wrote what is not a message (or not one it may send)."""
+        self.kill(f"wrote what is not a multi-lang message ({error}); it must write only "
+                  f"{self.framing.name} messages to stdout (log to stderr or with the 'log' command)")
+
     def stop(self, grace: float = 1.0) -> None:
         """End it as a task shuts down: close its stdin (a multi-lang library exits on EOF), kill
         it after ``grace`` seconds. Nothing is reported."""
@@ -157,8 +162,7 @@ class ShellProcess:
                 if messages:
                     self._deliver(messages)
         except ProtocolError as e:
-            self.kill(f"wrote what is not a multi-lang message ({e}); it must write only "
-                      f"{self.framing.name} messages to stdout (log to stderr or with the 'log' command)")
+            self.garbage(e)
         except OSError as e:
             self.kill(f"could not be read: {e}")
         self._finish(proc)

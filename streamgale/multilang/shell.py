@@ -141,7 +141,7 @@ class ShellComponent:
                 for message in batch:
                     handle(message)
             except ProtocolError as e:
-                self._proc.kill(str(e))
+                self._proc.garbage(e)
 
     def _send(self, message: Any) -> None:
         proc = self._proc
