@@ -22,9 +22,9 @@ from conftest import ROOT
 from streamgale import Bolt, Spout, Topology
 from streamgale.config import Config
 from streamgale.local import LocalCluster
-from streamgale.runtime.loader import load_module, load_topology
 from streamgale.multilang import EncodeError, ProtocolError, ShellBolt, ShellSpout
 from streamgale.multilang.framing import framing
+from streamgale.runtime.loader import load_module, load_topology
 
 COMPONENTS = ROOT / "tests" / "topologies" / "multilang"
 EXAMPLE = ROOT / "examples" / "multilang"
