@@ -55,11 +55,13 @@ class ShellBolt(ShellComponent, Bolt):
         for tup in tuples:
             n += 1
             tid = str(n)
-            if tup.stream == "__tick":
+            stream = tup.stream
+            if stream == "__tick":
                 out.append(encode(messages.tick(tid)))  # untracked: its ack, if any, is ignored
                 continue
             try:
-                out.append(encode(messages.bolt_tuple(tid, tup.source, tup.stream, tup.source_task, tup.values)))
+                out.append(encode({"id": tid, "comp": tup.source, "stream": stream, "task": tup.source_task,
+                                   "tuple": tup.values}))  # a tuple message (docs/multilang.md)
             except EncodeError as e:
                 self.fail(tup)
                 self._report(ShellError(f"{self.name} cannot send {tup!r} to its subprocess: {e}"),
@@ -69,6 +71,32 @@ class ShellBolt(ShellComponent, Bolt):
         self._next_id = n
         if out:
             proc.send(b"".join(out) if len(out) > 1 else out[0])
+
+    def _handle_batch(self, batch: list[Any]) -> None:
+        """The hot path: acks, and emits anchored to one tuple, handled inline; every other
+        message (and any that is not well formed) goes through :meth:`_handle`."""
+        inflight = self._inflight
+        ack, emit, send, handle = self._collector.ack, self.emit, self._send, self._handle
+        for m in batch:
+            cmd = m.get("command") if type(m) is dict else None
+            if cmd == "ack":
+                tup = inflight.pop(m.get("id"), None)
+                if tup is not None:
+                    ack(tup)
+                continue
+            if cmd == "emit" and m.get("task") is None:
+                anchors = m.get("anchors")
+                values = m.get("tuple")
+                if type(values) is list and type(anchors) is list and len(anchors) == 1 and anchors[0] in inflight:
+                    try:
+                        tasks = emit(values, m.get("stream") or "default", inflight[anchors[0]])
+                    except (ValueError, TypeError, KeyError):
+                        handle(m)  # reported there, and answered
+                        continue
+                    if m.get("need_task_ids", True):
+                        send(list(tasks))
+                    continue
+            handle(m)
 
     def _handle(self, message: Any) -> None:
         command = messages.command(message, messages.BOLT_COMMANDS)

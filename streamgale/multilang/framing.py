@@ -65,7 +65,15 @@ class JsonDecoder:
         if len(self._buf) > MAX_MESSAGE:
             raise ProtocolError(f"a message longer than {MAX_MESSAGE} bytes with no 'end' line: "
                                 f"{excerpt(self._buf)}")
-        out = []
+        if not parts:
+            return []
+        try:  # one parse for the whole chunk: the messages as one JSON array
+            out = json.loads(b"[" + b",".join(parts) + b"]") if len(parts) > 1 else [json.loads(parts[0])]
+            if len(out) == len(parts):
+                return out
+        except ValueError:
+            pass
+        out = []  # one of them is garbage (or blank): find which
         for part in parts:
             if not part.strip():
                 continue

@@ -89,10 +89,6 @@ def setup(context: TopologyContext, pid_dir: str, extra_conf: Mapping[str, Any] 
     return {"conf": storm_conf(context, extra_conf), "pidDir": pid_dir, "context": storm_context(context)}
 
 
-def bolt_tuple(tuple_id: str, component: str, stream: str, task: int, values: Sequence[Any]) -> dict[str, Any]:
-    return {"id": tuple_id, "comp": component, "stream": stream, "task": task, "tuple": values}
-
-
 def tick(tuple_id: str) -> dict[str, Any]:
     return {"id": tuple_id, "comp": SYSTEM_COMPONENT, "stream": TICK_STREAM, "task": SYSTEM_TASK, "tuple": []}
 

@@ -67,6 +67,10 @@ class ShellComponent:
     def _handle(self, message: Any) -> None:
         raise NotImplementedError
 
+    def _handle_batch(self, batch: list[Any]) -> None:
+        for message in batch:
+            self._handle(message)
+
     def _lost(self) -> int:
         """The subprocess ended: give up on what it held; returns how many tuples that failed."""
         raise NotImplementedError
@@ -132,14 +136,12 @@ class ShellComponent:
     def _drain(self) -> None:
         self._posted = False
         inbox = self._inbox
-        handle = self._handle
         while inbox:
             incarnation, batch = inbox.popleft()
             if incarnation != self._incarnation or self._proc is None:
                 continue  # what a subprocess wrote before it ended
             try:
-                for message in batch:
-                    handle(message)
+                self._handle_batch(batch)
             except ProtocolError as e:
                 self._proc.garbage(e)
 

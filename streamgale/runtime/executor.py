@@ -264,9 +264,16 @@ class Collector:
 
     def bolt_emit(self, values: Sequence[Any], stream: str = DEFAULT_STREAM, anchors: Any = None) -> Sequence[int]:
         fast = self._fast.get(stream)
-        if fast is None or anchors is not None or len(values) != fast.n:
+        if fast is None or len(values) != fast.n:
             return self._bolt_emit(values, stream, anchors)  # routes, checks, raises the full error
-        # The hot path: one grouping (or none), auto-anchored to the input being processed.
+        # The hot path: one grouping (or none), anchored to the input being processed (auto-anchoring)
+        # or to the one tuple given (a shell bolt's emits).
+        if anchors is None:
+            cur = self.current if self.auto_anchor else None
+        elif type(anchors) is Tuple:
+            cur = anchors
+        else:
+            return self._bolt_emit(values, stream, anchors)
         count = fast.count
         count.emitted += 1
         router = fast.router
@@ -274,9 +281,8 @@ class Collector:
             return ()
         tasks = router.choose(values)
         count.transferred += len(tasks)
-        cur = self.current
         sinks = self._sinks
-        if cur is None or self.acks is None or not self.auto_anchor or not cur.tracked:
+        if cur is None or self.acks is None or not cur.tracked:
             for t in tasks:
                 sinks[t](Tuple(values, stream, self._component, self._task, fast.fields, None))
             return tasks
