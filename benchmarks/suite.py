@@ -34,7 +34,12 @@ Groups (``--groups``):
   saturated (``--inference-readings``) and paced (``--inference-rate`` for
   ``--inference-paced-seconds``), each relative to max_batch 1 and to
   ``InferenceSession.run`` on the same batches (``benchmarks/inference.py``,
-  also ``python -m benchmarks.inference``).
+  also ``python -m benchmarks.inference``);
+- multilang (no cluster; needs pystorm, ``pip install -e '.[test]'``): a
+  pass-through shell bolt, the protocol by hand and with pystorm, JSON and
+  msgpack framing, acked and unacked, beside the same bolt in Python, local
+  mode: tuples/s and the ratio to Python (``benchmarks/multilang/``, also
+  ``python -m benchmarks.multilang``).
 
 After the throughput table, a "targets" table gives the ratios the project
 aims for, from the same run's medians (a row whose scenarios were not run is
@@ -55,9 +60,9 @@ from pathlib import Path
 
 from .wordcount import local_word_count, sentences
 
-GROUPS = ("throughput", "latency", "recovery", "memory", "scaling", "profile", "inference")
-DEFAULT_GROUPS = ("throughput", "latency", "recovery", "memory", "inference")
-NO_CLUSTER_GROUPS = ("throughput", "profile", "inference")  # throughput needs one only for its cluster-* rows
+GROUPS = ("throughput", "latency", "recovery", "memory", "scaling", "profile", "inference", "multilang")
+DEFAULT_GROUPS = ("throughput", "latency", "recovery", "memory", "inference", "multilang")
+NO_CLUSTER_GROUPS = ("throughput", "profile", "inference", "multilang")  # throughput needs one only for its cluster-* rows
 THROUGHPUT = ("local", "local-acked", "cluster-1w", "cluster-2w", "cluster-4w", "cluster-1w-acked",
               "cluster-2w-acked", "cluster-4w-acked", "bytewax-1p", "bytewax-2p", "zmq-ceiling")
 DEFAULT_THROUGHPUT = ",".join(THROUGHPUT)
@@ -206,6 +211,12 @@ def inference(args: argparse.Namespace, cluster) -> dict:
     return run_inference(args.inference_readings, args.runs, args.inference_rate, args.inference_paced_seconds)
 
 
+def multilang(args: argparse.Namespace, cluster) -> dict:
+    from .multilang import multilang as run_multilang
+
+    return run_multilang(args.multilang_tuples, args.runs)
+
+
 def machine() -> dict:
     import psutil
 
@@ -232,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="readings/s of the inference group's paced runs (default: %(default)s)")
     ap.add_argument("--inference-paced-seconds", type=float, default=2,
                     help="how long each paced run of the inference group emits (default: %(default)s)")
+    ap.add_argument("--multilang-tuples", type=int, default=100_000,
+                    help="tuples of each run of the multilang group (default: %(default)s)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/latest.json"),
                     help="write every figure here (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -256,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
             report["ratios"] = ratios(results)
             print_ratios(report["ratios"])
         for name, fn in (("latency", latency), ("recovery", recovery), ("memory", memory), ("scaling", scaling),
-                         ("profile", profile), ("inference", inference)):
+                         ("profile", profile), ("inference", inference),
+                         ("multilang", multilang)):
             if name in groups:
                 report[name] = fn(args, cluster)
     finally:

@@ -50,6 +50,17 @@ def test_inference_smoke_run(tmp_path):
     assert "max_batch 64 / max_batch 1" in result.stdout
 
 
+def test_multilang_smoke_run(tmp_path):
+    out = tmp_path / "r.json"
+    result = bench("--groups", "multilang", "--runs", "1", "--multilang-tuples", "2000", "--json", str(out))
+    assert result.returncode == 0, result.stderr + result.stdout
+    figures = json.loads(out.read_text())["multilang"]
+    for mode in ("acked", "unacked"):
+        assert set(figures[mode]) == {"python", "bare-json", "bare-msgpack", "pystorm-json", "pystorm-msgpack"}
+        assert all(row["median"] > 0 for row in figures[mode].values())
+    assert "target: bare-msgpack acked >= 50,000/s" in result.stdout
+
+
 def test_unknown_scenario_is_a_clear_error():
     result = bench("--scenarios", "nope", timeout=60)
     assert result.returncode == 2

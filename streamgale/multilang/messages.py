@@ -7,7 +7,7 @@ fields only. docs/multilang.md lists every message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from streamgale.components import TopologyContext
