@@ -38,14 +38,16 @@ run: build
 # System packages for the tests, from Debian, installed when missing: ZooKeeper,
 # iproute2/iptables for network namespaces and cuts, Chromium for the web UI test,
 # redis-server (state backend, Redis connectors), mosquitto (MQTT) and rabbitmq-server (AMQP) for the
-# connectors: the tests start their own servers on their own ports, never the system services'.
+# connectors: the tests start their own servers on their own ports, never the system services'; Node.js
+# and a JDK (javac) for the multi-lang examples.
 system-packages:
 	@test -f /usr/share/java/zookeeper.jar && command -v ip >/dev/null && command -v iptables >/dev/null \
 	  && test -x /usr/bin/chromium && test -x /usr/bin/chromedriver && test -x /usr/bin/redis-server \
-	  && test -x /usr/sbin/mosquitto && test -x /usr/sbin/rabbitmq-server || { \
+	  && test -x /usr/sbin/mosquitto && test -x /usr/sbin/rabbitmq-server && command -v node >/dev/null \
+	  && command -v javac >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q zookeeper iproute2 iptables chromium chromium-driver \
-	    redis-server mosquitto rabbitmq-server; }
+	    redis-server mosquitto rabbitmq-server nodejs default-jdk-headless; }
 
 # Lint and type-check first (seconds), then the tests.
 test: build system-packages

@@ -62,7 +62,8 @@ from .wordcount import local_word_count, sentences
 
 GROUPS = ("throughput", "latency", "recovery", "memory", "scaling", "profile", "inference", "multilang")
 DEFAULT_GROUPS = ("throughput", "latency", "recovery", "memory", "inference", "multilang")
-NO_CLUSTER_GROUPS = ("throughput", "profile", "inference", "multilang")  # throughput needs one only for its cluster-* rows
+# (throughput needs a cluster only for its cluster-* rows)
+NO_CLUSTER_GROUPS = ("throughput", "profile", "inference", "multilang")
 THROUGHPUT = ("local", "local-acked", "cluster-1w", "cluster-2w", "cluster-4w", "cluster-1w-acked",
               "cluster-2w-acked", "cluster-4w-acked", "bytewax-1p", "bytewax-2p", "zmq-ceiling")
 DEFAULT_THROUGHPUT = ",".join(THROUGHPUT)

@@ -14,7 +14,8 @@ def blocks(path):
     return BLOCK.findall((ROOT / path).read_text())
 
 
-@pytest.mark.parametrize("path", ["docs/testing.md", "docs/windowing.md", "docs/state.md", "docs/ml.md"])
+@pytest.mark.parametrize("path", ["docs/testing.md", "docs/windowing.md", "docs/state.md", "docs/ml.md",
+                                  "docs/multilang.md"])
 def test_doc_examples_run(path):
     for code in blocks(path):
         exec(compile(code, path, "exec"), {"__name__": "doc_example"})
