@@ -5,6 +5,7 @@ component's name, the tuples it held fail and replay, it restarts, and nothing i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,10 +13,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import msgpack
+import psutil
 import pytest
 from conftest import ROOT
 
@@ -339,3 +342,36 @@ def test_a_killed_spout_subprocess_restarts_and_emits_again():
     assert "pid" in state and len(sink.got) >= state["at"] + 200
     assert [str(e.error) for e in result.errors if "was killed by signal SIGKILL" in str(e.error)]
     assert all("Received ack for unknown" not in str(e.error) for e in result.errors)
+
+
+def test_a_killed_worker_takes_its_subprocesses_with_it(tmp_path):
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "streamgale"), "local", str(COMPONENTS / "endless.py"),
+                             "--duration", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MULTILANG_MARKS": str(tmp_path)})
+    children: list[psutil.Process] = []
+    try:
+        host = psutil.Process(proc.pid)
+        children = wait_for(lambda: [c for c in host.children() if "raw_bolt.py" in " ".join(c.cmdline())]
+                            if len(host.children()) >= 2 else None, "two shell subprocesses")
+        assert len(children) == 2
+        wait_for(lambda: (tmp_path / "hung").exists(), "one subprocess to hang")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+                 "the subprocesses to die with their worker")
+    finally:
+        proc.kill()
+        proc.wait()
+        for child in children:  # had they outlived it, the test still leaves none behind
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
