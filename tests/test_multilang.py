@@ -375,3 +375,44 @@ def wait_for(predicate, what: str, timeout: float = 30.0):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 300, 70000])
+def test_many_messages_encode_as_each_would(n):
+    for name in ("json", "msgpack"):
+        codec = framing(name)
+        messages = [{"id": str(i), "tuple": [i]} for i in range(n)]
+        assert codec.encode_many(messages) == b"".join(codec.encode(m) for m in messages)
+
+
+def test_a_tuple_json_cannot_carry_fails_alone_and_is_reported(tmp_path):
+    class Mixed(Spout):
+        outputs = ["n"]
+        acked: set = set()
+        failed: set = set()
+
+        def open(self, context):
+            self.i = 0
+
+        def next_tuple(self):
+            if self.i < 100:
+                self.emit([b"\x00raw" if self.i % 10 == 3 else self.i], msg_id=self.i)
+                self.i += 1
+
+        def ack(self, msg_id):
+            self.acked.add(msg_id)
+
+        def fail(self, msg_id):
+            self.failed.add(msg_id)
+
+    sink = recorder()
+    t = Topology("multilang-bytes")
+    t.spout("src", Mixed)
+    t.bolt("shell", raw("pass", tmp_path)).shuffle("src")
+    t.bolt("sink", sink).shuffle("shell")
+    _, result = run(t, lambda: len(Mixed.acked) + len(Mixed.failed) == 100)
+    bad = {i for i in range(100) if i % 10 == 3}
+    assert Mixed.failed == bad and Mixed.acked == set(range(100)) - bad
+    assert sorted(n for _, n in sink.got) == sorted(set(range(100)) - bad)
+    assert len(result.errors) == 10 and "cannot send" in str(result.errors[0].error)
+    assert "JSON framing carries only JSON types" in str(result.errors[0].error)

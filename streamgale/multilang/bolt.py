@@ -48,29 +48,39 @@ class ShellBolt(ShellComponent, Bolt):
             for tup in tuples:
                 self.fail(tup)
             return
-        encode = self._codec.encode
         inflight = self._inflight
-        out = []
         n = self._next_id
+        sent: list[dict[str, Any]] = []
         for tup in tuples:
             n += 1
             tid = str(n)
             stream = tup.stream
             if stream == "__tick":
-                out.append(encode(messages.tick(tid)))  # untracked: its ack, if any, is ignored
+                sent.append(messages.tick(tid))  # untracked: its ack, if any, is ignored
                 continue
-            try:
-                out.append(encode({"id": tid, "comp": tup.source, "stream": stream, "task": tup.source_task,
-                                   "tuple": tup.values}))  # a tuple message (docs/multilang.md)
-            except EncodeError as e:
-                self.fail(tup)
-                self._report(ShellError(f"{self.name} cannot send {tup!r} to its subprocess: {e}"),
-                             f"{self.name} failed a tuple")
-                continue
+            sent.append({"id": tid, "comp": tup.source, "stream": stream, "task": tup.source_task,
+                         "tuple": tup.values})  # a tuple message (docs/multilang.md)
             inflight[tid] = tup
         self._next_id = n
-        if out:
-            proc.send(b"".join(out) if len(out) > 1 else out[0])
+        try:
+            data = self._codec.encode_many(sent)
+        except EncodeError:  # one of them cannot be sent: fail it alone
+            data = b"".join(self._encode_each(sent))
+        if data:
+            proc.send(data)
+
+    def _encode_each(self, sent: list[dict[str, Any]]) -> list[bytes]:
+        out = []
+        for message in sent:
+            try:
+                out.append(self._codec.encode(message))
+            except EncodeError as e:
+                tup = self._inflight.pop(message["id"], None)
+                if tup is not None:
+                    self.fail(tup)
+                self._report(ShellError(f"{self.name} cannot send {tup!r} to its subprocess: {e}"),
+                             f"{self.name} failed a tuple")
+        return out
 
     def _handle_batch(self, batch: list[Any]) -> None:
         """The hot path: acks, and emits anchored to one tuple, handled inline; every other

@@ -62,7 +62,8 @@ class ShuffleRouter(Router):
     def choose(self, values: Sequence[Any]) -> Targets:
         i = self._i
         if i == self._n:
-            self._rng.shuffle(self._order)
+            if i > 1:  # one target: nothing to shuffle (a shuffle per tuple, otherwise)
+                self._rng.shuffle(self._order)
             i = 0
         self._i = i + 1
         return self._order[i]
