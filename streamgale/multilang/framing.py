@@ -112,13 +112,14 @@ class MsgpackFraming:
 
 class MsgpackDecoder:
     def __init__(self) -> None:
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=MAX_MESSAGE)
+        # Map keys must be strings (every multi-lang message's are): no map or list key to hash.
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE)
 
     def feed(self, data: bytes) -> list[Any]:
         try:
             self._unpacker.feed(data)
             return list(self._unpacker)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                 msgpack.BufferFull) as e:
             raise ProtocolError(f"not a msgpack message ({type(e).__name__}: {e}): {excerpt(data)}") from None
 

@@ -195,7 +195,8 @@ def decode(frame: bytes) -> Message:
         raise ChannelError(f"channel frame is not valid msgpack: {type(e).__name__}") from None
     if not isinstance(obj, dict) or obj.get("v") != CHANNEL_VERSION:
         raise ChannelError(f"channel frame has no version {CHANNEL_VERSION} header")
-    cls = _KINDS.get(obj.get("kind"))  # type: ignore[arg-type]
+    kind = obj.get("kind")
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ChannelError(f"unknown channel message kind {str(obj.get('kind'))[:40]!r}")
     result: Message = cls.from_dict(obj)
