@@ -366,11 +366,8 @@ def test_a_killed_worker_loses_no_message(cluster, cluster_state, rabbitmq, rabb
     cluster.wait(lambda: rabbitmq.queue_counts(rabbitmq_queue) == (0, 0), timeout=60,
                  message="the queue at 0 ready, 0 unacked")
     assert victims[0].pid not in {p.pid for p in cluster.worker_processes()}
-    # The kill hit work in flight: the trees the killed worker held timed out at the spout (and were
-    # nacked and came back, as the full set above shows). Duplicates are allowed, not required: a
-    # tuple is written twice only if the worker died between writing it and acking it.
-    stats = json.loads(cluster.cli("stats", "rabbitmq-pipeline", "--json").stdout)
-    assert stats["components"]["queue"]["windows"]["all"]["failed"] > 0
+    # Duplicates are allowed, not required (a tuple is written twice only if its worker died between
+    # writing and acking it), and whether the killed worker held work at that instant is timing.
     lines = sum(len(f.read_text().splitlines()) for f in out.glob("work-*.txt"))
     assert lines >= TOTAL
 
