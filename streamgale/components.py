@@ -172,6 +172,17 @@ class Bolt(Component):
         self._collector.fail(tup)
 
 
+def apply_settings(component: Any, settings: Mapping[str, Any]) -> None:
+    """Set a component's keyword settings (``OnnxBolt(model=...)``, ``ShellBolt(command=...)``) as
+    attributes, refusing any not in its ``settings``."""
+    allowed = component.settings
+    for key, value in settings.items():
+        if key not in allowed:
+            raise TypeError(f"{type(component).__name__} takes no setting {key!r}; its settings are "
+                            f"{', '.join(allowed)}")
+        setattr(component, key, value)
+
+
 def normalise_outputs(outputs: Any, component: str) -> dict[str, tuple[str, ...]]:
     """``["word"]`` -> ``{"default": ("word",)}``; validates names."""
     from .topology import TopologyError

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from streamgale.components import Bolt, TopologyContext
+from streamgale.components import Bolt, TopologyContext, apply_settings
 from streamgale.config import MODEL_BOLT
 from streamgale.tuples import Tuple
 
@@ -75,11 +75,7 @@ class ModelBolt(Bolt):
                                            "max_inflight")
 
     def __init__(self, **settings: Any):
-        for key, value in settings.items():
-            if key not in self.settings:
-                raise TypeError(f"{type(self).__name__} takes no setting {key!r}; its settings are "
-                                f"{', '.join(self.settings)}")
-            setattr(self, key, value)
+        apply_settings(self, settings)
         _check_knobs(type(self).__name__, self.max_batch, self.max_wait, self.max_inflight)
         self._override: tuple[str, int] | None = None
 

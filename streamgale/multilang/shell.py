@@ -12,10 +12,10 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from streamgale.components import TopologyContext
+from streamgale.components import TopologyContext, apply_settings
 
 from . import messages
-from .framing import FRAMINGS, EncodeError, ProtocolError, framing
+from .framing import FRAMINGS, ProtocolError, framing
 from .process import ShellProcess
 
 log = logging.getLogger("streamgale.multilang")
@@ -48,11 +48,7 @@ class ShellComponent:
     emit_direct: Callable[..., None]
 
     def __init__(self, **settings: Any):
-        for key, value in settings.items():
-            if key not in self.settings:
-                raise TypeError(f"{type(self).__name__} takes no setting {key!r}; its settings are "
-                                f"{', '.join(self.settings)}")
-            setattr(self, key, value)
+        apply_settings(self, settings)
         check_settings(type(self).__name__, self.command, self.framing)
 
     def error_reporter(self, report: Callable[[BaseException, str], None]) -> None:
@@ -85,7 +81,6 @@ class ShellComponent:
     # -- lifecycle (loop thread) --------------------------------------------------------------------
 
     def _open_shell(self, context: TopologyContext) -> None:
-        check_settings(type(self).__name__, self.command, self.framing)
         self.context = context
         self.name = f"{self.kind} '{context.component}' task {context.task_id}"
         conf = context.config
@@ -101,7 +96,7 @@ class ShellComponent:
         self._inbox: deque[tuple[int, list[Any]]] = deque()
         self._posted = False
         self._timer: threading.Timer | None = None
-        self.stats: dict[str, Any] = {"subprocess_restarts": 0, "subprocess_pid": 0}
+        self.stats: dict[str, Any] = {"subprocess_restarts": 0}
         self.shell_metrics: dict[str, Any] = {}
         self._spawn()
 
@@ -228,5 +223,3 @@ def check_settings(owner: str, command: Any, framing_name: Any) -> None:
     if framing_name not in FRAMINGS:
         raise ValueError(f"{owner}: framing must be one of {', '.join(FRAMINGS)}, not {framing_name!r}")
 
-
-__all__ = ["EncodeError", "ShellComponent", "ShellError", "check_settings"]
