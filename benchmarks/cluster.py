@@ -18,10 +18,14 @@ STOP_GRACE = 20.0  # seconds the daemons get to stop their workers before they a
 
 
 class BenchCluster:
-    def __init__(self, supervisors: int = 2, slots: int = 2):
+    """``settings``: config keys for every daemon and for the benchmark's own CLI calls."""
+
+    def __init__(self, supervisors: int = 2, slots: int = 2, settings: dict | None = None,
+                 client_config: Path | None = None):
         self.supervisors, self.slots = supervisors, slots
+        self.client_config = client_config  # the CLI's config, if not the daemons' (security on: a user's key)
         self.cluster = ProcessCluster(supervisors=supervisors, slots=slots, logging_level="WARNING",
-                                      shutdown_workers=True, temp_prefix="streamgale-bench-")
+                                      shutdown_workers=True, temp_prefix="streamgale-bench-", settings=settings)
         self.dir = self.cluster.dir
         self.config_file = self.cluster.config_file
 
@@ -40,7 +44,7 @@ class BenchCluster:
         self.cluster.start()
 
     def cli(self, *args: str) -> str:
-        r = self.cluster.cli(*args, timeout=120)
+        r = self.cluster.cli(*args, timeout=120, config=self.client_config)
         if r.returncode != 0:
             raise RuntimeError(f"streamgale {' '.join(args)} failed: {r.stderr.strip()}")
         return r.stdout

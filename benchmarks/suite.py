@@ -39,7 +39,11 @@ Groups (``--groups``):
   pass-through shell bolt, the protocol by hand and with pystorm, JSON and
   msgpack framing, acked and unacked, beside the same bolt in Python, local
   mode: tuples/s and the ratio to Python (``benchmarks/multilang/``, also
-  ``python -m benchmarks.multilang``).
+  ``python -m benchmarks.multilang``);
+- security (not run by default: two clusters of its own): the cluster word
+  count on 2 workers, unacked and acked, on a plain cluster and on one with
+  ``security.enabled`` (CURVE on every socket, ZooKeeper ACLs), interleaved;
+  words/s and the ratio on / off (``benchmarks/security.py``).
 
 After the throughput table, a "targets" table gives the ratios the project
 aims for, from the same run's medians (a row whose scenarios were not run is
@@ -60,10 +64,11 @@ from pathlib import Path
 
 from .wordcount import local_word_count, sentences
 
-GROUPS = ("throughput", "latency", "recovery", "memory", "scaling", "profile", "inference", "multilang")
+GROUPS = ("throughput", "latency", "recovery", "memory", "scaling", "profile", "inference", "multilang",
+          "security")
 DEFAULT_GROUPS = ("throughput", "latency", "recovery", "memory", "inference", "multilang")
 # (throughput needs a cluster only for its cluster-* rows)
-NO_CLUSTER_GROUPS = ("throughput", "profile", "inference", "multilang")
+NO_CLUSTER_GROUPS = ("throughput", "profile", "inference", "multilang", "security")  # security: its own two
 THROUGHPUT = ("local", "local-acked", "cluster-1w", "cluster-2w", "cluster-4w", "cluster-1w-acked",
               "cluster-2w-acked", "cluster-4w-acked", "bytewax-1p", "bytewax-2p", "zmq-ceiling")
 DEFAULT_THROUGHPUT = ",".join(THROUGHPUT)
@@ -218,6 +223,12 @@ def multilang(args: argparse.Namespace, cluster) -> dict:
     return run_multilang(args.multilang_tuples, args.runs)
 
 
+def security(args: argparse.Namespace, cluster) -> dict:
+    from .security import security_cost
+
+    return security_cost(args.security_sentences, args.runs)
+
+
 def machine() -> dict:
     import psutil
 
@@ -246,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="how long each paced run of the inference group emits (default: %(default)s)")
     ap.add_argument("--multilang-tuples", type=int, default=100_000,
                     help="tuples of each run of the multilang group (default: %(default)s)")
+    ap.add_argument("--security-sentences", type=int, default=100_000,
+                    help="sentences of each run of the security group (default: %(default)s)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/latest.json"),
                     help="write every figure here (default: %(default)s)")
     args = ap.parse_args(argv)
@@ -271,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             print_ratios(report["ratios"])
         for name, fn in (("latency", latency), ("recovery", recovery), ("memory", memory), ("scaling", scaling),
                          ("profile", profile), ("inference", inference),
-                         ("multilang", multilang)):
+                         ("multilang", multilang), ("security", security)):
             if name in groups:
                 report[name] = fn(args, cluster)
     finally:

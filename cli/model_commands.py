@@ -38,7 +38,7 @@ def update(state: State, name: str, component: str, model_file: str, wait: float
 
     Example: streamgale model update sensors score models/scorer-v2.onnx
     """
-    with state.client(timeout=60.0) as client:
+    with state.client() as client:  # the upload itself may take 60 s (Client.update_model)
         try:
             version = client.update_model(name, component, model_file)
         except ModelError as e:

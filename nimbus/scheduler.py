@@ -71,6 +71,20 @@ def schedule(topologies: Sequence[TopologyRecord], supervisors: Mapping[str, Sup
     return result
 
 
+def worker_cap(requested: int, executors: int, free_slots: int) -> tuple[int, str | None]:
+    """How many of ``requested`` workers a topology of ``executors`` executors gets when
+    ``free_slots`` slots are free to it (its own included), as :func:`schedule` decides, and why
+    it gets fewer (None: it gets them all)."""
+    if requested > executors:
+        return min(executors, free_slots), (
+            f"{requested} workers requested, but it has {executors} executors and a worker runs at least one: "
+            f"it gets at most {executors}")
+    if requested > free_slots:
+        return free_slots, (f"{requested} workers requested, but the cluster has {free_slots} free slots: it "
+                            f"runs in {free_slots} (add supervisors, or slots with `workers`, for the rest)")
+    return requested, None
+
+
 def _schedule_one(rec: TopologyRecord, supervisors: Mapping[str, SupervisorInfo], cur: Assignment | None,
                   free: list[Slot], held_by_others: set[str], now: float) -> Assignment | None:
     """One topology's assignment, given the slots not held by any other topology.

@@ -13,6 +13,7 @@ from .config import Config, ConfigError, load_config
 from .groupings import CustomGrouping
 from .local import LocalCluster, run_local
 from .reliable import ReliableSpout
+from .runtime.executor import StartFailed
 from .state import StatefulBolt
 from .topology import Topology, TopologyError
 from .tuples import Tuple
@@ -31,6 +32,7 @@ __all__ = [
     "LocalCluster",
     "ReliableSpout",
     "Spout",
+    "StartFailed",
     "StatefulBolt",
     "Topology",
     "TopologyContext",

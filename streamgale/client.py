@@ -25,19 +25,24 @@ no nimbus answered in time, ...). The messages name the thing at fault.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypedDict, Union
+from typing import Any, Concatenate, NotRequired, ParamSpec, TypedDict, TypeVar, Union
 
 from .cluster.package import PackageError, digest, pack_directory
+from .cluster.records import PACKAGE_ERRORS, START_ERRORS
 from .config import Config, ConfigError, load_config, parse_override
 from .runtime.assembly import check_before_submit
 from .runtime.loader import TopologyFileError, load_topology
+from .security import Security
 from .topology import Topology, TopologyError, acker_count
 from .wire.protocol import (
     AlreadyExists,
@@ -53,6 +58,7 @@ from .wire.spec import TopologySpec
 
 __all__ = [
     "AlreadyExists",
+    "BadInput",
     "BadRequest",
     "Client",
     "ClusterSummary",
@@ -65,6 +71,7 @@ __all__ = [
     "Overrides",
     "PackageError",
     "Submission",
+    "StatusChange",
     "SupervisorSummary",
     "TopologyDetails",
     "TopologyFileError",
@@ -81,6 +88,9 @@ Overrides = Union[Mapping[str, Any], Iterable[str]]
 
 SUBMIT_TIMEOUT = 60.0  # seconds: a submit uploads the code package
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 
 # -- what nimbus answers --------------------------------------------------------------------------
 
@@ -90,11 +100,15 @@ class TopologySummary(TypedDict):
 
     name: str
     id: str
-    status: str  # ACTIVE, INACTIVE, REBALANCING or KILLED
+    status: str  # ACTIVE, INACTIVE, REBALANCING, KILLED, or CORRUPT (its record cannot be read: kill removes it)
     workers: int  # worker processes assigned now
+    workers_requested: NotRequired[int]  # topology.workers (more than ``workers`` when the cluster lacks slots)
     executors: int  # including the ackers
     tasks: int
     uptime: float  # seconds since submit
+    # why its workers cannot start: a component's open() or prepare() raised within the last minute
+    # (the traceback is among the component's errors); None when starting is not the problem
+    failing: NotRequired[str | None]
 
 
 class SupervisorSummary(TypedDict):
@@ -109,6 +123,19 @@ class SupervisorSummary(TypedDict):
     uptime: float
 
 
+class BadInput(TypedDict):
+    """What one daemon refused since it started (docs/observability.md, "Bad input")."""
+
+    daemon: str  # "nimbus" or "supervisor"
+    id: str  # nimbus: its host:port; a supervisor: its id
+    host: str
+    rejected_requests: int  # on its API (nimbus) or log endpoint (supervisor): not valid messages
+    refused_handshakes: int  # connections there that failed or broke off the ZeroMQ handshake
+    denied_keys: int  # CURVE keys its authenticator refused, on any of its sockets (security on)
+    malformed_messages: NotRequired[int]  # supervisors: malformed messages on the worker channel
+    age_s: NotRequired[float]  # supervisors: seconds since they reported these
+
+
 class ClusterSummary(TypedDict):
     """What :meth:`Client.cluster` returns."""
 
@@ -116,6 +143,9 @@ class ClusterSummary(TypedDict):
     nimbuses: list[str]
     supervisors: list[SupervisorSummary]
     topologies: int
+    # The answering nimbus, then the supervisors that reported to it (all of them, to the leader);
+    # absent from a nimbus older than the field.
+    bad_input: NotRequired[list[BadInput]]
 
 
 class TopologyDetails(TypedDict):
@@ -124,6 +154,22 @@ class TopologyDetails(TypedDict):
     topology: dict[str, Any]  # the TopologyRecord: id, name, status, spec, config, entry, workers, ...
     assignment: dict[str, Any] | None  # slots -> {supervisor_id, host, port, executors}; None: not scheduled yet
     errors: dict[str, list[dict[str, Any]]]  # component -> its recent errors, oldest first
+
+
+class TopologyConfiguration(TypedDict):
+    """:meth:`Client.topology_config`: every key with the value a worker of the topology runs with
+    (secrets ``<redacted>``), and the keys the topology's own config set."""
+
+    config: dict[str, Any]
+    topology_keys: list[str]
+
+
+class StatusChange(TypedDict, total=False):
+    """What :meth:`Client.activate` and :meth:`Client.deactivate` return."""
+
+    status: str  # ACTIVE or INACTIVE: the status asked for
+    after_rebalance: bool  # True: the topology is rebalancing; the status applies when that ends
+    applies_in: float  # then: the seconds until it ends, at most
 
 
 class LogChunk(TypedDict):
@@ -144,6 +190,40 @@ class WorkerLog:
     endpoint: str | None  # the supervisor's "host:log_port"; None when its supervisor is not reachable
 
 
+def worker_log_locations(info: Mapping[str, Any], supervisors: Iterable[Mapping[str, Any]],
+                         component: str | None = None) -> list[WorkerLog]:
+    """Where to read the log of each worker of the topology whose :meth:`Client.info` is ``info``
+    (those running ``component``, if given), given the supervisors of :meth:`Client.cluster`. Pure."""
+    by_id = {s["id"]: s for s in supervisors}
+    logs = []
+    for slot in ((info.get("assignment") or {}).get("slots") or {}).values():
+        if component and component not in {c for c, _ in slot["executors"]}:
+            continue
+        sup = by_id.get(slot["supervisor_id"])
+        endpoint = f"{sup['host']}:{sup['log_port']}" if sup is not None and sup.get("log_port") else None
+        logs.append(WorkerLog(f"{slot['host']}:{slot['port']}", info["topology"]["id"], slot["port"], endpoint))
+    return logs
+
+
+TAIL_MAX_BYTES = 8 << 20  # the most of a log read back to find its last lines
+
+
+def tail_lines(read: Callable[[int, int], Mapping[str, Any]], lines: int) -> tuple[int, list[str]]:
+    """The last ``lines`` lines of a log (fewer if it has fewer, or they are not within
+    TAIL_MAX_BYTES of its end) and the offset its end is at; ``read(offset, max_bytes)`` returns a
+    :class:`LogChunk` (:meth:`Client.read_log` of one log). Blocks for as many reads as it takes."""
+    size = 4096
+    while True:
+        chunk = read(-1, size)
+        start = chunk["offset"] - len(chunk["data"])
+        text = chunk["data"].decode(errors="replace").splitlines()
+        if start > 0:
+            text = text[1:]  # the first may be cut: start at a whole line
+        if len(text) >= lines or start == 0 or size >= TAIL_MAX_BYTES:
+            return chunk["offset"], text[-lines:] if lines else []
+        size *= 4
+
+
 # -- preparing a submission (pure but for reading files) ----------------------------------------
 
 
@@ -157,27 +237,84 @@ class Submission:
     entry: str  # the topology file inside the code package, which workers load
     code: bytes = field(repr=False)  # the code package: a tar.gz of the code directory
     code_digest: str
+    requirements: bool = False  # it carries a requirements.txt: workers run in an environment of their own
+
+
+REQUIREMENTS = "requirements.txt"  # in a code package's top level: see docs/deployment.md
+
+
+class NotStarted(RuntimeError):
+    """A submitted topology cannot start: a supervisor refused its code package or could not build
+    its Python environment (``refused``: the message holds the supervisor's report, pip's error),
+    or a component's open() or prepare() raised (the traceback is among its errors)."""
+
+    def __init__(self, message: str, refused: bool):
+        super().__init__(message)
+        self.refused = refused
+
+
+def start_progress(info: Mapping[str, Any], stats: Mapping[str, Any]) -> tuple[str, str]:
+    """How a submitted topology's start goes, from its ``info`` and ``stats`` (pure):
+    ("running", "") once as many workers report as its assignment has slots; else
+    ("refused", the latest refusal of its code package), ("failing", the latest component
+    that could not start), or ("starting", what it waits for)."""
+    slots = len((info.get("assignment") or {}).get("slots") or {})
+    workers = len(stats.get("workers") or [])
+    if slots and workers >= slots:
+        return "running", ""
+    errors = info.get("errors") or {}
+    for state, component in (("refused", PACKAGE_ERRORS), ("failing", START_ERRORS)):
+        if errors.get(component):
+            return state, str(max(errors[component], key=lambda e: e.get("time", 0))["message"])
+    return "starting", (f"{workers} of {slots} workers running" if slots else "waiting for an assignment")
 
 
 def nimbus_addresses(nimbus: str | Sequence[str] | None, config: Mapping[str, Any]) -> list[str]:
     """The nimbus addresses to try: ``nimbus`` ("host:port", several separated by commas, or a
-    list of them), else ``nimbus.host:nimbus.port`` from ``config``. Not checked here; a
-    :class:`Client` raises ValueError for one that is not HOST:PORT."""
+    list of them), else ``nimbus.host:nimbus.port`` from ``config``. A host given without a port
+    gets ``nimbus.port`` of ``config``; raises ValueError naming the address when its port is
+    not a number from 1 to 65535 or it has no host."""
     if nimbus:
         parts = nimbus.split(",") if isinstance(nimbus, str) else nimbus
-        return [a.strip() for a in parts if a.strip()]
+        return [_with_port(a.strip(), config["nimbus.port"]) for a in parts if a.strip()]
     return [f"{config['nimbus.host']}:{config['nimbus.port']}"]
 
 
+def _with_port(address: str, default_port: int) -> str:
+    """``address`` as "host:port": ``default_port`` when it names none ("nimbus1", "[::1]")."""
+    text = address[len("tcp://"):] if address.startswith("tcp://") else address
+    host, sep, port = text.rpartition(":")
+    if not sep or text.endswith("]"):  # no port, or an IPv6 literal in brackets without one
+        host, port = text, str(default_port)
+    if not host:
+        raise ValueError(f"nimbus address {address!r} has no host; write HOST or HOST:PORT, e.g. 'nimbus1:6627'")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"nimbus address {address!r}: {port!r} is not a port number (1-65535); "
+                         f"write HOST or HOST:PORT, e.g. 'nimbus1:6627'")
+    return f"{host}:{int(port)}"
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """The hint for a name that is not one of ``choices``: "; did you mean 'x'?" (or "'x' or
+    'y'", at most three) when some are close to ``word``, else the empty string."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=3)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
 def _override_layer(overrides: Overrides | None) -> tuple[dict[str, Any], str]:
-    """The overrides as a key -> value layer, and how error messages name them."""
+    """The overrides as a checked key -> value layer, and how error messages name them. A bad
+    key or value raises ConfigError naming the overrides (the -c option) and the key, never the
+    topology file: the overrides are checked before the file is loaded."""
     if overrides is None:
         return {}, "config overrides"
-    if isinstance(overrides, Mapping):
-        return dict(overrides), "config overrides"
     if isinstance(overrides, (str, bytes)):
         raise TypeError(f"config overrides must be a mapping or a list of 'key=value' strings, got {overrides!r}")
-    return dict(parse_override(o) for o in overrides), "-c option"
+    if isinstance(overrides, Mapping):
+        layer, source = dict(overrides), "config overrides"
+    else:
+        layer, source = dict(parse_override(o) for o in overrides), "-c option"
+    Config().merged(layer, source)
+    return layer, source
 
 
 def topology_from_file(path: str | os.PathLike[str], *, base: Config,
@@ -189,14 +326,16 @@ def topology_from_file(path: str | os.PathLike[str], *, base: Config,
     is called with ``base`` and the overrides. Raises :class:`TopologyFileError` when
     the file is missing or cannot be imported, or defines no topology;
     :class:`TopologyError` / :class:`ConfigError` prefixed "invalid topology in PATH:"
-    when the topology or a setting is invalid. Imports the file (its directory goes
-    first on ``sys.path``), so it runs the module's top-level code in this process.
+    when the topology or a setting of its own is invalid; :class:`ConfigError` naming the
+    -c option and the key, before the file is loaded, when an override is. Imports the
+    file (its directory goes first on ``sys.path``), so it runs the module's top-level
+    code in this process.
     """
+    layer, source = _override_layer(config)
+    with_overrides = base.merged(layer, source)
     try:
-        layer, source = _override_layer(config)
-        with_overrides = base.merged(layer, source)
         topology = load_topology(Path(path), with_overrides)
-        return topology, with_overrides.merged(topology.config, "topology config").merged(layer, source)
+        return topology, with_overrides.with_topology_config(topology.config).merged(layer, source)
     except TopologyError as e:
         raise TopologyError(f"invalid topology in {path}: {e}") from e
     except ConfigError as e:
@@ -223,16 +362,18 @@ def prepare(topology: Topology | str | os.PathLike[str], *, name: str | None = N
     base = load_config() if base is None else base
     if config is not None and not isinstance(config, (Mapping, str, bytes)):
         config = tuple(config)  # read twice below
+    layer, source = _override_layer(config)
+    # The overrides become part of the topology's own config (nimbus keeps that layer), so
+    # they may not set cluster settings either; nimbus would refuse them.
+    Config().with_topology_config(layer, source)
     if isinstance(topology, Topology):
         topology.validate()
-        layer, source = _override_layer(config)
         with_overrides = base.merged(layer, source)
-        run_config = with_overrides.merged(topology.config, "topology config").merged(layer, source)
+        run_config = with_overrides.with_topology_config(topology.config).merged(layer, source)
         file = _defining_file(topology, with_overrides)
     else:
         file = Path(topology).resolve()
         topology, run_config = topology_from_file(topology, base=base, config=config)
-        layer, _ = _override_layer(config)  # read without error by topology_from_file
     topology = topology.with_checkpointing(run_config).with_ackers(acker_count(run_config),
                                                                run_config["topology.message_timeout"])
     check_before_submit(topology, run_config, str(file.parent))
@@ -245,7 +386,8 @@ def prepare(topology: Topology | str | os.PathLike[str], *, name: str | None = N
     code = pack_directory(directory)
     name = name or topology.name
     spec = topology.spec().named(name)
-    return Submission(name, spec, {**topology.config, **layer}, entry, code, digest(code))
+    return Submission(name, spec, {**topology.config, **layer}, entry, code, digest(code),
+                      (directory / REQUIREMENTS).is_file())
 
 
 def _defining_file(topology: Topology, config: Config) -> Path:
@@ -306,6 +448,19 @@ def _source(module: ModuleType | None) -> Path | None:
 # -- the client -----------------------------------------------------------------------------------
 
 
+def _suggests_topologies(
+        method: Callable[Concatenate[Client, str, _P], _R]) -> Callable[Concatenate[Client, str, _P], _R]:
+    """A :class:`Client` call on topology ``name``: when nimbus knows no topology of that name,
+    its :class:`NotFound` names the running topologies that are close ("did you mean 'wc'?")."""
+    @functools.wraps(method)
+    def call(self: Client, name: str, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, name, *args, **kwargs)
+        except NotFound as e:
+            raise self._unknown_topology(name, e) from None
+    return call
+
+
 class Client:
     """A connection to nimbus (and, for logs, to supervisors), as Storm's ``NimbusClient``.
 
@@ -316,18 +471,22 @@ class Client:
     i.e. ``$STREAMGALE_CONF`` or ``./config.yaml``); submits layer topologies over it.
 
     Every call blocks until nimbus answers, up to ``timeout`` seconds per nimbus tried
-    (uploads: their own ``timeout``), and raises :class:`NimbusUnavailable` if none did;
-    nimbus's refusals raise the other :class:`NimbusError` subclasses. Raises ValueError
-    at once for an address that is not HOST:PORT. Not thread-safe: use a Client from
-    the thread that made it (give each thread its own). ``close()`` (or ``with``)
-    releases its sockets; a closed Client reconnects if called again.
+    (an upload: a ping within ``timeout``, then its own longer ``timeout``), and raises
+    :class:`NimbusUnavailable` if none did; nimbus's refusals raise the other
+    :class:`NimbusError` subclasses (a :class:`NotFound` for a topology name no topology has
+    names the running ones that are close). A nimbus address without a port gets
+    ``nimbus.port`` of ``config``; one with a bad port raises ValueError at once. Not
+    thread-safe: use a Client from the thread that made it (give each thread its own).
+    ``close()`` (or ``with``) releases its sockets; a closed Client reconnects if called again.
     """
 
     def __init__(self, nimbus: str | Sequence[str] | None = None, *, config: Config | None = None,
                  timeout: float = 5.0):
         self.config = load_config() if config is None else config
         self.timeout = timeout
-        self._nimbus = NimbusClient(nimbus_addresses(nimbus, self.config), timeout=timeout)
+        # security.* of the client's config: its key, and the cluster key it checks (docs/security.md)
+        self.security = Security.from_config(self.config)
+        self._nimbus = NimbusClient(nimbus_addresses(nimbus, self.config), timeout=timeout, security=self.security)
         self._supervisors: dict[str, NimbusClient] = {}
 
     @property
@@ -351,13 +510,44 @@ class Client:
                            timeout=timeout)
 
     def upload(self, submission: Submission, *, timeout: float = SUBMIT_TIMEOUT) -> str:
-        """Send a prepared :class:`Submission` and start it; returns the topology id nimbus gave it."""
+        """Send a prepared :class:`Submission` and start it; returns the topology id nimbus gave it.
+
+        A nimbus must first answer a ping within the Client's own timeout, so an unreachable one
+        raises :class:`NimbusUnavailable` as fast as any other call does; only the upload, which
+        carries the code package, may then take up to this call's ``timeout`` seconds."""
+        return self._sending(timeout, lambda: self._nimbus.submit(
+            submission.name, submission.spec, submission.config, submission.entry, submission.code,
+            submission.code_digest))
+
+    def _sending(self, timeout: float, send: Callable[[], _R]) -> _R:
+        """``send()`` (an upload) with ``timeout``, once a nimbus answered a ping within this
+        Client's own timeout: an unreachable nimbus fails as fast for an upload as for a read."""
+        self._nimbus.ping()
         self._nimbus.timeout = timeout
         try:
-            return self._nimbus.submit(submission.name, submission.spec, submission.config, submission.entry,
-                                       submission.code, submission.code_digest)
+            return send()
         finally:
             self._nimbus.timeout = self.timeout
+
+    def wait_running(self, name: str, timeout: float, interval: float = 0.5,
+                     clock: Callable[[], float] = time.monotonic,
+                     sleep: Callable[[float], None] = time.sleep) -> None:
+        """Block until every worker of topology ``name`` runs (its supervisors fetched its code
+        and built its Python environment, its components opened and prepared), polling every
+        ``interval`` s. Raises :class:`NotStarted` as soon as a supervisor reports that it
+        refused the code package or could not build the environment (the message holds pip's
+        error), or that a component's open() or prepare() raised; TimeoutError after ``timeout``
+        s naming what it still waits for."""
+        deadline = clock() + timeout
+        while True:
+            state, detail = start_progress(self._nimbus.topology_info(name), self._nimbus.topology_stats(name))
+            if state == "running":
+                return
+            if state in ("refused", "failing"):
+                raise NotStarted(detail, refused=state == "refused")
+            if clock() >= deadline:
+                raise TimeoutError(f"topology '{name}' has not started after {timeout:.0f} s: {detail}")
+            sleep(interval)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -365,6 +555,7 @@ class Client:
         """Every topology nimbus knows, sorted by name (empty list: none)."""
         return self._nimbus.list_topologies()  # type: ignore[return-value]
 
+    @_suggests_topologies
     def info(self, name: str) -> TopologyDetails:
         """Topology ``name``'s record, assignment and recent errors; :class:`NotFound` if none runs."""
         return self._nimbus.topology_info(name)  # type: ignore[return-value]
@@ -373,6 +564,7 @@ class Client:
         """The nimbus leader, the nimbuses, the supervisors with their slots, the topology count."""
         return self._nimbus.cluster_info()  # type: ignore[return-value]
 
+    @_suggests_topologies
     def stats(self, name: str) -> dict[str, Any]:
         """Topology ``name``'s metrics, as ``streamgale stats --json`` prints them.
 
@@ -388,20 +580,28 @@ class Client:
 
     # -- changing ----------------------------------------------------------------------------
 
+    @_suggests_topologies
     def kill(self, name: str, wait: float | None = None) -> None:
         """Kill topology ``name``: its spouts are deactivated at once, then after ``wait`` seconds
-        (default: its ``topology.message_timeout``) its workers and state are removed. Returns
-        when nimbus has accepted, before the wait; :class:`NotFound` if no such topology runs."""
+        (default: its ``topology.message_timeout``, at most 24 h) its workers and state are removed.
+        Returns when nimbus has accepted, before the wait; :class:`NotFound` if no such topology
+        runs. A topology whose stored record cannot be read (listed as CORRUPT) is removed at
+        once; ``name`` may then also be its id."""
         self._nimbus.kill(name, wait)
 
-    def activate(self, name: str) -> None:
-        """Resume calling ``next_tuple`` on ``name``'s spouts."""
-        self._nimbus.activate(name)
+    @_suggests_topologies
+    def activate(self, name: str) -> StatusChange:
+        """Resume calling ``next_tuple`` on ``name``'s spouts. For a topology being rebalanced
+        this applies when the rebalance ends: see :class:`StatusChange`."""
+        return self._nimbus.activate(name)  # type: ignore[return-value]
 
-    def deactivate(self, name: str) -> None:
-        """Stop calling ``next_tuple`` on ``name``'s spouts; bolts go on processing."""
-        self._nimbus.deactivate(name)
+    @_suggests_topologies
+    def deactivate(self, name: str) -> StatusChange:
+        """Stop calling ``next_tuple`` on ``name``'s spouts; bolts go on processing. For a
+        topology being rebalanced this applies when the rebalance ends: see :class:`StatusChange`."""
+        return self._nimbus.deactivate(name)  # type: ignore[return-value]
 
+    @_suggests_topologies
     def rebalance(self, name: str, wait: float | None = None, workers: int | None = None,
                   parallelism: Mapping[str, int] | None = None) -> None:
         """Reschedule ``name`` onto ``workers`` worker processes and with ``parallelism`` (component ->
@@ -411,26 +611,44 @@ class Client:
         that is already rebalancing or being killed."""
         self._nimbus.rebalance(name, wait, workers, dict(parallelism or {}))
 
-    def set_log_level(self, name: str, logger: str, level: str) -> None:
-        """Set ``logger``'s level ("DEBUG" ... "CRITICAL") in every worker of ``name``, live;
-        ``logger`` "root" or "" is the root logger."""
-        self._nimbus.set_log_level(name, "" if logger in ("", "root") else logger, level)
+    @_suggests_topologies
+    def set_log_level(self, name: str, logger: str, level: str | None = None, *, timeout: float | None = None,
+                      reset: bool = False) -> None:
+        """Set ``logger``'s level ("DEBUG" ... "CRITICAL") in every worker of ``name``, live (Storm's
+        ``set_log_level -l``); ``logger`` "root" or "" is the root logger. With ``timeout`` (seconds
+        > 0) the level reverts after it. ``reset=True`` (Storm's ``-r``; no level) puts the logger
+        back to the level the workers had before it was first set: :class:`BadRequest` if no
+        level of it is set. A worker started later applies what is set at that time."""
+        if reset == (level is not None):
+            raise ValueError("set_log_level takes a level or reset=True: exactly one of them")
+        self._nimbus.set_log_level(name, "" if logger in ("", "root") else logger, level or "", timeout, reset)
+
+    @_suggests_topologies
+    def topology_config(self, name: str) -> TopologyConfiguration:
+        """The configuration ``name``'s workers run with (Storm's ``getTopologyConf``): the cluster's
+        config as nimbus reads it, under the topology's own; secret values redacted.
+        ``topology_keys`` are the keys the topology set itself."""
+        return self._nimbus.topology_config(name)  # type: ignore[return-value]
 
     # -- models ------------------------------------------------------------------------------
 
-    def update_model(self, name: str, component: str, path: str | os.PathLike[str]) -> int:
+    @_suggests_topologies
+    def update_model(self, name: str, component: str, path: str | os.PathLike[str], *,
+                     timeout: float = SUBMIT_TIMEOUT) -> int:
         """Upload the model file at ``path`` to model bolt ``component`` of running topology
         ``name``; returns its version (the shipped model is version 1). Its workers load it
         beside the model they serve and switch to it between batches; one that cannot load it,
         or finds it does not fit the bolt, refuses it (an error of the component) and keeps
         serving the old. An ``.onnx`` file is loaded here first, so a corrupt one is refused
-        before it is uploaded: raises :class:`streamgale.inference.ModelError`."""
+        before it is uploaded: raises :class:`streamgale.inference.ModelError`. As
+        :meth:`upload`, a nimbus must answer a ping first; the upload may take ``timeout`` s."""
         from .inference.models import OnnxModel, read_model_file
 
         data = read_model_file(path)
         if str(path).endswith(".onnx"):
             OnnxModel(str(path), data)  # raises ModelError, naming what is wrong with the file
-        return self._nimbus.update_model(name, component, data, hashlib.sha256(data).hexdigest())
+        return self._sending(timeout, lambda: self._nimbus.update_model(name, component, data,
+                                                                        hashlib.sha256(data).hexdigest()))
 
     def model_versions(self, name: str, component: str) -> dict[int, int | None]:
         """Task -> the model version it serves, as its last metrics say (None: not reported yet)."""
@@ -443,17 +661,7 @@ class Client:
     def worker_logs(self, name: str, component: str | None = None) -> list[WorkerLog]:
         """Where to read the log of each of ``name``'s workers (those running ``component``, if
         given); a worker whose supervisor serves no log endpoint comes with ``endpoint`` None."""
-        info = self.info(name)
-        slots = (info.get("assignment") or {"slots": {}})["slots"]
-        supervisors = {s["id"]: s for s in self.cluster()["supervisors"]}
-        logs = []
-        for slot in slots.values():
-            if component and component not in {c for c, _ in slot["executors"]}:
-                continue
-            sup = supervisors.get(slot["supervisor_id"])
-            endpoint = f"{sup['host']}:{sup['log_port']}" if sup is not None and sup.get("log_port") else None
-            logs.append(WorkerLog(f"{slot['host']}:{slot['port']}", info["topology"]["id"], slot["port"], endpoint))
-        return logs
+        return worker_log_locations(self.info(name), self.cluster()["supervisors"], component)
 
     def read_log(self, log: WorkerLog, offset: int = -1, max_bytes: int = 65536) -> LogChunk:
         """Up to ``max_bytes`` of ``log`` from ``offset`` (-1: its last ``max_bytes``), read from its
@@ -462,8 +670,21 @@ class Client:
             raise NimbusUnavailable(f"no log access to {log.worker}: its supervisor is not reachable")
         client = self._supervisors.get(log.endpoint)
         if client is None:
-            client = self._supervisors[log.endpoint] = NimbusClient(log.endpoint, timeout=self.timeout)
+            client = self._supervisors[log.endpoint] = NimbusClient(log.endpoint, timeout=self.timeout,
+                                                                    security=self.security)
         return client.read_log(log.topology_id, log.port, offset, max_bytes)  # type: ignore[return-value]
+
+    def _unknown_topology(self, name: str, error: NotFound) -> NotFound:
+        """``error``, or when no topology is named ``name`` and some running ones are close, a
+        NotFound that names them."""
+        try:
+            rows = self._nimbus.list_topologies()
+        except NimbusError:
+            return error
+        if any(name in (row.get("name"), row.get("id")) for row in rows):
+            return error  # the topology is there: what is missing is something inside it
+        hint = did_you_mean(name, (str(row.get("name")) for row in rows))
+        return NotFound(f"no topology named '{name}' is running{hint}") if hint else error
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -491,7 +712,8 @@ def submit(topology: Topology | str | os.PathLike[str], *, name: str | None = No
     :func:`prepare`); its config is built-in defaults < ``config_file`` (default:
     ``$STREAMGALE_CONF``, else ``./config.yaml``) < the topology's own config <
     ``config``. ``nimbus`` defaults to ``nimbus.host:nimbus.port`` of that config.
-    Everything is validated and packed before nimbus is called; blocks up to
+    Everything is validated and packed before nimbus is called; a nimbus must answer within
+    5 s (raises :class:`NimbusUnavailable` if none does), then the upload blocks up to
     ``timeout`` seconds per nimbus tried. Raises :class:`TopologyFileError`,
     :class:`TopologyError`, :class:`ConfigError`, :class:`PackageError`, or the
     :class:`NimbusError` subclass nimbus answered with (:class:`AlreadyExists`: a
@@ -499,5 +721,5 @@ def submit(topology: Topology | str | os.PathLike[str], *, name: str | None = No
     """
     base = load_config(config_file)
     submission = prepare(topology, name=name, config=config, base=base, code_dir=code_dir)
-    with Client(nimbus, config=base, timeout=timeout) as client:
+    with Client(nimbus, config=base) as client:
         return client.upload(submission, timeout=timeout)

@@ -14,7 +14,8 @@ with no arguments per task; one given as an instance is deep-copied per task.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -61,15 +62,64 @@ class _NotRunning:
 _NOT_RUNNING = _NotRunning()
 
 
+class ReportedError(Exception):
+    """What :meth:`Component.report_error` reports when given a message rather than an exception."""
+
+
+class ComponentLog(logging.LoggerAdapter):
+    """``self.log`` of a component: the logger ``streamgale.component.<name>``, each line prefixed
+    with its task (``[task 3] ...``); ``component`` and ``task`` are also on every record."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"[task {extra.get('task')}] {msg}", kwargs
+
+
+class _TaskLogger:
+    """``self.log``: a logger for the task, made on first use and kept on the instance. It is a
+    non-data descriptor, so a component that sets ``self.log`` to something of its own keeps it."""
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is None:
+            return self
+        routes = getattr(instance._collector, "_routes", None)
+        name, task = (routes.component, routes.task) if routes is not None else (owner.__name__, None)
+        found = ComponentLog(logging.getLogger(f"streamgale.component.{name}"), {"component": name, "task": task})
+        if routes is not None:  # running: named for good
+            instance.__dict__["log"] = found
+        return found
+
+
 class Component:
     """Common to spouts and bolts.
 
     ``outputs`` declares the output streams and their fields: a list of field
     names for the default stream, or a mapping stream -> field names.
+    ``self.log`` is a logger named for the component whose lines carry its task
+    (``streamgale.component.<component>``, lines prefixed ``[task N]``; levels set like any
+    logger's, e.g. ``streamgale set-log-level TOPOLOGY streamgale.component.count=DEBUG``);
+    ``self.report_error(e)`` reports an error it handled (Storm's ``reportError``).
     """
 
     outputs: ClassVar[Sequence[str] | Mapping[str, Sequence[str]]] = ()
     _collector: Any = _NOT_RUNNING
+    _report: Callable[[BaseException, str], None] = staticmethod(  # until error_reporter installs the runtime's
+        lambda exc, doing: logging.getLogger("streamgale.component").error("%s: %s", doing, exc))
+
+    log = _TaskLogger()
+
+    def error_reporter(self, report: Callable[[BaseException, str], None]) -> None:
+        """The runtime's error reporting, installed before open/prepare."""
+        self._report = report
+
+    def report_error(self, error: BaseException | str, doing: str = "") -> None:
+        """Report ``error`` (an exception, or a message) as an error of this component: in the
+        worker log, ``streamgale info`` and ``stats``, the UI, as if the component had raised it,
+        but nothing fails (Storm's ``collector.reportError``). ``doing`` says what it was doing.
+        Call it from the task's thread (another thread: inside ``call_soon_threadsafe``)."""
+        exc = error if isinstance(error, BaseException) else ReportedError(str(error))
+        self._report(exc, doing or f"reported by {type(self).__name__}")
 
     def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
         """Have ``fn()`` called on this task's thread at the loop's next turn; the one method

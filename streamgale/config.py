@@ -7,13 +7,16 @@ Keys are dotted (``network.port``); a YAML file may nest them
 (``network: {port: 5555}``) or write them flat. Keys in a reserved namespace
 (the first segment of any built-in key) must be known and well typed. A
 topology may also carry free-form keys of its own (``wordcount.top_n``); those
-are only rejected when they look like a typo of a built-in key.
+are only rejected when they look like a typo of a built-in key. Of the
+built-in keys a topology's own config may set only ``topology.*`` ones; the
+rest are cluster settings (:func:`is_cluster_key`), the daemons' to decide.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +99,18 @@ def _names(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _user_names(v: Any) -> tuple[str, ...]:
+    return () if v in ((), [], None) else _names(v)
+
+
 def _zk_root(v: Any) -> str:
     v = _str(v)
     if not v.startswith("/") or v.endswith("/") or "//" in v:
         raise ValueError
     return v
+
+
+ZOOKEEPER_PORT = 2181  # ZooKeeper's client port, for a server named without one
 
 
 def _servers(v: Any) -> tuple[str, ...]:
@@ -112,9 +122,11 @@ def _servers(v: Any) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise ValueError
         host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep:
+            host, port = item.strip(), str(ZOOKEEPER_PORT)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError
-        out.append(item.strip())
+        out.append(f"{host}:{int(port)}")
     return tuple(out)
 
 
@@ -133,7 +145,7 @@ SETTINGS: dict[str, Setting] = {
                 "first worker slot port; slots use port .. port+workers-1"),
         Setting("network.protocol", "'zmq'", "zmq", _choice("zmq"),
                 "transport between workers (ZeroMQ over TCP)"),
-        Setting("zookeeper.servers", "a list of host:port", ("127.0.0.1:2181",), _servers,
+        Setting("zookeeper.servers", "a list of host:port (port 2181 if left out)", ("127.0.0.1:2181",), _servers,
                 "the ZooKeeper ensemble"),
         Setting("zookeeper.root", "an absolute znode path like /streamgale", "/streamgale", _zk_root,
                 "root znode under which all cluster state lives"),
@@ -145,12 +157,41 @@ SETTINGS: dict[str, Setting] = {
                 "nimbus client API port"),
         Setting("ui.port", "a port number (1-65535)", 8080, _PORT,
                 "port of the web UI, its REST API and Prometheus /metrics (`streamgale ui`)"),
+        Setting("ui.allowed_hosts", "a list of host names", (), _user_names,
+                "names the web UI answers to besides the address it listens on, localhost, 127.0.0.1 and ::1 "
+                "(any other Host header is refused, against DNS rebinding)"),
+        Setting("ui.token_file", "a file path or null", None, _optional(_str),
+                "a file (mode 600) holding the token every UI action needs as `Authorization: Bearer`; "
+                "null: actions need none, allowed only when the UI listens on loopback"),
+        Setting("health.port", "a port number (1-65535) or null", None, _optional(_PORT),
+                "where nimbus and supervisors answer liveness (/healthz) and readiness (/readyz) probes over "
+                "HTTP (null: nowhere; `--health-port` on the command line)"),
+        Setting("network.bind", "a host address or null", None, _optional(_str),
+                "where daemons and workers listen (null: the address they advertise, so a dev cluster on "
+                "127.0.0.1 listens on loopback only; 0.0.0.0: every interface)"),
+        Setting("security.enabled", "true or false", False, _bool,
+                "CURVE authentication and encryption on every socket, roles checked on every request "
+                "(docs/security.md)"),
+        Setting("security.keys_dir", "a directory path", "~/.streamgale/keys", _str,
+                "this process's keys: its own key pair, the cluster's public key, and (daemons) the "
+                "authorized public keys (`streamgale keys`)"),
+        Setting("security.identity", "a key name or null", None, _optional(_str),
+                "the key this process authenticates with (null: the login name)"),
+        Setting("security.zookeeper_credentials", "a file path or null", None, _optional(_str),
+                "a file holding user:password; every znode under zookeeper.root is then readable and "
+                "writable only with it (digest ACLs)"),
         Setting("supervisor.local_dir", "a directory path", "~/.streamgale/supervisor", _str,
                 "where a supervisor keeps code packages, worker state and logs"),
         Setting("supervisor.worker_timeout", "a number of seconds > 0", 5.0, _float(),
                 "a worker whose heartbeat is older than this is killed and restarted"),
         Setting("supervisor.worker_start_timeout", "a number of seconds > 0", 30.0, _float(),
                 "a launched worker that has not heartbeaten after this is killed and restarted"),
+        Setting("supervisor.environment_build_timeout", "a number of seconds > 0", 900.0, _float(),
+                "the longest a supervisor lets pip build a topology's Python environment (its "
+                "requirements.txt) before reporting the build as failed"),
+        Setting("supervisor.environment_keep", "a number of seconds >= 0", 600.0, _float(allow_zero=True),
+                "how long a topology's Python environment is kept once no topology on the node uses it, "
+                "so a resubmitted topology finds it built"),
         Setting("nimbus.task_timeout", "a number of seconds > 0", 10.0, _float(),
                 "a worker whose heartbeats (forwarded by its supervisor) stop this long has its executors moved "
                 "elsewhere"),
@@ -158,6 +199,8 @@ SETTINGS: dict[str, Setting] = {
                 "time a newly assigned worker gets to send its first heartbeat before nimbus moves it"),
         Setting("topology.workers", "an integer >= 1", 1, _int(1, 1024),
                 "worker processes for the topology"),
+        Setting("topology.users", "a list of user (key) names", (), _user_names,
+                "users who may manage this topology besides the one who submitted it (security on)"),
         Setting("topology.message_timeout", "a number of seconds > 0", 30.0, _float(),
                 "a spout tuple not fully processed within this time fails"),
         Setting("topology.max_spout_pending", "an integer >= 1 or null", 1000, _optional(_int(1)),
@@ -207,6 +250,40 @@ SETTINGS: dict[str, Setting] = {
 
 RESERVED_NAMESPACES = frozenset(k.split(".")[0] for k in SETTINGS)
 
+REDACTED = "<redacted>"
+SECRET_WORDS = ("token", "password", "secret", "credentials")
+_FILE_SUFFIXES = ("_file", "_path", "_dir")
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
+
+
+def redact(key: str, value: Any) -> Any:
+    """``value`` of config key ``key`` as it may be shown: printed, logged or sent by the UI. Pure.
+
+    A key whose last part names a secret (token, password, secret, credentials: ``my.db_password``)
+    shows ``<redacted>``, unless the key names a file holding the secret (``ui.token_file``, any
+    ``*_file``, ``*_path`` or ``*_dir`` key, a built-in key that is a file path such as
+    ``security.zookeeper_credentials``): a path is no secret. Under any key, a URL's password is
+    redacted (``redis://:<redacted>@host``), and a mapping's values are redacted by their own keys.
+    """
+    if value is None:
+        return None
+    last = key.rsplit(".", 1)[-1].lower()
+    setting = SETTINGS.get(key)
+    names_file = last.endswith(_FILE_SUFFIXES) or (setting is not None and "path" in setting.kind)
+    if any(word in last for word in SECRET_WORDS) and not names_file:
+        return REDACTED
+    if isinstance(value, str):
+        m = _URL_USERINFO.match(value)
+        if m and ":" in m.group(2):
+            user = m.group(2).split(":", 1)[0]
+            return f"{m.group(1)}{user}:{REDACTED}@{value[m.end():]}"
+        return value
+    if isinstance(value, Mapping):
+        return {k: redact(f"{key}.{k}", v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(key, v) for v in value)
+    return value
+
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Turn ``{"network": {"port": 1}}`` into ``{"network.port": 1}``.
@@ -226,8 +303,37 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_value(key: str, value: Any, source: str, allow_user_keys: bool) -> Any:
+TOPOLOGY_NAMESPACE = "topology."  # the built-in keys a topology's own config may set
+
+
+def is_cluster_key(key: str) -> bool:
+    """Whether ``key`` is a cluster setting: a built-in key outside ``topology.`` (``workers``,
+    ``logging_level``, ``network.*``, ``zookeeper.*``, ``nimbus.*``, ``supervisor.*``, ``ui.*``,
+    ``security.*``). Those belong to the daemons' config file; a topology's own config may not
+    set them, since the cluster it runs on decides them, not the topology."""
+    return key in SETTINGS and not key.startswith(TOPOLOGY_NAMESPACE)
+
+
+def topology_layer(stored: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A topology's stored config as the layer its workers apply over their node's config: the
+    flattened keys without cluster settings (nimbus refuses those at submit, but a record stored
+    by an older nimbus may hold some; the node's own config decides them), and the dropped keys."""
+    flat = flatten(stored)
+    dropped = sorted(k for k in flat if is_cluster_key(k))
+    return {k: v for k, v in flat.items() if k not in dropped}, dropped
+
+
+def unknown_keys(layer: Mapping[str, Any]) -> list[str]:
+    """The keys of ``layer`` (possibly nested) that are no built-in key, sorted: the free-form
+    keys a topology passes to its components as they are (and where a typo would hide)."""
+    return sorted(k for k in flatten(layer) if k not in SETTINGS)
+
+
+def check_value(key: str, value: Any, source: str, allow_user_keys: bool, allow_cluster_keys: bool = True) -> Any:
     """Validate one key/value pair and return the normalised value."""
+    if not allow_cluster_keys and is_cluster_key(key):
+        raise ConfigError(f"config key '{key}' in {source} is a cluster setting; set it in the daemons' "
+                          f"config.yaml, not in a topology")
     setting = SETTINGS.get(key)
     if setting is None:
         close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.8)
@@ -289,6 +395,13 @@ class Config(Mapping[str, Any]):
         checked = {k: check_value(k, v, source, allow_user_keys) for k, v in flat.items()}
         return Config({**self._values, **checked})
 
+    def with_topology_config(self, layer: Mapping[str, Any], source: str = "topology config") -> Config:
+        """:meth:`merged` for a topology's own config (or a component's): ``topology.*`` and
+        free-form keys only; a cluster setting (:func:`is_cluster_key`) raises ConfigError."""
+        flat = flatten(layer)
+        checked = {k: check_value(k, v, source, True, allow_cluster_keys=False) for k, v in flat.items()}
+        return Config({**self._values, **checked})
+
     def with_overrides(self, overrides: Iterable[str]) -> Config:
         """Apply ``-c key=value`` strings."""
         layer = dict(parse_override(o) for o in overrides)
@@ -323,9 +436,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     file = find_config_file(path)
     if file is not None:
         try:
-            text = Path(file).read_text()
+            raw = Path(file).read_bytes()
         except OSError as e:
             raise ConfigError(f"cannot read config file {file}: {e.strerror}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {file} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset "
+                              f"{e.start} cannot be decoded ({e.reason})") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -339,5 +457,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def topology_config(base: Config, topology_conf: Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
-    """The config a topology runs with: base < topology's own config < ``-c``."""
-    return base.merged(topology_conf, "topology config").with_overrides(overrides)
+    """The config a topology runs with: base < topology's own config < ``-c``.
+
+    The topology's own config may not set cluster settings (:func:`is_cluster_key`); ``-c``
+    may, as it applies to this process.
+    """
+    return base.with_topology_config(topology_conf).with_overrides(overrides)

@@ -58,8 +58,36 @@ class ComponentDef:
                              self.tasks, dict(self.outputs), inputs, dict(self.config))
 
 
+# What Storm, pystorm and streamparse call a method StreamGale calls by another name: (the method a
+# component of that kind may define instead, StreamGale's own, how to fix it).
+STORM_NAMES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "bolt": (("execute", "process", "rename it process(self, tup)"),
+             ("initialize", "prepare", "rename it prepare(self, context); the config is context.config"),
+             ("declareOutputFields", "outputs", "declare the class attribute outputs = [\"field\", ...]"),
+             ("declare_output_fields", "outputs", "declare the class attribute outputs = [\"field\", ...]")),
+    "spout": (("nextTuple", "next_tuple", "rename it next_tuple(self)"),
+              ("initialize", "open", "rename it open(self, context); the config is context.config"),
+              ("declareOutputFields", "outputs", "declare the class attribute outputs = [\"field\", ...]"),
+              ("declare_output_fields", "outputs", "declare the class attribute outputs = [\"field\", ...]")),
+}
+
+
+def storm_habit(kind: str, cls: type, base: type) -> str | None:
+    """What is wrong when ``cls`` defines a method under its Storm name and not StreamGale's (pure)."""
+    for storm, ours, fix in STORM_NAMES[kind]:
+        if callable(getattr(cls, storm, None)) and getattr(cls, ours, None) is getattr(base, ours, None):
+            return (f"{cls.__name__} defines {storm}(), Storm's name for it; StreamGale never calls it "
+                    f"but {ours}: {fix}")
+    return None
+
+
 def _factory_for(name: str, component: Any, base: type) -> tuple[Any, Callable[[], Any]]:
     kind = "spout" if base is Spout else "bolt"
+    cls = component if isinstance(component, type) else type(component)
+    if isinstance(component, base) or (isinstance(component, type) and issubclass(component, base)):
+        habit = storm_habit(kind, cls, base)
+        if habit is not None:
+            raise TopologyError(f"{kind} '{name}': {habit}")
     if isinstance(component, type):
         if not issubclass(component, base):
             raise TopologyError(
@@ -199,9 +227,9 @@ class Topology:
         from .config import Config, ConfigError
 
         try:
-            Config().merged(self.config, f"config of topology '{self.name}'")
+            Config().with_topology_config(self.config, f"config of topology '{self.name}'")
             for comp in self.components.values():
-                Config().merged(comp.config, f"config of component '{comp.name}'")
+                Config().with_topology_config(comp.config, f"config of component '{comp.name}'")
         except ConfigError as e:
             raise TopologyError(str(e)) from None
         try:

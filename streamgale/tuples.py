@@ -104,8 +104,10 @@ class Tuple:
         return f"Tuple({self.source}:{self.source_task} {self.stream} {list(self.values)!r})"
 
 
-TICK_INDEX: Mapping[str, int] = {}
+TICK_INDEX: Mapping[str, int] = {"interval": 0}
 
 
-def tick_tuple() -> Tuple:
-    return Tuple((), TICK_STREAM, SYSTEM_COMPONENT, SYSTEM_TASK, TICK_INDEX)
+def tick_tuple(interval: float = 0.0) -> Tuple:
+    """A tick: from ``__system`` on ``__tick``, its one value the tick interval in seconds (as
+    Storm's carries its frequency): ``tup["interval"]`` or ``tup[0]``."""
+    return Tuple((interval,), TICK_STREAM, SYSTEM_COMPONENT, SYSTEM_TASK, TICK_INDEX)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import zmq
 
+from streamgale.security import Security
+from streamgale.security.access import CHANNEL
 from streamgale.wire import channel
 
 log = logging.getLogger("streamgale.supervisor")
@@ -28,11 +30,15 @@ def channel_port(local_dir: Path) -> int:
 
 
 class SupervisorChannel:
-    def __init__(self, context: zmq.Context, url: str, local_dir: Path | None = None):
+    def __init__(self, context: zmq.Context, url: str, local_dir: Path | None = None,
+                 security: Security | None = None):
         """Bind ``url``; ``tcp://127.0.0.1:0`` binds the port in ``local_dir`` when it is free,
-        else a free one (recorded there for the next start)."""
+        else a free one (recorded there for the next start). With ``security`` on, only daemon
+        keys (this node's workers) get past the handshake."""
         self.sock = context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if security is not None:
+            security.serve(self.sock, CHANNEL)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.setsockopt(zmq.MAXMSGSIZE, channel.MAX_CHANNEL_BYTES)
         if url.startswith("tcp://") and url.endswith(":0"):

@@ -36,7 +36,7 @@ class ProcessLauncher:
         self.children: dict[int, subprocess.Popen[bytes]] = {}  # pid -> process we launched
 
     def launch(self, args: WorkerArgs, log_file: Path) -> int:
-        cmd = [sys.executable, "-m", "streamgale.worker", "--topology-id", args.topology_id,
+        cmd = [str(args.python or sys.executable), "-m", "streamgale.worker", "--topology-id", args.topology_id,
                "--port", str(args.port), "--supervisor-id", args.supervisor_id, "--host", args.host,
                "--code-dir", str(args.code_dir), "--worker-dir", str(args.worker_dir),
                "--channel", args.channel]

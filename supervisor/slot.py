@@ -10,9 +10,16 @@ for heartbeats); nothing here sleeps or reads a clock.
 
 Phases::
 
-    EMPTY --desired--> WAITING_FOR_CODE --code ready--> LAUNCHING --heartbeat--> RUNNING
-      ^                                                     |  worker died: relaunch   |
-      +------------ KILLING <-- assignment changed / no heartbeat ---------------------+
+    EMPTY --desired--> WAITING_FOR_CODE --code ready--> LAUNCHING --heartbeat--> RUNNING <--+
+      ^                                                     |  worker died: relaunch   |     |
+      +------------ KILLING <-- assignment changed / no heartbeat ---------------------+     |
+                       ^                                           executors changed |     | beat with
+                       +-- not taken in time ---------------------------- RESHAPING <-+-----+ the new ones
+
+``RESHAPING``: the running worker's executors changed but not its topology or
+code (a rebalance): the worker is not restarted; it learns its new executors
+from its control message, stops the ones that left and starts the new ones in
+place, and is RUNNING again once it beats with exactly the new ones.
 
 ``LAUNCHING`` with ``pid`` None means a launch is due at ``next_launch_at``
 (a crash-loop backoff, or the :class:`Launch` just returned).
@@ -33,10 +40,11 @@ class Phase(str, Enum):
     WAITING_FOR_CODE = "WAITING_FOR_CODE"
     LAUNCHING = "LAUNCHING"
     RUNNING = "RUNNING"
+    RESHAPING = "RESHAPING"
     KILLING = "KILLING"
 
 
-EMPTY, WAITING_FOR_CODE, LAUNCHING, RUNNING, KILLING = Phase
+EMPTY, WAITING_FOR_CODE, LAUNCHING, RUNNING, RESHAPING, KILLING = Phase
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class SlotTiming:
     start_timeout: float = 30.0  # launch -> first heartbeat
     worker_timeout: float = 5.0  # heartbeat older than this: the worker hangs
     kill_grace: float = 3.0  # SIGTERM -> SIGKILL (repeated every kill_grace while it lives)
+    reshape_timeout: float = 30.0  # new executors -> a heartbeat that carries them
     backoff_base: float = 0.5  # crash loop: wait base * 2**(n-1) before the n-th quick relaunch
     backoff_max: float = 30.0
     stable_after: float = 10.0  # a worker up this long is no longer crash-looping
@@ -91,7 +100,8 @@ class SlotTiming:
 @dataclass(frozen=True)
 class SlotState:
     """Invariants: ``running`` is None exactly in EMPTY; ``pid`` is set in
-    RUNNING and KILLING, and in LAUNCHING once :func:`launched` recorded it."""
+    RUNNING, RESHAPING and KILLING, and in LAUNCHING once :func:`launched` recorded it.
+    In RESHAPING ``running`` holds the executors the worker was told to take."""
 
     phase: Phase
     running: Desired | None = None
@@ -102,6 +112,7 @@ class SlotState:
     next_launch_at: float = 0.0
     last_heartbeat: float | None = None  # time of the newest heartbeat seen from ``pid``
     code_requested_at: float = 0.0
+    reshaped_at: float = 0.0  # when the worker was told to change its executors
 
     @classmethod
     def empty(cls) -> SlotState:
@@ -197,7 +208,7 @@ def _launching(state: SlotState, obs: Observed, timing: SlotTiming, actions: lis
     if not obs.worker_alive:
         return _died(state, obs, timing, actions)
     if not _same(obs.desired, state.running):
-        return _kill(state, obs, actions, f"assignment changed ({_change(state.running, obs.desired)})")
+        return _follow(state, obs, actions)  # new executors: it takes them once it runs
     state = _note_heartbeat(state, obs)
     if state.last_heartbeat is not None:
         return replace(state, phase=RUNNING)
@@ -215,7 +226,7 @@ def _running(state: SlotState, obs: Observed, timing: SlotTiming, actions: list[
     if not obs.worker_alive:
         return _died(state, obs, timing, actions)
     if not _same(obs.desired, state.running):
-        return _kill(state, obs, actions, f"assignment changed ({_change(state.running, obs.desired)})")
+        return _follow(state, obs, actions)
     if obs.desired is not None and not state.running.code_digest:
         state = replace(state, running=replace(state.running, code_digest=obs.desired.code_digest))
     state = _note_heartbeat(state, obs)
@@ -228,6 +239,38 @@ def _running(state: SlotState, obs: Observed, timing: SlotTiming, actions: list[
         return _kill(_count_restart(state, obs, timing), obs, actions, reason, force=True)
     if state.restarts and obs.now - state.launched_at >= timing.stable_after:
         state = replace(state, restarts=0, next_launch_at=0.0)
+    return state
+
+
+def _reshaping(state: SlotState, obs: Observed, timing: SlotTiming, actions: list[Action]) -> SlotState:
+    """The worker changes its executors in place: it beats with its old ones until it has."""
+    assert state.running is not None and state.pid is not None
+    if not obs.worker_alive:
+        return _died(state, obs, timing, actions)
+    if not _same(obs.desired, state.running):
+        return _follow(state, obs, actions)  # changed again before it was done
+    taken = _note_heartbeat(state, obs)
+    if taken.last_heartbeat != state.last_heartbeat:
+        return replace(taken, phase=RUNNING)
+    hb = obs.heartbeat
+    if hb is not None and hb.pid == state.pid and (state.last_heartbeat is None or hb.time > state.last_heartbeat):
+        # Alive, still on its old executors; one still starting is told them at its first beat.
+        first = state.last_heartbeat is None
+        state = replace(state, last_heartbeat=hb.time,
+                        reshaped_at=max(state.reshaped_at, hb.time) if first else state.reshaped_at)
+    if state.last_heartbeat is None:
+        silent, limit = obs.now - state.launched_at, timing.start_timeout
+        reason = f"no heartbeat within {silent:.0f} s of launch"
+    else:
+        silent, limit = obs.now - state.last_heartbeat, timing.worker_timeout
+        reason = f"no heartbeat for {silent:.0f} s"
+    waited = obs.now - state.reshaped_at
+    if silent > limit or waited > timing.reshape_timeout:
+        if silent <= limit:
+            reason = f"did not take its new executors within {waited:.0f} s"
+        assert state.running is not None
+        actions.append(ReportCrash(state.running.topology_id, f"worker pid {state.pid}: {reason}"))
+        return _kill(_count_restart(state, obs, timing), obs, actions, reason, force=True)
     return state
 
 
@@ -247,7 +290,7 @@ def _killing(state: SlotState, obs: Observed, timing: SlotTiming, actions: list[
 
 
 _HANDLERS = {EMPTY: _empty, WAITING_FOR_CODE: _waiting_for_code, LAUNCHING: _launching, RUNNING: _running,
-             KILLING: _killing}
+             RESHAPING: _reshaping, KILLING: _killing}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -276,25 +319,50 @@ def _kill(state: SlotState, obs: Observed, actions: list[Action], reason: str, f
     return replace(state, phase=KILLING, killed_at=obs.now)
 
 
+def _follow(state: SlotState, obs: Observed, actions: list[Action]) -> SlotState:
+    """The assignment of a slot whose worker lives changed: the worker takes new executors in
+    place (:func:`_reshapes`), else it is stopped."""
+    assert state.running is not None
+    if _reshapes(obs.desired, state.running):
+        assert obs.desired is not None
+        return _reshape(state, obs.desired, obs)
+    return _kill(state, obs, actions, f"assignment changed ({_change(state.running, obs.desired)})")
+
+
+def _reshapes(desired: Desired | None, running: Desired) -> bool:
+    """Whether the running worker can take ``desired`` in place: same topology and code, other
+    executors (a rebalance); a worker left with no executors is stopped instead."""
+    return (desired is not None and bool(desired.executors) and desired.topology_id == running.topology_id
+            and (not running.code_digest or desired.code_digest == running.code_digest))
+
+
+def _reshape(state: SlotState, desired: Desired, obs: Observed) -> SlotState:
+    """The worker learns its new executors from its control message (the supervisor sends it on
+    an assignment change); the slot waits for a beat that carries them."""
+    return replace(state, phase=RESHAPING, running=desired, reshaped_at=obs.now)
+
+
 def _count_restart(state: SlotState, obs: Observed, timing: SlotTiming) -> SlotState:
     """One more failure: set the delay before the next launch (none after a stable run).
 
     Only a worker that heartbeated (RUNNING) for ``stable_after`` ran stably; one
     that never came up keeps counting, however long it took to fail.
     """
-    stable = state.phase == RUNNING and obs.now - state.launched_at >= timing.stable_after
+    stable = state.phase in (RUNNING, RESHAPING) and obs.now - state.launched_at >= timing.stable_after
     restarts = 0 if stable else state.restarts
     delay = 0.0 if restarts == 0 else min(timing.backoff_base * 2 ** (restarts - 1), timing.backoff_max)
     return replace(state, restarts=restarts + 1, next_launch_at=obs.now + delay)
 
 
 def _died(state: SlotState, obs: Observed, timing: SlotTiming, actions: list[Action]) -> SlotState:
-    """The worker is gone without being told to go: report it, and relaunch if still wanted."""
+    """The worker is gone without being told to go: report it, and relaunch if still wanted. A
+    worker whose assignment changed stops by itself when it learns of it (a rebalance, a kill):
+    that is not a crash."""
     assert state.running is not None
-    up = obs.now - state.launched_at
-    actions.append(ReportCrash(state.running.topology_id, f"worker pid {state.pid} exited {up:.1f} s after launch"))
     if not _same(obs.desired, state.running):
         return _empty(SlotState.empty(), obs, timing, actions)
+    up = obs.now - state.launched_at
+    actions.append(ReportCrash(state.running.topology_id, f"worker pid {state.pid} exited {up:.1f} s after launch"))
     pending = replace(_count_restart(state, obs, timing), phase=LAUNCHING, pid=None, last_heartbeat=None)
     return _launch_due(pending, obs, timing, actions)
 

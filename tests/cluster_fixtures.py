@@ -7,6 +7,7 @@ worker at teardown, even when the test fails.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,9 @@ class Cluster(ProcessCluster):
         self.close()
 
 
-@pytest.fixture
-def cluster(tmp_path, zookeeper, zk_root, request):
-    """Nimbus + 2 supervisors with 2 slots each, started, registered and answering."""
-    c = Cluster(tmp_path, zookeeper.address, zk_root)
+@contextmanager
+def started(c: ProcessCluster, request):
+    """``c`` started; closed afterwards, its logs printed if the test failed."""
     try:
         c.start()
         yield c
@@ -38,3 +38,10 @@ def cluster(tmp_path, zookeeper, zk_root, request):
         if failed is not None and failed.failed:
             print(c.logs())
         c.close()
+
+
+@pytest.fixture
+def cluster(tmp_path, zookeeper, zk_root, request):
+    """Nimbus + 2 supervisors with 2 slots each, started, registered and answering."""
+    with started(Cluster(tmp_path, zookeeper.address, zk_root), request) as c:
+        yield c

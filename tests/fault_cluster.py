@@ -66,9 +66,9 @@ class FaultCluster(ProcessCluster):
     def host_address(self, index: int) -> str:
         return self.nodes[index].host
 
-    def submit(self, out: Path, total: int, rate: float) -> None:
+    def submit(self, out: Path, total: int, rate: float, *extra: str) -> None:
         r = self.cli("submit", TOPOLOGY, "-c", f"test.output_dir={out}", "-c", f"test.total={total}",
-                     "-c", f"test.rate={rate}")
+                     "-c", f"test.rate={rate}", *extra)
         assert r.returncode == 0, r.stderr + self.logs()
 
     # -- observe --------------------------------------------------------------------------------
@@ -124,8 +124,38 @@ class FaultCluster(ProcessCluster):
 # -- what every scenario checks --------------------------------------------------------------------
 
 
+def _timed(out: Path, pattern: str) -> dict[int, float]:
+    """Message -> the earliest time in the "n time" lines of the files matching ``pattern``."""
+    first: dict[int, float] = {}
+    for f in out.glob(pattern):
+        for line in f.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                n, t = int(parts[0]), float(parts[1])
+                first[n] = min(t, first.get(n, t))
+    return first
+
+
 def acked(out: Path) -> set[int]:
-    return {int(n) for f in out.glob("acks-*.txt") for n in f.read_text().split()}
+    return set(_timed(out, "acks-*.txt"))
+
+
+def ack_times(out: Path) -> dict[int, float]:
+    """Message -> when the spout was first told it was acked (wall clock)."""
+    return _timed(out, "acks-*.txt")
+
+
+def slowest_messages(out: Path, count: int = 3) -> list[tuple[float, int]]:
+    """The ``count`` longest (seconds from first emit to first ack, message): what a stall costs
+    the data it hit."""
+    emitted, acks = _timed(out, "emits-*.txt"), ack_times(out)
+    return sorted(((acks[n] - t, n) for n, t in emitted.items() if n in acks), reverse=True)[:count]
+
+
+def longest_ack_gap(out: Path, since: float) -> float:
+    """The longest stretch with no new ack from ``since`` to the last ack."""
+    times = sorted([since] + [t for t in ack_times(out).values() if t > since])
+    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
 def work_records(out: Path) -> list[tuple[float, int, int, int]]:

@@ -16,9 +16,10 @@ import pytest
 from streamgale import Bolt, LocalCluster, ReliableSpout, Spout, Topology
 from streamgale.config import Config
 from streamgale.runtime.acker import Acker
-from streamgale.runtime.acking import AckBuffer, AckerTable, PendingRoots, new_id
+from streamgale.runtime.acking import ACK_RESULT_STREAM, AckBuffer, AckerTable, PendingRoots, new_id
 from streamgale.runtime.executor import SpoutExecutor, TaskRunner
 from streamgale.runtime.loop import ExecutorLoop
+from streamgale.tuples import Tuple
 
 
 def config(**kw) -> Config:
@@ -221,13 +222,18 @@ def once_events(spout):
     return lambda: any(s.events for s in spout.log.values())
 
 
-def test_a_tree_not_completed_in_time_fails_at_the_timeout_and_the_acker_forgets_it():
-    clock = ManualClock()
+def held_once(name: str, timeout: float, clock: ManualClock) -> tuple[type, LocalCluster]:
+    """One tracked tuple into a bolt that never acks it, on ``clock``: (the spout class, the cluster)."""
     spout = fresh(Once, clock=clock)
-    t = Topology("timeout")
+    t = Topology(name)
     t.spout("once", spout)
     t.bolt("hold", Holder).shuffle("once")
-    cluster = on_clock(LocalCluster(t, config(topology__message_timeout=0.5)), clock)
+    return spout, on_clock(LocalCluster(t, config(topology__message_timeout=timeout)), clock)
+
+
+def test_a_tree_not_completed_in_time_fails_at_the_timeout_and_the_acker_forgets_it():
+    clock = ManualClock()
+    spout, cluster = held_once("timeout", 0.5, clock)
     [acker] = [e for e in cluster.executors if e.kind == "acker"]
     try:
         settle(cluster)
@@ -539,3 +545,26 @@ def test_a_large_release_of_acks_goes_out_in_messages_a_worker_decodes():
     assert all(len(v[1][0]) <= ACK_CHUNK and len(v[1][0]) == len(v[1][1]) for _, v in messages)
     assert [r for _, v in messages for r in v[1][0]] == roots  # every ack, in order, once
     assert [r for _, v in messages for r in v[2]] == [roots[0]]
+
+
+def test_fail_pending_fails_every_tree_in_flight_at_once_and_a_late_completion_counts_as_a_duplicate():
+    """A worker of the topology was lost (issue 20): the spouts fail what is pending now rather
+    than at the message timeout; a tree that completes after all is counted, not acked twice."""
+    clock = ManualClock()
+    spout, cluster = held_once("fail-fast", 30, clock)
+    [executor] = [e for e in cluster.executors if e.kind == "spout"]
+    try:
+        settle(cluster)
+        [s] = spout.log.values()
+        [runner] = executor.runners
+        [root] = list(runner.collector.pending.entries)
+        clock.advance(0.2)
+        assert executor.fail_pending() == 1
+        assert s.events == [("fail", "m", 0.2)]  # at once, not at 30 s
+        assert len(runner.collector.pending) == 0 and executor.fail_pending() == 0
+        assert (runner.collector.failed, runner.collector.failed_early) == (1, 1)
+        runner.queue.append(Tuple([[root], []], ACK_RESULT_STREAM, "__acker", 3, {}))  # it completed after all
+        settle(cluster)
+        assert s.events == [("fail", "m", 0.2)] and runner.collector.late_acks == 1
+    finally:
+        cluster.loop.stop()

@@ -12,6 +12,7 @@ import re
 import sys
 import tarfile
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -23,14 +24,17 @@ import streamgale
 from streamgale import Config, ConfigError, Topology, TopologyError, load_config
 from streamgale.client import (
     Client,
+    NimbusUnavailable,
     NotFound,
     PackageError,
     TopologyFileError,
+    did_you_mean,
     nimbus_addresses,
     prepare,
     topology_from_file,
 )
 from streamgale.cluster.package import digest
+from streamgale.dev.ports import free_port
 
 sys.path.insert(0, str(ROOT / "tests" / "topologies"))
 import cluster_word_count as wc  # noqa: E402
@@ -95,13 +99,55 @@ def test_nimbus_addresses_come_from_the_argument_else_the_config():
     assert nimbus_addresses(["a:1", " b:2 "], config) == ["a:1", "b:2"]
 
 
+def test_a_nimbus_host_without_a_port_gets_nimbus_port():
+    """Issue 19: `--nimbus localhost` crashed; a host alone means nimbus.port there."""
+    config = Config().merged({"nimbus.port": 7000}, "test")
+    assert nimbus_addresses("localhost", config) == ["localhost:7000"]
+    assert nimbus_addresses("a, b:2, tcp://c, [::1]", config) == ["a:7000", "b:2", "c:7000", "[::1]:7000"]
+    assert nimbus_addresses("localhost", Config()) == ["localhost:6627"]
+
+
+@pytest.mark.parametrize("address,error", [
+    ("localhost:99999", "nimbus address 'localhost:99999': '99999' is not a port number (1-65535); write HOST or "
+                        "HOST:PORT, e.g. 'nimbus1:6627'"),
+    ("localhost:", "nimbus address 'localhost:': '' is not a port number (1-65535); write HOST or HOST:PORT, e.g. "
+                   "'nimbus1:6627'"),
+    ("nimbus:http", "nimbus address 'nimbus:http': 'http' is not a port number (1-65535); write HOST or HOST:PORT, "
+                    "e.g. 'nimbus1:6627'"),
+    (":6627", "nimbus address ':6627' has no host; write HOST or HOST:PORT, e.g. 'nimbus1:6627'"),
+])
+def test_a_bad_nimbus_port_is_named(address, error):
+    with pytest.raises(ValueError) as e:
+        nimbus_addresses(address, Config())
+    assert str(e.value) == error
+    with pytest.raises(ValueError, match=re.escape(error)):
+        Client(f"a:1,{address}", config=Config())
+
+
 def test_client_checks_addresses_without_connecting():
-    with Client(["tcp://a:1", "b:02"], config=Config()) as client:
-        assert client.addresses == ["a:1", "b:2"]
+    with Client(["tcp://a:1", "b:02", "c"], config=Config()) as client:
+        assert client.addresses == ["a:1", "b:2", "c:6627"]
     with Client(config=Config().merged({"nimbus.port": 7001}, "test")) as client:
         assert client.addresses == ["127.0.0.1:7001"]
-    with pytest.raises(ValueError, match=re.escape("nimbus address 'nimbus' is not HOST:PORT")):
-        Client("nimbus", config=Config())
+
+
+def test_did_you_mean_names_up_to_three_close_names():
+    assert did_you_mean("wc2", ["wc", "word-count", "other"]) == "; did you mean 'wc'?"
+    assert did_you_mean("count", ["counts", "counter", "sink"]) == "; did you mean 'counts' or 'counter'?"
+    assert did_you_mean("zzz", ["wc"]) == ""
+
+
+def test_an_upload_to_no_nimbus_fails_in_the_client_timeout_not_the_upload_timeout(tmp_path):
+    """Issue 19: submit with no nimbus running waited the upload's 60 s; now a ping first fails
+    in the Client's own timeout, as `list` does."""
+    submission = prepare(write_module(tmp_path), base=Config())
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with Client(address, config=Config(), timeout=0.5) as client:
+        start = time.monotonic()
+        with pytest.raises(NimbusUnavailable) as e:
+            client.upload(submission, timeout=60)
+        assert time.monotonic() - start < 5
+    assert str(e.value) == f"cannot reach nimbus at {address} within 0.5 s; is `streamgale nimbus` running there?"
 
 
 # -- config layering ------------------------------------------------------------------------------
@@ -218,13 +264,19 @@ def test_invalid_topology_and_bad_overrides_name_the_fault(tmp_path):
                             "'m', which is not declared (fields: ['n'])")
 
     good = write_module(tmp_path)
-    with pytest.raises(ConfigError, match=re.escape(
-            f"invalid topology in {good}: unknown config key 'topology.workrs' in config overrides; did you mean "
-            "'topology.workers'?")):
+    # Issue 19: a bad override is the override's fault, not the topology file's
+    with pytest.raises(ConfigError) as e:
         prepare(good, config={"topology.workrs": 2}, base=Config())
-    with pytest.raises(ConfigError, match=re.escape(f"invalid topology in {good}: unknown config key "
-                                                    "'topology.workrs' in -c option")):
+    assert str(e.value) == "unknown config key 'topology.workrs' in config overrides; did you mean 'topology.workers'?"
+    with pytest.raises(ConfigError) as e:
         prepare(good, config=["topology.workrs=2"], base=Config())
+    assert str(e.value) == "unknown config key 'topology.workrs' in -c option; did you mean 'topology.workers'?"
+    with pytest.raises(ConfigError) as e:
+        topology_from_file(good, config=["topology.workers=many"], base=Config())
+    assert str(e.value) == "config key 'topology.workers' in -c option must be an integer >= 1, got 'many'"
+    with pytest.raises(ConfigError) as e:
+        prepare(good, config=["topology.workers"], base=Config())
+    assert str(e.value) == "-c expects key=value, got 'topology.workers'"
     with pytest.raises(TypeError, match="mapping or a list of 'key=value' strings"):
         prepare(good, config="topology.workers=2", base=Config())
 
@@ -233,6 +285,27 @@ def test_invalid_topology_and_bad_overrides_name_the_fault(tmp_path):
     unsubscribed.bolt("split", wc.Split)
     with pytest.raises(TopologyError, match="bolt 'split' subscribes to no stream"):
         prepare(unsubscribed, base=Config())
+
+
+def test_a_topology_may_not_set_cluster_settings_but_local_overrides_may(tmp_path):
+    """Issue 17: a topology's config (or a -c on submit, which becomes part of it) silently set
+    cluster-scope keys; `streamgale local` still layers -c over the base config as it likes."""
+    sneaky = write_module(tmp_path, TOPOLOGY_FILE.replace('"topology.workers": 2', '"zookeeper.servers": ["evil:2181"]'))
+    with pytest.raises(TopologyError, match=re.escape(
+            "config key 'zookeeper.servers' in config of topology 'numbers' is a cluster setting; set it in the "
+            "daemons' config.yaml, not in a topology")):
+        prepare(sneaky, base=Config())
+    component = Topology("sneaky-component")
+    component.spout("sentences", wc.Sentences, config={"supervisor.local_dir": "/"})
+    with pytest.raises(TopologyError, match="config key 'supervisor.local_dir' in config of component 'sentences' "
+                                            "is a cluster setting"):
+        component.validate()
+
+    good = write_module(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape("config key 'nimbus.host' in -c option is a cluster setting")):
+        prepare(good, config=["nimbus.host=10.0.0.9"], base=Config())
+    _, config = topology_from_file(good, base=Config(), config=["logging_level=DEBUG", "workers=2"])
+    assert (config["logging_level"], config["workers"], config["topology.workers"]) == ("DEBUG", 2, 2)
 
 
 # -- a real cluster -------------------------------------------------------------------------------

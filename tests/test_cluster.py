@@ -22,7 +22,8 @@ import cluster_word_count as wc  # noqa: E402
 
 
 def sink_lines(out: Path) -> list[tuple[str, int, int, int, int]]:
-    """(word, count, count task, count pid, sink pid) for every line the sinks wrote."""
+    """(word, count, count task, count instance (its pid * 1000 + n), sink pid) for every line the
+    sinks wrote."""
     lines = []
     for f in out.glob("sink-*.txt"):
         for line in f.read_text().splitlines():
@@ -122,6 +123,8 @@ def test_rebalance_to_four_workers_keeps_keys_on_their_tasks(cluster, cluster_st
     submit(cluster, out, "-c", "test.sentences=1000000", "-c", "test.rate=100")
     before = wait_assigned(cluster, cluster_state, 2)
     cluster.wait(lambda: len(sink_lines(out)) > 200, timeout=60, message="output")
+    first_workers = {p.pid for p in cluster.worker_processes()}
+    assert len(first_workers) == 2
 
     result = cluster.cli("rebalance", "cluster-wc", "-w", "1", "-n", "4", "-e", "count=4")
     assert result.returncode == 0, result.stderr
@@ -131,23 +134,28 @@ def test_rebalance_to_four_workers_keeps_keys_on_their_tasks(cluster, cluster_st
     assert len({s.supervisor_id for s in after.slots.values()}) == 2
     assert after.version > before.version
 
-    def new_workers_output():
-        pids = {pid for *_, pid, _ in sink_lines(out)}
-        return len(pids) >= 4  # the two first count workers, then the two new ones
-    cluster.wait(new_workers_output, timeout=60, message="output from the rebalanced workers")
+    def new_instances_output():
+        instances = {i for *_, i, _ in sink_lines(out)}
+        return len({i // 1000 for i in instances}) >= 4  # count tasks in the two first workers and two new ones
+    cluster.wait(new_instances_output, timeout=60, message="output from the rebalanced executors")
     n = len(sink_lines(out))
     cluster.wait(lambda: len(sink_lines(out)) > n + 200, timeout=30, message="processing to continue")
+    # Live: the two first workers took their new executors in place, none was restarted.
+    workers = {p.pid for p in cluster.worker_processes()}
+    assert len(workers) == 4 and first_workers <= workers, (first_workers, workers)
+    info = json.loads(cluster.cli("info", "cluster-wc").stdout)
+    assert "__worker" not in info["errors"], info["errors"]["__worker"]
 
     # Fields grouping: a word is always counted by the same task, before and after.
     tasks_per_word: dict[str, set[int]] = {}
     for word, _, task, *_ in sink_lines(out):
         tasks_per_word.setdefault(word, set()).add(task)
     assert all(len(t) == 1 for t in tasks_per_word.values()), tasks_per_word
-    # With -w, in-flight tuples drained before workers moved: within one count task's
-    # lifetime (one process), a word's counts rise by exactly one, nothing lost on the way.
+    # With -w, in-flight tuples drained before executors moved: within one count instance's
+    # lifetime, a word's counts rise by exactly one, nothing lost on the way.
     series: dict[tuple[str, int, int], list[int]] = {}
-    for word, count, task, pid, _ in sink_lines(out):
-        series.setdefault((word, task, pid), []).append(count)
+    for word, count, task, instance, _ in sink_lines(out):
+        series.setdefault((word, task, instance), []).append(count)
     for (word, _, _), counts in series.items():
         counts.sort()
         assert counts == list(range(counts[0], counts[0] + len(counts))), (word, counts[:20])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -60,11 +61,13 @@ def test_a_bolt_error_shows_in_stats(cluster):
     r = cluster.cli("submit", str(ROOT / "tests/topologies/faulty.py"), "-c", "test.total=200")
     assert r.returncode == 0, r.stderr
 
-    def failed_all():
+    def settled():  # each task's counts reach nimbus in its own report: wait until all 200 are counted
         s = stats(cluster, "faulty")
-        return s if "boom" in s["components"] and all_time(s, "boom")["failed"] == 20 else None
-    s = cluster.wait(failed_all, timeout=60, message="20 failures in stats")
-    assert all_time(s, "boom")["acked"] == 180
+        done = all(c in s["components"] and all_time(s, c)["acked"] + all_time(s, c)["failed"] >= 200
+                   for c in ("boom", "numbers"))
+        return s if done else None
+    s = cluster.wait(settled, timeout=60, message="all 200 numbers acked or failed in stats")
+    assert all_time(s, "boom")["acked"] == 180 and all_time(s, "boom")["failed"] == 20
     assert all_time(s, "numbers")["failed"] == 20
     [last, *_] = reversed(s["errors"]["boom"])
     assert "ValueError: cannot handle" in last["message"] and last["task"] in (1, 2)
@@ -81,17 +84,25 @@ def test_logs_monitor_and_set_log_level(cluster, tmp_path):
     logs = cluster.cli("logs", "cluster-wc")
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout.count("worker for cluster-wc") == 2  # one start line from each worker
+    for n in (0, 1, 5):  # lines, like tail -n: the last n of each of the two workers' logs (or all it has)
+        tail = cluster.cli("logs", "cluster-wc", "-n", str(n)).stdout.splitlines()
+        files = [f.read_text().splitlines() for f in cluster.dir.glob("supervisor-*/workers/*/worker.log")]
+        assert len(files) == 2 and len(tail) == sum(min(n, len(lines)) for lines in files), tail
+        assert all(re.match(r"\[127\.0\.0\.1:\d+\] \d{4}-", line) for line in tail), tail
     only = cluster.cli("logs", "cluster-wc", "-m", "sentences").stdout
     assert only.count("worker for cluster-wc") == 2  # both workers run a sentences task
     missing = cluster.cli("logs", "cluster-wc", "-m", "nope")
-    assert missing.returncode == 1 and "no worker of 'cluster-wc' runs component 'nope'" in missing.stderr
+    assert (missing.returncode, missing.stderr) == (1, "error: topology 'cluster-wc' has no component 'nope' (its "
+                                                       "components: count, sentences, sink, split)\n")
 
     r = cluster.cli("set-log-level", "cluster-wc", "streamgale.transport=DEBUG")
     assert r.returncode == 0, r.stderr
     cluster.wait(lambda: cluster.cli("logs", "cluster-wc").stdout.count(
         "log level of 'streamgale.transport' set to DEBUG") == 2, timeout=30, message="both workers to apply it")
     bad = cluster.cli("set-log-level", "cluster-wc", "x=LOUD")
-    assert bad.returncode == 1 and "a log level" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1] == (
+        "Error: Invalid value for 'LOGGER=LEVEL': LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any "
+        "case), got 'LOUD'")
 
     mon = cluster.cli("monitor", "cluster-wc", "-i", "2", "-n", "2", "-m", "sentences")
     assert mon.returncode == 0, mon.stderr

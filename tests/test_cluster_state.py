@@ -17,6 +17,7 @@ import pytest
 from conftest import wait_for
 from memory_fixtures import memory_zookeeper  # noqa: F401 - a fixture
 
+from streamgale.cluster import watches
 from streamgale.cluster.election import contenders
 from streamgale.cluster.records import (
     ACTIVE,
@@ -254,6 +255,7 @@ def test_fenced_write_from_a_deposed_leader_raises_fenced_out(backend):
     a, b = backend.make(), backend.make()
     la = a.elect_leader("n1:6627", lambda: None, lambda: None)
     backend.wait(lambda: la.is_leader, "election")
+    lb = b.elect_leader("n2:6627", lambda: None, lambda: None)  # leads once n1's node is gone
     a.set_assignment(assignment(), la)
 
     # The server-side fence: the leader still believes it leads (its watch is held
@@ -265,7 +267,7 @@ def test_fenced_write_from_a_deposed_leader_raises_fenced_out(backend):
             a.set_assignment(assignment(port=6701), la)
         with pytest.raises(FencedOut):
             a.delete_assignment("wc-1", la)
-    backend.wait(lambda: not la.is_leader, "deposition noticed")
+    backend.wait(lambda: not la.is_leader and lb.is_leader, "deposition noticed")
     with pytest.raises(FencedOut):
         a.set_assignment(assignment(port=6701), la)
     assert b.assignment("wc-1") == assignment()
@@ -294,6 +296,51 @@ def test_leader_stops_trusting_itself_while_suspended_and_reenters_after_loss(ba
     assert len(contenders(backend.raw.children(election))) == 2
     la.cancel()
     backend.wait(lambda: len(contenders(backend.raw.children(election))) == 1, "n1 to leave")
+
+
+def test_a_deleted_election_node_deposes_its_leader_at_once_and_it_enters_again(backend):
+    """Issue 17: deleting the leader's election znode (another client, the session still alive)
+    left nimbus leaderless until restarted. Now the leader is deposed at once and re-enters with
+    a new node, so a leader exists again, its writes fenced by the new node."""
+    a = backend.make()
+    events = Recorder()
+    la = a.elect_leader("n1:6627", lambda: events("elected"), lambda: events("deposed"))
+    backend.wait(lambda: la.is_leader, "election")
+    node = la.node_path
+    backend.raw.delete(node)
+    backend.wait(lambda: la.is_leader and la.node_path not in (None, node), "the only contender to lead again")
+    assert events.values == ["elected", "deposed", "elected"]
+    assert a.leader_address() == "n1:6627"
+    election = f"{backend.root}/election"
+    assert contenders(backend.raw.children(election)) == [la.node_path.rsplit("/", 1)[1]]
+    a.set_assignment(assignment(), la)  # fenced by the new node
+
+
+def test_a_deleted_node_hands_leadership_on_and_its_contender_becomes_a_candidate_again(backend):
+    a, b = backend.make(), backend.make()
+    la = a.elect_leader("n1:6627", lambda: None, lambda: None)
+    backend.wait(lambda: la.is_leader, "election")
+    lb = b.elect_leader("n2:6627", lambda: None, lambda: None)
+    election = f"{backend.root}/election"
+    backend.wait(lambda: len(contenders(backend.raw.children(election))) == 2, "two contenders")
+
+    candidate = lb.node_path
+    backend.raw.delete(candidate)  # a standby's node: it comes back, behind the leader
+    backend.wait(lambda: lb.node_path not in (None, candidate)
+                 and len(contenders(backend.raw.children(election))) == 2, "the candidate to re-enter")
+    assert la.is_leader and not lb.is_leader
+
+    leader_node = la.node_path
+    backend.raw.delete(leader_node)
+    backend.wait(lambda: lb.is_leader, "the standby to take over")
+    backend.wait(lambda: la.node_path not in (None, leader_node)
+                 and len(contenders(backend.raw.children(election))) == 2, "the old leader to re-enter")
+    assert not la.is_leader and b.leader_address() == "n2:6627"
+    with pytest.raises(FencedOut):
+        a.set_assignment(assignment(), la)
+    la.cancel()
+    lb.cancel()
+    backend.wait(lambda: contenders(backend.raw.children(election)) == [], "both to leave")
 
 
 def test_conditional_assignment_write_with_a_stale_version_raises(backend):
@@ -391,6 +438,53 @@ def test_malformed_znodes_are_skipped_and_never_break_watchers(backend):
         b.update_topology("junk", lambda r: r)
 
 
+def test_an_undecodable_topology_is_listed_as_corrupt_and_deleting_it_frees_its_name(backend, caplog, monkeypatch):
+    """Issue 17: garbage under topologies/ kept its name claimed ("already running") while no
+    command could find it. It is now reported with its id and name, and delete_topology removes
+    it with its name, code and assignment."""
+    monkeypatch.setattr(watches, "_malformed_logs", {})  # no path logged yet by an earlier test
+    a, b, root = backend.make(), backend.make(), backend.root
+    leadership = a.elect_leader("n1:6627", lambda: None, lambda: None)
+    backend.wait(lambda: leadership.is_leader, "election")
+    a.create_topology(topology())
+    a.put_code("wc-1", b"code")
+    a.set_assignment(assignment(), leadership)
+    a.create_topology(topology("ok-1", "ok"))
+    backend.raw.set(f"{root}/topologies/wc-1", b"\xc1 garbage")
+    backend.raw.create(f"{root}/topologies/orphan-1", b"\x93\x01\x02\x03")  # in no names' index
+
+    with caplog.at_level("WARNING", logger="streamgale.cluster.watches"):
+        for _ in range(3):
+            records, corrupt = b.topologies_and_corrupt()
+            assert b.topologies() == records == {"ok-1": topology("ok-1", "ok")}
+    assert {c.id: c.name for c in corrupt.values()} == {"wc-1": "wc", "orphan-1": None}
+    assert "not valid msgpack" in corrupt["wc-1"].error
+    logged = [r.getMessage() for r in caplog.records if "malformed znode" in r.getMessage()]
+    assert sorted(logged) == sorted(f"ignoring malformed znode {root}/topologies/{tid}: {corrupt[tid].error}"
+                                    for tid in ("wc-1", "orphan-1"))  # once each, not once per read
+    with pytest.raises(TopologyExists, match="named 'wc'"):
+        a.create_topology(topology("wc-2"))
+
+    b.delete_topology("wc-1")
+    b.delete_topology("orphan-1")
+    assert b.topologies_and_corrupt() == ({"ok-1": topology("ok-1", "ok")}, {})
+    assert b.assignment("wc-1") is None and backend.raw.children(f"{root}/topology-names") == ["ok"]
+    with pytest.raises(ClusterStateError, match="no code package"):
+        b.get_code("wc-1")
+    a.create_topology(topology("wc-2"))  # the name is free again
+
+
+def test_undecodable_assignments_are_named_so_the_leader_can_repair_them(backend):
+    a, root = backend.make(), backend.root
+    leadership = a.elect_leader("n1:6627", lambda: None, lambda: None)
+    backend.wait(lambda: leadership.is_leader, "election")
+    a.set_assignment(assignment(), leadership)
+    backend.raw.create(f"{root}/assignments/junk-1", b"junk")
+    assert a.assignments_and_corrupt() == ({"wc-1": assignment()}, {"junk-1"})
+    a.set_assignment(assignment("junk-1"), leadership)  # an unconditional write overwrites it
+    assert a.assignments_and_corrupt() == ({"wc-1": assignment(), "junk-1": assignment("junk-1")}, set())
+
+
 def test_names_that_cannot_be_znodes_are_refused_by_name(backend):
     state = backend.make()
     with pytest.raises(ClusterStateError, match="topology id 'a/b' cannot be a znode name"):
@@ -459,3 +553,26 @@ def test_server_reports_a_missing_or_broken_installation(monkeypatch):
     finally:
         server.close()
     assert not server.data_dir.exists()  # a temp dir it made is deleted
+
+
+# -- losses ---------------------------------------------------------------------------------------
+
+
+def test_every_loss_grows_the_topology_s_epoch_for_every_watcher_and_goes_with_the_topology(backend):
+    a, b = backend.make(), backend.make()
+    a.create_topology(topology())
+    seen = Recorder()
+    b.watch_losses(seen)
+    assert seen.last == {}
+    a.report_loss("wc-1", "sup-1:6700", "worker died: exited 3.0 s after launch", 10.0)
+    backend.wait(lambda: "wc-1" in (seen.last or {}), "the first loss")
+    first = seen.last["wc-1"]
+    assert (first.slot, first.reason, first.time) == ("sup-1:6700", "worker died: exited 3.0 s after launch", 10.0)
+    b.report_loss("wc-1", "sup-2:6701", "stopped heartbeating", 11.0)  # another writer: nimbus
+    backend.wait(lambda: seen.last["wc-1"].epoch == first.epoch + 1, "the second loss")
+    assert seen.last["wc-1"].slot == "sup-2:6701"
+
+    a.delete_topology("wc-1")
+    backend.wait(lambda: seen.last == {}, "the losses to go with the topology")
+    a.report_loss("wc-1", "sup-1:6700", "worker died as it was killed", 12.0)
+    assert backend.raw.children(f"{backend.root}/losses") == []

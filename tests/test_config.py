@@ -1,8 +1,10 @@
 """Config layering and errors."""
 
+import re
+
 import pytest
 
-from streamgale.config import Config, ConfigError, load_config, topology_config
+from streamgale.config import SETTINGS, Config, ConfigError, is_cluster_key, load_config, topology_config, unknown_keys
 
 
 def write(tmp_path, text):
@@ -59,12 +61,18 @@ def test_file_is_strict_even_for_free_form_keys(tmp_path):
     ("logging_level: LOUD\n", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'"),
     ("network:\n  port: 70000\n", "'network.port' .* must be a port number \\(1-65535\\), got 70000"),
     ("network:\n  protocol: tcp\n", "'network.protocol' .* must be 'zmq', got 'tcp'"),
-    ("zookeeper:\n  servers: [localhost]\n", "'zookeeper.servers' .* must be a list of host:port"),
+    ("zookeeper:\n  servers: ['localhost:99999']\n", "'zookeeper.servers' .* must be a list of host:port "
+                                                    "\\(port 2181 if left out\\), got \\['localhost:99999'\\]"),
     ("zookeeper:\n  root: streamgale\n", "'zookeeper.root' .* must be an absolute znode path"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(write(tmp_path, text))
+
+
+def test_a_zookeeper_server_without_a_port_gets_2181(tmp_path):
+    config = load_config(write(tmp_path, "zookeeper:\n  servers: [zk1, 'zk2:2182']\n"))
+    assert config["zookeeper.servers"] == ("zk1:2181", "zk2:2182")
 
 
 def test_not_a_mapping(tmp_path):
@@ -96,3 +104,40 @@ def test_override_errors():
         Config().with_overrides(["topology.wrokers=2"])
     with pytest.raises(ConfigError, match="unknown config key 'network.speed'"):
         Config().with_overrides(["network.speed=2"])
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file_and_the_byte_offset(tmp_path):
+    """Issue 17: a non-UTF-8 file gave a UnicodeDecodeError traceback."""
+    p = tmp_path / "conf.yaml"
+    p.write_bytes(b"workers: 2\nlogging_level: \xff\xfeINFO\n")
+    with pytest.raises(ConfigError, match=rf"config file {p} is not UTF-8 text: byte 0xff at offset 26 cannot be decoded"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("zookeeper.servers", ["evil:2181"]), ("zookeeper.root", "/other"), ("supervisor.local_dir", "/tmp/x"),
+    ("nimbus.host", "10.0.0.1"), ("nimbus.task_timeout", 1.0), ("ui.port", 9000), ("network.port", 7000),
+    ("workers", 2), ("logging_level", "DEBUG"),
+])
+def test_a_topology_config_may_not_set_a_cluster_setting(key, value):
+    """Issue 17: a topology's own config silently carried cluster-scope keys."""
+    expected = (f"config key '{key}' in topology config is a cluster setting; set it in the daemons' config.yaml, "
+                f"not in a topology")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        topology_config(Config(), {key: value})
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        Config().with_topology_config({key.split(".")[0]: {key.split(".")[1]: value}} if "." in key else {key: value})
+
+
+def test_the_topology_keeps_its_own_keys_and_overrides_still_set_anything():
+    c = topology_config(Config(), {"topology": {"workers": 3}, "wordcount.top_n": 5}, ["logging_level=DEBUG",
+                                                                                        "topology.workers=4"])
+    assert (c["topology.workers"], c["wordcount.top_n"], c["logging_level"]) == (4, 5, "DEBUG")
+    assert [k for k in SETTINGS if is_cluster_key(k) and k.startswith("topology.")] == []
+    assert {"workers", "logging_level", "zookeeper.servers", "nimbus.port", "supervisor.local_dir",
+            "ui.port", "network.port"} <= {k for k in SETTINGS if is_cluster_key(k)}
+
+
+def test_unknown_keys_are_the_free_form_ones():
+    assert unknown_keys({"topology": {"workers": 2}, "wordcount.top_n": 1, "a.b": {"c": 1}, "c": 2}) == [
+        "a.b", "c", "wordcount.top_n"]

@@ -19,6 +19,7 @@ from conftest import ROOT
 from streamgale import Bolt, Config, LocalCluster, Topology
 from streamgale.config import ConfigError
 from streamgale.connectors.files import DirectorySource, LineId, RotatingFileSink, read_offsets
+from streamgale.runtime.executor import StartFailed
 
 TOPOLOGY_NAME = "files"
 
@@ -468,8 +469,8 @@ def test_text_format_needs_exactly_one_field(tmp_path):
     t = Topology(TOPOLOGY_NAME)
     t.spout("files", Events)
     t.bolt("collect", CollectValues).shuffle("files")
-    with pytest.raises(ConfigError, match="files.format 'text' emits one field, but component 'files' declares "
-                                          r"\['user', 'n'\]"):
+    with pytest.raises(StartFailed, match="open\\(\\) raised ConfigError: files.format 'text' emits one field, but "
+                                          r"component 'files' declares \['user', 'n'\]"):
         LocalCluster(t, config(tmp_path)).run(duration=5)
 
 

@@ -27,6 +27,7 @@ from streamgale.connectors.redis_streams import (
     RedisStreamSpout,
 )
 from streamgale.dev.polling import poll_until
+from streamgale.runtime.executor import StartFailed
 
 
 class Entries(RedisStreamSpout):
@@ -262,16 +263,17 @@ def test_settings_are_validated_naming_the_setting(redis_url):
         fields = ["n"]
 
     lc = LocalCluster(pipeline(NoStream), config(redis_url))
-    with pytest.raises(RedisConnectorError, match="'redis.stream'.*'stream_key'"):
+    with pytest.raises(StartFailed, match="open\\(\\) raised RedisConnectorError: .*'redis.stream'.*'stream_key'"):
         lc.run(duration=1)
     with pytest.raises(RedisConnectorError, match="fields must name"):
         type("Bad", (RedisStreamSpout,), {"fields": []})
     lc = LocalCluster(pipeline(), config(redis_url, **{"redis.claim_idle": "soon"}))
-    with pytest.raises(RedisConnectorError, match="'redis.claim_idle'"):
+    with pytest.raises(StartFailed, match="RedisConnectorError: .*'redis.claim_idle'"):
         lc.run(duration=1)
     lc = LocalCluster(pipeline(), Config())
-    with pytest.raises(RedisConnectorError, match="'redis.url'"):
+    with pytest.raises(StartFailed, match="RedisConnectorError: .*'redis.url'") as e:
         lc.run(duration=1)
+    assert isinstance(e.value.error, RedisConnectorError)
 
 
 def test_the_component_config_overrides_the_class_attributes(redis_url):

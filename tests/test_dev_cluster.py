@@ -1,5 +1,6 @@
 """`streamgale dev-cluster`: the one-command cluster a newcomer starts from the README."""
 
+import ipaddress
 import signal
 import subprocess
 
@@ -11,6 +12,12 @@ from conftest import ROOT, STREAMGALE, wait_for
 from streamgale.dev.ports import free_port_range
 
 pytestmark = pytest.mark.slow
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # Java's ::ffff:127.0.0.1
+    return (mapped or address).is_loopback
 
 
 def test_dev_cluster_runs_a_topology_and_ctrl_c_stops_everything(tmp_path, processes):
@@ -38,6 +45,17 @@ def test_dev_cluster_runs_a_topology_and_ctrl_c_stops_everything(tmp_path, proce
     wait_for(lambda: len(list(out.glob("sink-*.txt"))) == 2, timeout=60, message="both sinks to write")
     children = psutil.Process(proc.pid).children(recursive=True)
     assert len(children) >= 5  # ZooKeeper, nimbus, 2 supervisors, workers
+    listening = {(c.name(), conn.laddr.ip, conn.laddr.port) for c in children
+                 for conn in c.net_connections(kind="inet") if conn.status == psutil.CONN_LISTEN}
+    assert len(listening) >= 2 + 2 * 2 + 2  # ZooKeeper, nimbus, each supervisor's log endpoint and channel
+    assert all(_loopback(ip) for _, ip, _ in listening), listening
+
+    # A second dev cluster on the same ports fails at once, saying which, and exits non-zero.
+    second = subprocess.run([*cli, "dev-cluster", "--zookeeper-port", str(base + 1), "--dir", str(tmp_path / "b")],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert second.returncode == 1
+    assert f"nimbus port {base}, ZooKeeper port {base + 1}, worker slots port {base + 2}" in second.stderr
+    assert "already in use" in second.stderr and "dev cluster up" not in second.stderr
 
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)

@@ -53,3 +53,38 @@ def test_an_ackers_malformed_messages_reach_the_stats_only_when_there_are_some()
     store.add({**base, "tasks": {"1": {"component": "__acker", "kind": "acker", "executed": 12,
                                        "malformed": 3}}}, 102.0)
     assert store.stats("t-1", 102.0)["components"]["__acker"]["windows"]["all"]["malformed"] == 3
+
+
+def task(component, kind, **counters):
+    return {"component": component, "kind": kind, "queue": 0, "executed": 0, "acked": 0, "failed": 0, "busy": 0.0,
+            "latency_total": 0.0, "emitted_by_stream": {}, "transferred_by_stream": {}, **counters}
+
+
+def test_executors_sum_their_tasks_as_a_component_does():
+    """Issue 19 (UI): a per-executor table, whose counts are the component's sums over fewer tasks."""
+    m = MetricsStore()
+    m.add({"topology_id": "t", "slot": "s:1", "host": "h", "port": 1, "pid": 7, "tasks": {
+        "1": task("count", "bolt", executed=10, busy=1.0), "2": task("count", "bolt", executed=30, busy=1.0),
+        "3": task("count", "bolt", executed=5, busy=0.5)}}, now=0)
+    s = m.stats("t", now=10, executors=[("count", (1, 2)), ("count", (3,))])
+    first, second = s["executors"]
+    assert (first["component"], first["tasks"], second["tasks"]) == ("count", [1, 2], [3])
+    assert first["windows"]["all"]["executed"] == 40 and second["windows"]["all"]["executed"] == 5
+    assert first["windows"]["all"]["execute_latency_ms"] == 50.0  # 2 s over 40 tuples
+    assert m.stats("t", now=10)["executors"] == []  # none asked for
+
+
+def test_topology_totals_are_storms_emitted_by_every_component_and_acked_by_the_spouts():
+    """Issue 19 (UI): the topology page's windowed stats table."""
+    m = MetricsStore()
+    m.add({"topology_id": "t", "slot": "s:1", "host": "h", "port": 1, "pid": 7, "tasks": {
+        "1": task("words", "spout", acked=8, failed=2, latency_total=0.4, emitted_by_stream={"default": 10},
+                  transferred_by_stream={"default": 10}),
+        "2": task("count", "bolt", executed=10, acked=10, emitted_by_stream={"default": 10},
+                  transferred_by_stream={"default": 4}),
+        "3": task("__acker", "acker", executed=20, acked=20, emitted_by_stream={"__ack_ack": 8})}}, now=0)
+    totals = m.stats("t", now=10)["totals"]
+    assert set(totals) == {"600", "10800", "86400", "all"}
+    assert totals["all"] == {"emitted": 20, "transferred": 14, "acked": 8, "failed": 2, "complete_latency_ms": 50.0}
+    assert MetricsStore().stats("t", now=0)["totals"]["600"] == {
+        "emitted": 0, "transferred": 0, "acked": 0, "failed": 0, "complete_latency_ms": None}

@@ -25,7 +25,8 @@ EXAMPLE = ROOT / "examples" / "multilang"
 
 def spout_totals(cluster) -> dict:
     stats = json.loads(cluster.cli("stats", "multilang-word-count", "--json").stdout)
-    return stats["components"]["sentences"]["windows"]["all"]
+    # {"acked": 0} until the spout's worker has reported its first metrics
+    return stats["components"].get("sentences", {}).get("windows", {}).get("all", {"acked": 0})
 
 
 def subprocesses(cluster, script: str) -> list[psutil.Process]:

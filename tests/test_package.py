@@ -3,11 +3,21 @@
 import gzip
 import io
 import os
+import re
 import tarfile
 
 import pytest
 
-from streamgale.cluster.package import MARKER, PackageError, digest, pack_directory, unpack
+from streamgale.cluster.package import (
+    MARKER,
+    PackageError,
+    check_entry,
+    check_package,
+    digest,
+    entry_path,
+    pack_directory,
+    unpack,
+)
 
 
 @pytest.fixture
@@ -138,6 +148,9 @@ HOSTILE = [
     ([member("odd", b"Z")], "'odd' is not a regular file or directory"),
     ([member("a.txt"), member("a.txt")], "'a.txt' clashes with an earlier member"),
     ([member("a"), member("a/b.txt")], "'a/b.txt' clashes with an earlier member"),
+    # Found by tests/test_fuzz.py: names no file system holds were an OSError (ENAMETOOLONG), not a PackageError.
+    ([member("lib/" + "x" * 256 + ".py")], "has a name longer than a file system holds"),
+    ([member("/".join(["d" * 200] * 6))], "has a name longer than a file system holds"),
 ]
 
 
@@ -197,3 +210,80 @@ def test_setuid_bits_are_dropped(tmp_path):
     unpack(data, tmp_path / "dest", digest(data))
     mode = (tmp_path / "dest" / "tool").stat().st_mode & 0o7777
     assert mode & 0o7000 == 0 and mode & 0o100
+
+
+# -- the entry (the topology file workers import) ------------------------------------------------
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("/etc/evil.py", "code package entry '/etc/evil.py' is an absolute path"),
+    ("../../evil.py", "code package entry '../../evil.py' has a '..' component"),
+    ("lib/../../evil.py", "has a '..' component"),
+    ("./topology.py", "is not a normalised relative path"),
+    ("lib//x.py", "is not a normalised relative path"),
+    ("topology.sh", "must name a Python file ending in .py"),
+    ("", "is not a file name"),
+    ("a\\b.py", "is not a file name"),
+])
+def test_an_entry_outside_the_package_is_refused(entry, message):
+    """Issue 17: an absolute or '../' entry made workers import any .py file on the host."""
+    with pytest.raises(PackageError, match=re.escape(message)):
+        check_entry(entry)
+
+
+def test_nimbus_and_supervisors_refuse_an_entry_the_archive_lacks(project, tmp_path):
+    data = pack_directory(project)
+    check_package(data, "topology.py")
+    check_package(data, "lib/deep/util.py")
+    for missing in ("nope.py", "lib/__init__.pyc", "lib"):
+        with pytest.raises(PackageError, match=re.escape(f"code package entry '{missing}' is not a file in the code "
+                                                         f"package") if missing.endswith(".py") else "Python file"):
+            check_package(data, missing)
+    with pytest.raises(PackageError, match="is an absolute path"):
+        check_package(data, "/etc/passwd.py")
+    with pytest.raises(PackageError, match="is not a file in the code package"):
+        unpack(data, tmp_path / "dest", digest(data), entry="nope.py")
+    assert not (tmp_path / "dest").exists()  # nothing unpacked
+    hostile = build([member("topology.py"), member("../x.py")])
+    with pytest.raises(PackageError, match="'../x.py' has a '..' component"):
+        check_package(hostile, "topology.py")
+    unpack(data, tmp_path / "dest", digest(data), entry="lib/deep/util.py")
+
+
+def test_workers_resolve_the_entry_inside_the_unpacked_package_only(project, tmp_path):
+    data = pack_directory(project)
+    dest = tmp_path / "code"
+    unpack(data, dest, digest(data))
+    assert entry_path(dest, "lib/deep/util.py") == (dest / "lib" / "deep" / "util.py").resolve()
+    (tmp_path / "outside.py").write_text("X = 1\n")
+    (dest / "link.py").symlink_to(tmp_path / "outside.py")  # not from the archive, but refused all the same
+    with pytest.raises(PackageError, match="code package entry 'link.py' resolves to .*outside.py, outside the code "
+                                           "package"):
+        entry_path(dest, "link.py")
+    with pytest.raises(PackageError, match="'../outside.py' has a '..' component"):
+        entry_path(dest, "../outside.py")
+    with pytest.raises(PackageError, match="code package entry 'missing.py' is not a file of the code package"):
+        entry_path(dest, "missing.py")
+
+
+def test_a_streamgaleignore_file_leaves_out_what_it_matches(project):
+    (project / "data").mkdir()
+    (project / "data" / "big.csv").write_text("1,2\n")
+    (project / "lib" / "deep" / "cache.bin").write_bytes(b"\0")
+    (project / "lib" / "keep.bin").write_bytes(b"\1")
+    (project / ".streamgaleignore").write_text("# what workers do not need\ndata/\n*.bin\n!keep.bin\n")
+    assert set(names(pack_directory(project))) == {
+        ".streamgaleignore", "empty", "lib", "lib/__init__.py", "lib/deep", "lib/deep/util.py", "lib/keep.bin",
+        "run.sh", "topology.py"}
+
+
+def test_an_unreadable_streamgaleignore_is_refused_naming_it(project):
+    (project / ".streamgaleignore").write_bytes(b"\xff\xfe data/\n")
+    with pytest.raises(PackageError, match=r"cannot read .*\.streamgaleignore: 'utf-8' codec can't decode"):
+        pack_directory(project)
+
+
+def test_the_size_limit_error_names_the_ignore_file(project):
+    (project / "blob.bin").write_bytes(os.urandom(50_000))
+    with pytest.raises(PackageError, match=r"over the limit of 1000 bytes; .* in a \.streamgaleignore file"):
+        pack_directory(project, max_bytes=1000)

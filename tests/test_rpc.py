@@ -51,7 +51,27 @@ ALL_REQUESTS = [
     p.Ping(),
     p.ReadLog("wc-1700000000", 6700, 1024, 4096),
     p.ReadLog("wc-1700000000", 6700),
+    p.SetLogLevel("wc", "streamgale.transport", "DEBUG"),
+    p.SetLogLevel("wc", "", "info", 30),
+    p.SetLogLevel("wc", "streamgale.transport", reset=True),
+    p.TopologyConfig("wc"),
 ]
+
+
+def test_set_log_level_sends_its_timeout_and_reset_only_when_given():
+    """So a nimbus older than those fields still takes a plain set-log-level."""
+    assert p.SetLogLevel("wc", "x", "debug").args() == {"name": "wc", "logger": "x", "level": "DEBUG"}
+    assert p.SetLogLevel("wc", "x", "DEBUG", 30).args() == {"name": "wc", "logger": "x", "level": "DEBUG",
+                                                            "timeout": 30.0}
+    assert p.SetLogLevel("wc", "x", reset=True).args() == {"name": "wc", "logger": "x", "level": "",
+                                                           "reset": True}
+    old = p.decode_request(msgpack.packb({"v": 1, "id": 1, "op": "set_log_level",
+                                          "args": {"name": "wc", "logger": "x", "level": "WARNING"}}))
+    assert old == p.SetLogLevel("wc", "x", "WARNING", None, False)
+    with pytest.raises(p.ProtocolError, match="set_log_level: field 'reset' must be true or false, got str 'yes'"):
+        p.SetLogLevel("wc", "x", reset="yes")
+    with pytest.raises(p.ProtocolError, match="set_log_level: field 'timeout' must be a number of seconds >= 0"):
+        p.SetLogLevel("wc", "x", "DEBUG", -1)
 
 
 @pytest.mark.parametrize("request_", ALL_REQUESTS, ids=lambda r: type(r).__name__)
@@ -210,6 +230,8 @@ def canned(req: p.Request) -> Any:
         return {"code": b"\x00PK\xff", "digest": f"digest-of-{req.topology_id}"}
     if isinstance(req, p.Ping):
         return {"address": "127.0.0.1:6627", "leader": True}
+    if isinstance(req, p.TopologyConfig):
+        return {"config": {"topology.workers": 2}, "topology_keys": ["topology.workers"]}
     return {}
 
 
@@ -248,7 +270,7 @@ class FakeNimbus:
         self._ready.set()
         try:
             while not self._stop.is_set():
-                for identity, req in self.server.poll(0.02):
+                for identity, req, _user in self.server.poll(0.02):
                     self.received.put(req)
                     try:
                         answer = self.handler(req)
@@ -360,6 +382,9 @@ def test_every_op_round_trips_with_typed_fields(nimbus, client_factory):
     assert client.cluster_info()["topologies"] == 1
     assert client.download_code("wc-1") == (b"\x00PK\xff", "digest-of-wc-1")
     assert client.ping() == {"address": "127.0.0.1:6627", "leader": True}
+    client.set_log_level("wc", "x", "DEBUG", timeout=5)
+    client.set_log_level("wc", "x", reset=True)
+    assert client.topology_config("wc") == {"config": {"topology.workers": 2}, "topology_keys": ["topology.workers"]}
 
     got = nimbus.requests()
     assert got == [
@@ -367,6 +392,7 @@ def test_every_op_round_trips_with_typed_fields(nimbus, client_factory):
         p.Kill("wc", 3.0), p.Kill("wc", None), p.Activate("wc"), p.Deactivate("wc"),
         p.Rebalance("wc", 0.0, 4, {"count": 8}), p.Rebalance("wc", None, None, {}),
         p.ListTopologies(), p.TopologyInfo("wc"), p.ClusterInfo(), p.DownloadCode("wc-1"), p.Ping(),
+        p.SetLogLevel("wc", "x", "DEBUG", 5.0), p.SetLogLevel("wc", "x", reset=True), p.TopologyConfig("wc"),
     ]
     assert type(got[0].code) is bytes and type(got[1].wait) is float
     ids = [r.request_id for r in got]

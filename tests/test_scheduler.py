@@ -220,3 +220,14 @@ def test_deterministic():
     # and with current assignments in the mix
     shrunk = {k: v for k, v in sups.items() if k != "b"}
     assert schedule(recs, shrunk, first, 2.0) == schedule(recs, shrunk, first, 2.0)
+
+
+def test_worker_cap_says_why_a_topology_gets_fewer_workers_than_requested():
+    from streamgale.nimbus.scheduler import worker_cap
+
+    assert worker_cap(4, executors=10, free_slots=6) == (4, None)
+    assert worker_cap(9, executors=10, free_slots=6) == (
+        6, "9 workers requested, but the cluster has 6 free slots: it runs in 6 (add supervisors, or slots with "
+           "`workers`, for the rest)")
+    assert worker_cap(20, executors=10, free_slots=30) == (
+        10, "20 workers requested, but it has 10 executors and a worker runs at least one: it gets at most 10")

@@ -7,6 +7,7 @@ from streamgale.supervisor.slot import (
     EMPTY,
     KILLING,
     LAUNCHING,
+    RESHAPING,
     RUNNING,
     WAITING_FOR_CODE,
     Desired,
@@ -236,10 +237,13 @@ def test_relaunch_waits_for_code_if_it_went_away():
     assert s.state.phase == WAITING_FOR_CODE
 
 
+MOVED = replace(WC, executors=(("count", (1, 2)), ("split", (6,))))  # a rebalance moved split's task
+
+
 @pytest.mark.parametrize("desired,why", [
     (None, "no longer assigned"),
     (OTHER, "now assigned to other-2"),
-    (replace(WC, executors=(("count", (1, 2)),)), "executors changed"),
+    (replace(WC, executors=()), "executors changed"),  # MOVED: taken in place (below)
     (replace(WC, code_digest="d2"), "new code"),
 ])
 def test_assignment_change_kills_gracefully(desired, why):
@@ -282,11 +286,12 @@ def test_hung_worker_is_killed_and_relaunched():
     assert s.state.restarts == 1
 
 
-def test_worker_dying_when_reassigned_is_not_relaunched():
+def test_worker_stopping_when_reassigned_is_not_a_crash_nor_relaunched():
+    """A worker stops by itself when its assignment changes (a rebalance): no "worker died" error."""
     s = running_slot()
     s.alive = False
     actions = s.step(110.0, desired=OTHER)
-    assert kinds(actions) == [ReportCrash, Launch] and actions[1] == Launch(OTHER)
+    assert actions == [Launch(OTHER)]
     assert s.state.restarts == 0
 
 
@@ -329,3 +334,76 @@ def test_launch_state_before_launched_is_recorded():
     assert actions == [Launch(WC)] and state.phase == LAUNCHING and state.pid is None
     state = launched(state, 77, 5.0)
     assert state.pid == 77 and state.launched_at == 5.0
+
+
+def test_a_running_worker_takes_new_executors_in_place():
+    """A rebalance that changes a worker's executors (same topology, same code) restarts nothing:
+    the slot waits for a beat with the new executors, and beats with the old ones keep it alive."""
+    s = running_slot()
+    pid = s.state.pid
+    assert s.step(110.0, desired=MOVED) == []
+    assert s.state.phase == RESHAPING and s.state.running == MOVED and s.state.pid == pid
+    s.beat(111.0)  # still the old executors: alive, not done
+    assert s.step(111.0, desired=MOVED) == [] and s.state.phase == RESHAPING
+    s.beat(112.0, desired=MOVED)
+    assert s.step(112.0, desired=MOVED) == []
+    assert s.state.phase == RUNNING and s.state.pid == pid and s.state.last_heartbeat == 112.0
+    assert s.state.restarts == 0
+
+
+def test_a_reshape_changed_again_follows_the_newest_executors():
+    s = running_slot()
+    s.step(110.0, desired=MOVED)
+    again = replace(WC, executors=(("split", (5, 6)),))
+    assert s.step(110.5, desired=again) == [] and s.state.running == again
+    s.beat(111.0, desired=MOVED)  # the executors it was told first are not the ones wanted now
+    assert s.step(111.0, desired=again) == [] and s.state.phase == RESHAPING
+    assert kinds(s.step(111.5, desired=OTHER)) == [Kill]  # another topology: stopped after all
+
+
+def test_a_worker_that_does_not_take_its_new_executors_is_killed():
+    s = running_slot()
+    s.step(110.0, desired=MOVED)
+    for t in range(111, 140, 2):  # it beats, but never with the new executors
+        s.beat(float(t))
+        assert s.step(float(t), desired=MOVED) == []
+    s.beat(141.0)
+    actions = s.step(141.0, desired=MOVED)
+    assert kinds(actions) == [ReportCrash, Kill] and actions[1].force
+    assert "did not take its new executors within 31 s" in actions[0].reason
+
+
+def test_a_silent_worker_while_reshaping_is_killed_as_hung():
+    s = running_slot()
+    s.beat(110.0)
+    s.step(110.0, desired=MOVED)
+    actions = s.step(110.0 + T.worker_timeout + 1, desired=MOVED)
+    assert kinds(actions) == [ReportCrash, Kill] and "no heartbeat for 6 s" in actions[0].reason
+
+
+def test_a_worker_dying_while_reshaping_is_a_crash_and_relaunched_with_the_new_executors():
+    s = running_slot()
+    s.step(110.0, desired=MOVED)
+    s.alive = False
+    actions = s.step(111.0, desired=MOVED)
+    assert kinds(actions) == [ReportCrash, Launch] and actions[1] == Launch(MOVED)
+
+
+def test_a_worker_still_starting_takes_new_executors_once_it_beats():
+    s = Slot()
+    s.step(100.0)  # launched, no beat yet
+    pid = s.state.pid
+    assert s.step(101.0, desired=MOVED) == [] and s.state.phase == RESHAPING
+    assert s.step(101.0 + T.worker_timeout + 5, desired=MOVED) == []  # starting: the start timeout applies
+    s.beat(120.0)  # up, with the executors of its launch file: told the new ones now
+    assert s.step(120.0, desired=MOVED) == [] and s.state.reshaped_at == 120.0
+    s.beat(121.0, desired=MOVED)
+    assert s.step(121.0, desired=MOVED) == [] and s.state.phase == RUNNING and s.state.pid == pid
+
+
+def test_a_worker_that_never_beats_after_a_reshape_is_killed_after_the_start_timeout():
+    s = Slot()
+    s.step(100.0)
+    s.step(101.0, desired=MOVED)
+    actions = s.step(100.0 + T.start_timeout + 1, desired=MOVED)
+    assert kinds(actions) == [ReportCrash, Kill] and "no heartbeat within 31 s of launch" in actions[0].reason

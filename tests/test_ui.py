@@ -21,6 +21,20 @@ from streamgale.dev.ports import free_port
 from streamgale.ui import api, prometheus
 
 TOPOLOGY = str(ROOT / "tests" / "topologies" / "cluster_word_count.py")
+BROKEN_TOPOLOGY = """
+from streamgale import Spout, Topology
+
+
+class Nothing(Spout):
+    outputs = ["n"]
+
+    def next_tuple(self):
+        pass
+
+
+topology = Topology("broken")
+topology.spout("nothing", Nothing)
+"""
 COMPONENTS = ["sentences", "split", "count", "sink", "__acker"]  # spouts, bolts by depth, system
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 slow = pytest.mark.slow
@@ -39,7 +53,7 @@ SPEC = {"components": {
 ROW = {"id": "wc-1", "name": "wc", "status": "ACTIVE", "workers": 1, "executors": 5, "tasks": 7, "uptime": 12.7}
 SLOT = {"supervisor_id": "s1", "host": "h", "port": 6700,
         "executors": [["count", [1, 2]], ["count", [3, 4]], ["split", [5]], ["words", [6]], ["__acker", [7]]]}
-INFO = {"topology": {"spec": SPEC, "parallelism": {"count": 3}},
+INFO = {"topology": {"id": "wc-1", "spec": SPEC, "parallelism": {"count": 3}},
         "assignment": {"slots": {"s1:6700": SLOT}},
         "errors": {"count": [{"component": "count", "task": t, "host": "h", "port": 6700, "time": float(t),
                               "message": f"ValueError: bad {t}\nTraceback ..."} for t in range(1, 13)]}}
@@ -55,9 +69,13 @@ STATS = {"windows": list(api.WINDOWS),
                       "age_s": 0.4}]}
 CLUSTER = {"leader": "n1:6627", "nimbuses": ["n1:6627", "n2:6627"], "topologies": 1,
            "supervisors": [{"id": "s1", "host": "h", "slots": 4, "used": 1, "ports": [6700, 6701, 6702, 6703],
-                            "cpu_count": 8, "memory_mb": 1024, "uptime": 60.5},
+                            "log_port": 7000, "cpu_count": 8, "memory_mb": 1024, "uptime": 60.5},
                            {"id": "s2", "host": "h2", "slots": 2, "used": 0, "ports": [6700, 6701],
                             "cpu_count": 4, "memory_mb": 512, "uptime": 1.0}]}
+
+
+CONFIG = {"config": {"topology.workers": 2, "nimbus.port": 6627, "test.dir": "/x"},
+          "topology_keys": ["test.dir", "topology.workers"]}
 
 
 def test_cluster_and_supervisor_summaries():
@@ -94,6 +112,17 @@ def test_topology_detail_orders_components_and_builds_the_graph():
     assert bare["workerList"][0]["pid"] is None
 
 
+def test_errors_of_no_component_are_the_start_errors_newest_first():
+    info = {**INFO, "errors": {**INFO["errors"], "__package": [
+        {"task": -1, "host": "h", "port": 0, "time": 1.0, "message": "refused: pip failed"}], "__worker": [
+        {"task": -1, "host": "h", "port": 6700, "time": 2.0, "message": "worker died: exit 1"}]}}
+    d = api.topology_detail(ROW, info, STATS)
+    assert d["startErrors"] == [
+        {"source": "__worker", "time": 2.0, "task": -1, "host": "h", "port": 6700, "message": "worker died: exit 1"},
+        {"source": "__package", "time": 1.0, "task": -1, "host": "h", "port": 0, "message": "refused: pip failed"}]
+    assert api.topology_detail(ROW, INFO, STATS)["startErrors"] == []
+
+
 def test_graph_depth_is_the_longest_path_and_survives_cycles():
     comps = {"s": {"kind": "spout", "inputs": []},
              "a": {"kind": "bolt", "inputs": [{"source": "s", "type": "shuffle"}, {"source": "b", "type": "all"}]},
@@ -117,12 +146,71 @@ def test_component_detail_lists_every_task_and_the_last_ten_errors():
     assert e.value.status == 404 and "count" in str(e.value)
 
 
+def test_the_topology_page_has_storms_windowed_stats_its_configuration_and_the_actions_that_apply():
+    """Issue 19, item 11: Storm UI's topology stats table, the effective configuration, and buttons
+    enabled only when they apply."""
+    stats = {**STATS, "totals": {"600": {"emitted": 9, "transferred": 8, "acked": 7, "failed": 1,
+                                         "complete_latency_ms": 2.5}}}
+    d = api.topology_detail(ROW, INFO, stats, "600", CONFIG)
+    assert d["totals"][0] == {"window": "600", "emitted": 9, "transferred": 8, "acked": 7, "failed": 1,
+                              "completeLatencyMs": 2.5}
+    assert [t["window"] for t in d["totals"]] == ["600", "10800", "86400", "all"]  # the windows of `stats`
+    assert d["totals"][3] == {"window": "all", "emitted": 0, "transferred": 0, "acked": 0, "failed": 0,
+                              "completeLatencyMs": None}  # none reported for it
+    assert d["configuration"] == [{"key": "nimbus.port", "value": 6627, "source": "cluster"},
+                                  {"key": "test.dir", "value": "/x", "source": "topology"},
+                                  {"key": "topology.workers", "value": 2, "source": "topology"}]
+    assert api.topology_detail(ROW, INFO, None)["configuration"] is None  # a nimbus without the op
+    assert d["actions"] == {"activate": False, "deactivate": True, "rebalance": True, "kill": True}
+    assert api.available_actions("INACTIVE") == {"activate": True, "deactivate": False, "rebalance": True,
+                                                 "kill": True}
+    assert api.available_actions("REBALANCING") == {"activate": False, "deactivate": False, "rebalance": False,
+                                                    "kill": True}
+    assert api.available_actions("KILLED") == {"activate": False, "deactivate": False, "rebalance": False,
+                                               "kill": False}
+
+
+def test_the_component_page_has_stream_source_and_executor_tables():
+    """Issue 19, item 11: per-stream output, per-source input and per-executor tables, from nimbus's stats."""
+    stats = {**STATS, "streams": {"count": {"default": {"600": 5, "all": 50}, "__ack_ack": {"600": 1}},
+                                  "split": {"default": {"600": 7, "all": 70}}},
+             "executors": [{"component": "count", "tasks": [1, 2], "windows": {"600": W}},
+                           {"component": "count", "tasks": [3, 4], "windows": {}},
+                           {"component": "split", "tasks": [5], "windows": {"600": W}}]}
+    c = api.component_detail(ROW, INFO, stats, "count", "600")
+    assert c["outputStats"] == [{"stream": "default", "fields": ["w", "n"], "emitted": 5}]  # no system stream
+    assert c["inputStats"] == [{"source": "split", "stream": "default", "grouping": "fields", "fields": ["w"],
+                                "emitted": 7}]
+    assert c["executorStats"][0] == {"id": "[1-2]", "tasks": [1, 2], "host": "h", "port": 6700, "uptimeSeconds": 9,
+                                     **api.counts(W)}
+    assert [e["id"] for e in c["executorStats"]] == ["[1-2]", "[3-4]"]
+    assert c["executorStats"][1]["emitted"] == 0 and c["executorStats"][1]["capacity"] is None
+    bare = api.component_detail(ROW, INFO, None, "count")
+    assert bare["executorStats"] == [] and bare["outputStats"][0]["emitted"] == 0
+
+
+def test_a_worker_log_is_found_through_its_supervisor_or_refused_naming_the_workers():
+    found = api.find_worker_log(ROW, INFO, CLUSTER, "h:6700")
+    assert (found.endpoint, found.topology_id, found.port) == ("h:7000", "wc-1", 6700)
+    with pytest.raises(api.ApiError, match=r"has no worker h:1 now \(its workers: h:6700\)") as e:
+        api.find_worker_log(ROW, INFO, CLUSTER, "h:1")
+    assert e.value.status == 404
+    no_logs = {**CLUSTER, "supervisors": [{**CLUSTER["supervisors"][0], "log_port": None}]}
+    with pytest.raises(api.ApiError, match="its supervisor is not reachable") as e:
+        api.find_worker_log(ROW, INFO, no_logs, "h:6700")
+    assert e.value.status == 502
+    assert api.parse_lines(None) == 200 and api.parse_lines("5") == 5
+    for bad in ("0", "x", "-1", "5001"):
+        with pytest.raises(api.ApiError, match="lines must be a number from 1 to 5000"):
+            api.parse_lines(bad)
+
+
 def test_lookups_windows_and_action_bodies_are_checked():
     assert api.find_topology([ROW], "wc-1") is ROW and api.find_topology([ROW], "wc") is ROW
     with pytest.raises(api.ApiError, match="no topology") as e:
         api.find_topology([ROW], "other")
     assert e.value.status == 404
-    assert api.parse_window(None) == "all" and api.parse_window("10800") == "10800"
+    assert api.parse_window(None) == "600" and api.parse_window("10800") == "10800"  # `streamgale stats`'s default
     with pytest.raises(api.ApiError, match="window must be one of"):
         api.parse_window("7")
     assert api.action_args("deactivate", {}) == {}
@@ -201,8 +289,32 @@ class FakeClient:
         from streamgale.wire.protocol import BadRequest
         raise BadRequest("unsupported request TopologyStats")  # an older nimbus
 
+    def topology_config(self, name):
+        return CONFIG
+
     def deactivate(self, name):
         self.calls.append(("deactivate", name))
+
+
+class FakeLogEndpoint:
+    """Stands in for a supervisor's log endpoint: a log of 300 numbered lines."""
+
+    log = b"".join(b"line %d\n" % i for i in range(300))
+    reads: list = []
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def read_log(self, topology_id, port, offset, max_bytes):
+        self.reads.append((self.endpoint, topology_id, port))
+        data = self.log[-max_bytes:] if offset == -1 else self.log[offset:offset + max_bytes]
+        return {"data": data, "offset": len(self.log), "size": len(self.log)}
 
 
 def test_http_shell_routes_maps_nimbus_errors_and_survives_missing_stats():
@@ -212,7 +324,7 @@ def test_http_shell_routes_maps_nimbus_errors_and_survives_missing_stats():
     from streamgale.wire.protocol import NimbusUnavailable
 
     fail = {"now": None}
-    server = UiServer(("127.0.0.1", 0), lambda: FakeClient(fail["now"]))
+    server = UiServer(("127.0.0.1", 0), lambda: FakeClient(fail["now"]), log_client_factory=FakeLogEndpoint)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -221,6 +333,17 @@ def test_http_shell_routes_maps_nimbus_errors_and_survives_missing_stats():
         status, t = ui.get("/api/v1/topology/wc-1")
         assert status == 200 and not t["statsAvailable"] and t["components"][0]["emitted"] == 0
         assert ui.get("/api/v1/topology/wc/component/nope")[0] == 404
+        assert t["window"] == "600" and t["configuration"][0] == {"key": "nimbus.port", "value": 6627,
+                                                                  "source": "cluster"}
+        status, tail = ui.get("/api/v1/topology/wc/worker/h:6700/log?lines=3")
+        assert status == 200 and tail == {"topology": "wc", "topologyId": "wc-1", "worker": "h:6700",
+                                          "lines": ["line 297", "line 298", "line 299"], "linesRequested": 3,
+                                          "offset": len(FakeLogEndpoint.log)}
+        assert FakeLogEndpoint.reads[-1] == ("h:7000", "wc-1", 6700)  # s1's log port
+        assert len(ui.get("/api/v1/topology/wc/worker/h:6700/log")[1]["lines"]) == 200  # the default
+        status, body = ui.get("/api/v1/topology/wc/worker/h:6799/log")
+        assert status == 404 and "has no worker h:6799 now (its workers: h:6700)" in body["error"]
+        assert ui.get("/api/v1/topology/wc/worker/h:6700/log?lines=0")[0] == 400
         assert ui.post("/api/v1/topology/wc/deactivate") == (200, {"status": "ok", "action": "deactivate",
                                                                    "topology": "wc"})
         assert FakeClient.calls == [("deactivate", "wc")]
@@ -357,6 +480,20 @@ def test_rest_api_shapes_and_prometheus_metrics(cluster, ui, tmp_path):  # noqa:
     assert {n["id"]: n["depth"] for n in detail["graph"]["nodes"]} == {"sentences": 0, "split": 1, "count": 2,
                                                                         "sink": 3}
     assert len(detail["workerList"]) == 2 and all(w["pid"] for w in detail["workerList"])
+    assert detail["actions"] == {"activate": False, "deactivate": True, "rebalance": True, "kill": True}
+    assert [t["window"] for t in detail["totals"]] == ["600", "10800", "86400", "all"]
+    assert detail["totals"][3]["emitted"] > 0
+    config = {c["key"]: c for c in detail["configuration"]}
+    assert config["topology.workers"] == {"key": "topology.workers", "value": 2, "source": "topology"}
+    assert config["topology.message_timeout"]["source"] == "cluster"
+    assert ui.get("/api/v1/topology/cluster-wc")[1]["window"] == "600"  # the default of `streamgale stats`
+
+    # a worker's log, read through its supervisor (what `streamgale logs` shows)
+    worker = detail["workerList"][0]
+    status, log = ui.get(f"/api/v1/topology/cluster-wc/worker/{worker['host']}:{worker['port']}/log?lines=5")
+    assert status == 200 and log["worker"] == f"{worker['host']}:{worker['port']}" and 1 <= len(log["lines"]) <= 5
+    assert any("streamgale" in line for line in ui.get(
+        f"/api/v1/topology/cluster-wc/worker/{worker['host']}:{worker['port']}/log")[1]["lines"])
     poll(cluster, lambda: ui.component_value("cluster-wc", "count", "executed") > 0,
          message="count to execute tuples")
     assert ui.topology("cluster-wc", window="600")["window"] == "600"
@@ -369,6 +506,11 @@ def test_rest_api_shapes_and_prometheus_metrics(cluster, ui, tmp_path):  # noqa:
     for t in comp["tasks"]:
         assert t["host"] == "127.0.0.1" and t["port"] in [b + i for b in cluster.slot_bases for i in range(2)]
         assert {"emitted", "executed", "acked", "failed", "executeLatencyMs", "capacity", "queue"} <= set(t)
+    assert [(e["id"], e["tasks"]) for e in comp["executorStats"]] == [("[1-2]", [1, 2]), ("[3-4]", [3, 4])]
+    assert sum(e["executed"] for e in comp["executorStats"]) > 0
+    assert [o["stream"] for o in comp["outputStats"]] == ["default"]
+    assert [(i["source"], i["grouping"], i["fields"]) for i in comp["inputStats"]] == [("split", "fields", ["word"])]
+    assert comp["inputStats"][0]["emitted"] > 0  # what split emitted on the stream count reads
 
     for path in ("/api/v1/topology/no-such-topology", "/api/v1/topology/no-such-topology/component/count",
                  "/api/v1/topology/cluster-wc/component/no-such-component"):
@@ -528,6 +670,14 @@ def test_web_page_lists_shows_counts_and_deactivates(cluster, ui, browser, tmp_p
                                                                       "node-split"]
     assert "fields [word]" in find("edge-split-count").text
 
+    # the buttons that apply to an ACTIVE topology, Storm's windowed stats, the effective configuration
+    wait(lambda: find("btn-activate").get_attribute("disabled") is not None, "Activate disabled while ACTIVE")
+    assert find("btn-deactivate").is_enabled() and find("btn-kill").is_enabled()
+    assert find("window-select").get_attribute("value") == "600"  # the default of `streamgale stats`
+    assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid^="totals-row-"]')) == 4
+    wait(lambda: value("totals-emitted-all") > 0, "the topology's emitted count in its stats table")
+    assert find("config-value-topology.workers").text == "2"
+
     first = wait(lambda: value("emitted-sentences"), "a count on the topology page")
     wait(lambda: value("emitted-sentences") > first, "the spout's emitted count to rise on the page")
     wait(lambda: value("executed-count") > 0, "count's executed count on the page")
@@ -538,6 +688,9 @@ def test_web_page_lists_shows_counts_and_deactivates(cluster, ui, browser, tmp_p
     wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, '[data-testid^="task-row-"]')) == 4,
          "count's 4 tasks on the component page")
     assert find("crumb-component").text == "count" and find("no-errors").is_displayed()
+    assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid^="executor-row-"]')) == 2
+    assert find("output-row-default") and find("input-row-split-default")
+    wait(lambda: value("input-emitted-split-default") > 0, "what split emitted, on count's input table")
     browser.back()
     wait(lambda: find("status").text == "ACTIVE", "the topology page again")
 
@@ -552,5 +705,28 @@ def test_web_page_lists_shows_counts_and_deactivates(cluster, ui, browser, tmp_p
     wait(lambda: find("confirm-dialog").is_displayed(), "the confirmation dialog")
     find("confirm-ok").click()
     wait(lambda: find("status").text == "INACTIVE", "the status to become INACTIVE on the page")
+    wait(lambda: find("btn-deactivate").get_attribute("disabled") is not None and find("btn-activate").is_enabled(),
+         "Deactivate disabled and Activate enabled once INACTIVE")
+
+    # a worker's log, one click from its row
+    link = browser.find_elements(By.CSS_SELECTOR, '[data-testid^="worker-log-link-"]')[0]
+    link.click()
+    wait(lambda: "#/topology/cluster-wc/worker/" in browser.current_url and "streamgale" in find("worker-log").text,
+         "the worker's log on its page")
+    browser.back()
+    wait(lambda: find("status").text == "INACTIVE", "the topology page again")
     assert ui.topology("cluster-wc")["status"] == "INACTIVE"
     assert "INACTIVE" in cluster.cli("list").stdout
+
+    # A topology whose requirements.txt pip cannot satisfy: pip's error on its page (docs/deployment.md)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "topology.py").write_text(BROKEN_TOPOLOGY)
+    (broken / "requirements.txt").write_text("streamgale-no-such-package==1.0\n")
+    result = cluster.cli("submit", str(broken / "topology.py"), "--wait", "0")
+    assert result.returncode == 0, result.stderr
+    browser.get(ui.url + "/#/topology/broken")
+    wait(lambda: "No matching distribution found for streamgale-no-such-package==1.0" in find("start-error-0").text,
+         "pip's error on the topology page", timeout=60)
+    assert "code package" in find("start-error-0").text
+    screenshot(browser, "ui-start-error")

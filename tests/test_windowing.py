@@ -14,7 +14,7 @@ from streamgale import Bolt, ReliableSpout, Spout, Topology, TopologyError
 from streamgale.config import Config
 from streamgale.local import LocalCluster
 from streamgale.state import KeyValueState, committed_state
-from streamgale.testing import FixedTupleSpout, complete_topology
+from streamgale.testing import FixedTupleSpout, TopologyRunError, complete_topology
 from streamgale.windowing import (
     TICK_SLACK,
     WINDOW_KEY,
@@ -474,9 +474,9 @@ def test_prepare_rejects_an_undeclared_late_stream():
     t = Topology("bad-late")
     t.spout("readings", FixedTupleSpout([[1, "x"]], ["ts", "v"]))
     t.bolt("w", bolt, config={"topology.tick_interval": 0.05}).global_("readings")
-    with pytest.raises(TopologyError) as err:
+    with pytest.raises(TopologyRunError) as err:  # raised in prepare: reported as the bolt's error
         complete_topology(t)
-    assert str(err.value) == ("windowed bolt 'w': late_stream 'late' is not declared in outputs; "
+    assert str(err.value.errors[0].error) == ("windowed bolt 'w': late_stream 'late' is not declared in outputs; "
                               "add \"late\": [\"tuple\"] to outputs")
 
 
@@ -485,9 +485,9 @@ def test_prepare_rejects_a_late_stream_of_several_fields():
     t = Topology("bad-late-fields")
     t.spout("readings", FixedTupleSpout([[1, "x"]], ["ts", "v"]))
     t.bolt("w", bolt, config={"topology.tick_interval": 0.05}).global_("readings")
-    with pytest.raises(TopologyError) as err:
+    with pytest.raises(TopologyRunError) as err:  # raised in prepare: reported as the bolt's error
         complete_topology(t)
-    assert str(err.value) == ("windowed bolt 'w': late_stream 'late' must declare exactly one field (it carries the "
+    assert str(err.value.errors[0].error) == ("windowed bolt 'w': late_stream 'late' must declare exactly one field (it carries the "
                               "late tuple's values as one list), e.g. \"late\": [\"tuple\"]; it declares ['ts', 'v']")
 
 
@@ -495,9 +495,9 @@ def test_prepare_rejects_time_windows_without_ticks():
     t = Topology("no-ticks")
     t.spout("readings", FixedTupleSpout([[1, "x"]], ["ts", "v"]))
     t.bolt("w", EventBatches, config={"topology.tick_interval": None}).global_("readings")
-    with pytest.raises(TopologyError) as err:
+    with pytest.raises(TopologyRunError) as err:  # raised in prepare: reported as the bolt's error
         complete_topology(t)
-    assert str(err.value) == ("windowed bolt 'w': time windows are evaluated on tick tuples, but "
+    assert str(err.value.errors[0].error) == ("windowed bolt 'w': time windows are evaluated on tick tuples, but "
                               "topology.tick_interval is not set for it; declare the bolt with "
                               "config={\"topology.tick_interval\": 0.05}")
 

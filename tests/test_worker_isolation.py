@@ -10,6 +10,7 @@ or the test itself.
 from __future__ import annotations
 
 import queue
+import socket
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from streamgale.supervisor.daemon import control_for
 from streamgale.worker.heartbeat import Heartbeat
 from streamgale.worker.transport import Inbound, Transport
 
-from streamgale.cluster.records import Assignment, SlotAssignment, TopologyRecord
+from streamgale.cluster.records import Assignment, Loss, SlotAssignment, TopologyRecord
+from streamgale.tuples import Tuple
 from streamgale.wire import channel
 from streamgale.wire.frames import FRAME_VERSION, TUPLES
 
@@ -55,6 +57,11 @@ def test_control_version_changes_with_status_log_levels_and_assignment_only():
     assert control_for(RECORD.with_(name="other-name"), ASSIGNMENT).version == base.version
     gone = control_for(None, ASSIGNMENT)
     assert gone.assignment is None and gone.version != base.version
+    lost = control_for(RECORD, ASSIGNMENT, loss=Loss(1, "s:1", "worker died", 5.0, 3))  # its spouts must hear
+    assert lost.version != base.version and (lost.losses, lost.loss_assignment) == (1, 3) and base.losses == 0
+    assert channel.decode(channel.encode(lost)) == lost
+    with pytest.raises(channel.ChannelError, match="control: field 'losses' must be an int"):
+        channel.decode(msgpack.packb({**lost.to_dict(), "v": 1, "kind": "control", "losses": "1"}))
 
 
 class FakeRunner:
@@ -120,6 +127,29 @@ def test_a_frame_claiming_more_tuples_than_the_bound_is_dropped_and_counted():
         t.close()
 
 
+def test_tuples_waiting_for_a_peer_whose_tasks_moved_are_sent_on_to_where_they_run_now():
+    """Issue 20: a peer that is gone refuses frames (they wait in the outbox); when the assignment
+    moves its tasks, what waited for it is handed to the tasks' new sinks, not dropped."""
+    ctx = zmq.Context.instance()
+    inbound = Inbound({}, {1: "count", 2: "split"}, {"split": {"default": {"word": 0}}})
+    t = Transport(ctx, 0, inbound, batch_size=2, bind_host="127.0.0.1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gone = f"127.0.0.1:{s.getsockname()[1]}"  # closed again: nobody listens there
+    try:
+        sink = t.sink(1, gone)  # no connection completes, so every frame is refused
+        for w in "abcde":  # two full batches refused, one tuple still batched
+            sink(Tuple([w], "default", "split", 2, {"word": 0}, None, 7, 9))
+        assert t.congested()
+        left = t.retarget(set())
+        assert not t.congested() and len(left) == 3
+        moved: list[Tuple] = []
+        assert t.redeliver(left, {1: moved.append}) == 5
+        assert [(m.values, m.source_task, m.root, m.edge) for m in moved] == [([w], 2, 7, 9) for w in "abcde"]
+    finally:
+        t.close()
+
+
 @pytest.mark.slow
 def test_zookeeper_clients_are_nimbus_and_supervisors_only(cluster, tmp_path):  # noqa: F811
     out = tmp_path / "out"
@@ -140,3 +170,16 @@ def test_zookeeper_clients_are_nimbus_and_supervisors_only(cluster, tmp_path):  
     assert pids & workers == set()
     assert daemons <= pids  # nimbus and both supervisors hold sessions ...
     assert pids - {psutil.Process().pid} == daemons  # ... and nobody else but the test itself
+
+
+def test_a_loss_fails_the_trees_once_the_worker_runs_the_assignment_that_moved_the_lost_worker():
+    """Issue 20: the loss and the assignment that moves the lost worker's executors reach a worker
+    in either order; replays sent before it re-points would follow the trees to the dead address."""
+    from streamgale.worker.daemon import loss_step
+
+    assert loss_step(None, None, 4, 9, 9) == (4, None, False)  # the first control: where counting starts
+    assert loss_step(4, None, 4, 9, 9) == (4, None, False)  # nothing new
+    assert loss_step(4, None, 5, 10, 9) == (5, 10, False)  # lost, but still on the old assignment: wait
+    assert loss_step(5, 10, 5, 10, 10) == (5, None, True)  # re-pointed: fail them now
+    assert loss_step(5, None, 6, 10, 10) == (6, None, True)  # relaunched in place: at once
+    assert loss_step(6, 12, 7, 11, 11) == (7, 12, False)  # two losses: the newer assignment decides

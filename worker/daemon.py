@@ -25,16 +25,19 @@ from typing import Any
 import psutil
 import zmq
 
-from streamgale.cluster.records import ACTIVE, Assignment, ErrorRecord, slot_id
-from streamgale.config import Config, load_config
+from streamgale.cluster.package import entry_path
+from streamgale.cluster.records import ACTIVE, START_ERRORS, WORKER_ERRORS, Assignment, ErrorRecord, slot_id
+from streamgale.config import Config, load_config, topology_layer
+from streamgale.ratelimit import ErrorThrottle, held_back
 from streamgale.runtime import gcpolicy
 from streamgale.runtime.acking import ACKER
-from streamgale.runtime.assembly import build_executors, stream_index
-from streamgale.runtime.executor import Sink
+from streamgale.runtime.assembly import build_executors, stream_index, wire_backpressure
+from streamgale.runtime.executor import Executor, Sink, SpoutExecutor, StartFailed
 from streamgale.runtime.loader import load_topology
 from streamgale.runtime.loop import ExecutorLoop
 from streamgale.runtime.metrics import task_counters
 from streamgale.runtime.wakeup import Wakeup
+from streamgale.security import Security
 from streamgale.topology import Topology
 from streamgale.wire import channel
 from streamgale.wire.channel import WorkerArgs
@@ -44,14 +47,23 @@ from .transport import Inbound, Transport
 
 log = logging.getLogger("streamgale.worker")
 
-ERROR_REPORT_INTERVAL = 1.0  # at most one error record per component per second
+ERROR_REPORT_INTERVAL = 1.0  # at most one error logged and reported per component per second
 
 
-def apply_log_levels(levels: dict[str, str]) -> None:
-    """``streamgale set-log-level``: logger name ("" for the root logger) -> level."""
+def apply_log_levels(levels: dict[str, str], originals: dict[str, int]) -> None:
+    """``streamgale set-log-level``: logger name ("" for the root logger) -> level.
+
+    ``originals`` (the caller's, kept between calls) remembers each logger's level before its
+    first change; a logger that leaves ``levels`` (its timeout passed, or it was reset) gets
+    that level back."""
+    for name in [n for n in originals if n not in levels]:
+        original = originals.pop(name)
+        logging.getLogger(name or None).setLevel(original)
+        log.info("log level of %r reset to %s", name or "root", logging.getLevelName(original))
     for name, level in levels.items():
         logger = logging.getLogger(name or None)
         if logger.level != logging.getLevelName(level):
+            originals.setdefault(name, logger.level)
             logger.setLevel(level)
             log.info("log level of %r set to %s", name or "root", level)
 
@@ -85,8 +97,10 @@ class Worker:
     """
 
     def __init__(self, args: WorkerArgs, config: Config, context: zmq.Context,
-                 clock: Callable[[], float] = time.monotonic, worker_id: int = 0):
+                 clock: Callable[[], float] = time.monotonic, worker_id: int = 0, security: Security | None = None):
         self.args = args
+        # From the node's config, never the topology's: a topology cannot turn its node's security off.
+        self.security = security if security is not None else Security.off()
         self.worker_id = worker_id or os.getpid()  # what its beats call it: the pid, or a thread launcher's id
         self.base_config = config
         self.config = config
@@ -100,6 +114,7 @@ class Worker:
         self.control_version = 0
         self.beats = 0
         self.executor_groups: tuple[tuple[str, tuple[int, ...]], ...] = ()
+        self.topology: Topology | None = None
         self.endpoints: dict[int, str] = {}
         self.sinks: dict[int, Sink] = {}
         self.inbound: Inbound | None = None
@@ -107,8 +122,11 @@ class Worker:
         self.loop: ExecutorLoop | None = None
         self.heartbeat: Heartbeat | None = None
         self.process = psutil.Process()
-        self._last_error: dict[str, float] = {}
+        self.errors = ErrorThrottle(ERROR_REPORT_INTERVAL)
         self.model_versions: dict[str, int] = {}  # component -> the uploaded model version handed to its tasks
+        self.losses_seen: int | None = None  # the topology's loss epoch at the last control (None: none yet)
+        self.loss_due: int | None = None  # a loss to act on once the assignment has this version
+        self.original_log_levels: dict[str, int] = {}  # logger -> its level before set-log-level changed it
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -118,12 +136,12 @@ class Worker:
         my_slot = assignment.slots.get(self.slot)
         if record.id != a.topology_id or my_slot is None:
             raise RuntimeError(f"the launch file does not give slot {self.slot} executors of {a.topology_id}")
-        self.config = self.base_config.merged(record.config, "topology config")
+        self.config = self.base_config.with_topology_config(self._topology_layer(record.config))
         acker = record.spec.components.get(ACKER)
         ackers = acker.tasks if acker is not None else 0
-        loaded = load_topology(a.code_dir / record.entry, self.config)
+        loaded = load_topology(entry_path(a.code_dir, record.entry), self.config)  # inside the package only
         loaded.name = record.name  # as submitted (``--name``): what tasks see, and their state's namespace
-        topology: Topology = loaded.with_checkpointing(self.config).with_ackers(
+        self.topology = topology = loaded.with_checkpointing(self.config).with_ackers(
             ackers, self.config["topology.message_timeout"])
         self.executor_groups = my_slot.executors
         self.endpoints = assignment.task_endpoints()
@@ -132,7 +150,8 @@ class Worker:
         self.inbound = Inbound({}, task_component, stream_index(topology))
         self.transport = transport = Transport(
             self.context, a.port, self.inbound, self.config["topology.batch_size"],
-            self.config["topology.batch_linger"], scheme=a.scheme, host=a.host)
+            self.config["topology.batch_linger"], scheme=a.scheme, host=a.host,
+            bind_host=self.base_config["network.bind"] or a.host, security=self.security)
         executors = build_executors(
             topology, self.config, self.executor_groups,
             lambda t: transport.sink(t, self.endpoints[t]), self.on_error, sinks=self.sinks,
@@ -142,13 +161,24 @@ class Worker:
         self._apply_models(models)  # before prepare: the tasks load these instead of the shipped files
         self.process.cpu_percent()  # the first call only starts the measurement
         self.heartbeat = Heartbeat(self.context, a.channel, str(a.port).encode(), self._beat, self._metrics,
-                                   self.controls, self.loop, (a.host, a.port), clock=self.clock)
+                                   self.controls, self.loop, (a.host, a.port), clock=self.clock,
+                                   security=self.security)
         self.heartbeat.start()
         self.loop.start()
         self.loop.set_active(record.status == ACTIVE)
-        apply_log_levels(record.log_levels)
+        apply_log_levels(record.log_levels, self.original_log_levels)
         log.info("worker for %s on port %d runs %s", a.topology_id, a.port,
                  ", ".join(f"{c}{list(t)}" for c, t in self.executor_groups))
+
+    @staticmethod
+    def _topology_layer(stored: dict[str, Any]) -> dict[str, Any]:
+        """The record's config without cluster settings: nimbus refuses them at submit, but a record
+        stored by an older nimbus may hold some; the node's own config decides those."""
+        layer, dropped = topology_layer(stored)
+        if dropped:
+            log.warning("ignoring cluster settings in the topology's stored config: %s (the node's "
+                        "config decides them)", ", ".join(dropped))
+        return layer
 
     # -- reports (heartbeat thread) -----------------------------------------------------------
 
@@ -158,7 +188,11 @@ class Worker:
                                   self.executor_groups, self.control_version,
                                   round(self.clock() - self.started_at, 1))
 
-    def _metrics(self) -> dict[str, Any]:
+    def _metrics(self) -> dict[str, Any] | None:
+        """The worker's metrics; None until its components are open and prepared, so a worker whose
+        start fails is never counted as running."""
+        if self.loop is None or not self.loop.started:
+            return None
         a = self.args
         return {"topology_id": a.topology_id, "slot": self.slot, "host": a.host, "port": a.port,
                 "pid": os.getpid(), "time": time.time(), "uptime_s": round(self.clock() - self.started_at, 1),
@@ -185,30 +219,78 @@ class Worker:
         if assignment.topology_id != self.args.topology_id:
             return
         mine = assignment.slots.get(self.slot)
-        if mine is None or mine.executors != self.executor_groups:
-            # Our own executors changed or went away: the supervisor restarts or stops us.
-            self.stop("assignment of this slot changed")
+        if mine is None or not mine.executors:
+            self.stop("this slot is no longer assigned")  # the supervisor stops us if we do not
             return
         assert self.loop is not None
+        if _groups(mine.executors) != _groups(self.executor_groups):
+            self._reshape(mine.executors, assignment, control.models)  # re-points too
+        else:
+            self._repoint(assignment)
         self.loop.set_active(control.status == ACTIVE)
-        apply_log_levels(control.log_levels)
+        apply_log_levels(control.log_levels, self.original_log_levels)
         self._apply_models(control.models)
-        self._repoint(assignment)
+        self._on_losses(control.losses, control.loss_assignment, assignment.version)
         self.control_version = control.version
+
+    def _on_losses(self, epoch: int, after: int, version: int) -> None:
+        """A worker of this topology was lost since the last control: any tree in flight may have
+        passed through it, so every spout task here fails its pending trees (they replay within
+        a second, not after the message timeout; duplicates are allowed, loss is not) as soon as
+        this worker runs with the assignment that no longer sends to the lost one (``after``),
+        so the replays do not follow the trees to it. The first control only sets where this
+        worker starts counting."""
+        self.losses_seen, self.loss_due, act = loss_step(self.losses_seen, self.loss_due, epoch, after, version)
+        if not act:
+            return
+        assert self.loop is not None
+        failed = sum(s.fail_pending() for s in self.loop.spouts)
+        if failed:
+            log.info("a worker of %s was lost: failed %d pending trees at once for their spouts to replay",
+                     self.args.topology_id, failed)
+
+    def _reshape(self, groups: tuple[tuple[str, tuple[int, ...]], ...], assignment: Assignment,
+                 models: dict[str, dict[str, Any]]) -> None:
+        """A rebalance changed this slot's executors: stop those that left, start the new ones,
+        and keep every other executor running with its state, queues and connections. The
+        tuples queued for a task that left are sent on to where it runs now; then the worker
+        beats with its new executors (which is when nimbus resumes the spouts)."""
+        assert self.loop is not None and self.inbound is not None and self.topology is not None
+        wanted = _groups(groups)
+        removed = [e for e in self.loop.executors if _key(e) not in wanted]
+        have = {_key(e) for e in self.loop.executors}
+        added_groups = [g for g in groups if (g[0], tuple(g[1])) not in have]
+        for e in removed:
+            for r in e.runners:
+                self.inbound.queues.pop(r.task, None)
+        colocated = frozenset(t for _, ts in groups for t in ts)
+        added = build_executors(self.topology, self.config, added_groups, None, self.on_error,
+                                sinks=self.sinks, colocated=colocated)
+        self._hand_models(added, models)  # before prepare, as at start
+        self.loop.reshape(removed, added)
+        self.inbound.queues.update({r.task: r.queue.append for e in added for r in e.runners})
+        wire_backpressure(self.topology, self.loop.executors)
+        self.executor_groups = tuple((c, tuple(ts)) for c, ts in groups)
+        self._repoint(assignment)
+        forwarded = 0
+        for r in (r for e in removed if not isinstance(e, SpoutExecutor) for r in e.runners):
+            sink = self.sinks[r.task]  # its new place (a spout's queue holds ack results: they go with it)
+            while r.queue:
+                sink(r.queue.popleft())
+                forwarded += 1
+        log.info("executors changed: stopped %s, started %s (forwarded %d queued tuples); the others keep "
+                 "running", ", ".join(f"{k[0]}{list(k[1])}" for k in map(_key, removed)) or "none",
+                 ", ".join(f"{c}{list(t)}" for c, t in added_groups) or "none", forwarded)
 
     def _apply_models(self, models: dict[str, dict[str, Any]]) -> None:
         """Hand each local task of a model bolt the uploaded model version it should serve."""
         assert self.loop is not None
-        for e in self.loop.executors:
-            m = models.get(e.component)
-            if m is None or self.model_versions.get(e.component) == m["version"]:
-                continue
-            self.model_versions[e.component] = m["version"]
-            for r in e.runners:
-                update = getattr(r.instance, "model_updated", None)
-                if update is not None:
-                    update(m["path"], m["version"])
-            log.info("%s serves model version %d from %s", e.component, m["version"], m["path"])
+        changed = {c: m for c, m in models.items() if self.model_versions.get(c) != m["version"]}
+        self._hand_models([e for e in self.loop.executors if e.component in changed], changed)
+        for c, m in changed.items():
+            self.model_versions[c] = m["version"]
+            if any(e.component == c for e in self.loop.executors):
+                log.info("%s serves model version %d from %s", c, m["version"], m["path"])
 
     def _repoint(self, assignment: Assignment) -> None:
         assert self.transport is not None and self.inbound is not None
@@ -219,19 +301,52 @@ class Worker:
         for t in moved:
             self.sinks[t] = self.transport.sink(t, endpoints[t])
         if moved:
-            log.info("re-pointed %d moved tasks", len(moved))
-            self.transport.retarget({endpoints[t] for t in self.sinks if t not in self.inbound.queues})
+            # What waited for a peer that no longer runs these tasks goes on to where they run now.
+            left = self.transport.retarget({endpoints[t] for t in self.sinks if t not in self.inbound.queues})
+            sent_on = self.transport.redeliver(left, self.sinks)
+            log.info("re-pointed %d moved tasks%s", len(moved),
+                     f"; sent on {sent_on} tuples that waited for their old place" if sent_on else "")
+
+    def _hand_models(self, executors: list[Executor], models: dict[str, dict[str, Any]]) -> None:
+        for e in executors:
+            m = models.get(e.component)
+            if m is None:
+                continue
+            for r in e.runners:
+                update = getattr(r.instance, "model_updated", None)
+                if update is not None:
+                    update(m["path"], m["version"])
 
     def on_error(self, component: str, task: int, exc: BaseException, details: str) -> None:
-        log.error("component '%s' task %d raised %s: %s\n%s", component, task, type(exc).__name__, exc, details)
-        now = self.clock()
-        if now - self._last_error.get(component, -ERROR_REPORT_INTERVAL) < ERROR_REPORT_INTERVAL:
+        """A component's error: logged and reported, at most one per component per second (a
+        process raising on every tuple must not flood the log), each saying how many were held back."""
+        held = self.errors.admit(component, self.clock())
+        if held is None:
             return
-        self._last_error[component] = now
-        message = f"{type(exc).__name__}: {exc}\n{details}"
+        more = held_back(component, held)
+        log.error("component '%s' task %d raised %s: %s%s\n%s", component, task, type(exc).__name__, exc, more,
+                  details)
+        message = f"{type(exc).__name__}: {exc}{more}\n{details}"
         if self.heartbeat is not None:
             self.heartbeat.report(ErrorRecord(component, task, self.args.host, self.args.port, time.time(),
                                               message[:16000]))
+
+    def failed(self, exc: BaseException) -> None:
+        """The worker cannot go on: tell its supervisor why (a component that could not start:
+        its traceback is already that component's error; anything else: the traceback)."""
+        a = self.args
+        if isinstance(exc, StartFailed):
+            log.error("worker cannot start: %s", exc)
+            record = ErrorRecord(START_ERRORS, exc.task, a.host, a.port, time.time(), str(exc)[:16000])
+        else:
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            log.error("worker failed:\n%s", trace)
+            record = ErrorRecord(WORKER_ERRORS, -1, a.host, a.port, time.time(), f"worker failed:\n{trace}"[:16000])
+        if self.heartbeat is not None:
+            self.heartbeat.report(record)  # sent before close() returns
+        else:
+            send_once(self.context, a.channel, str(a.port).encode(), channel.WorkerErrorReport(record.to_dict()),
+                      self.security)
 
     # -- run / stop ---------------------------------------------------------------------------
 
@@ -256,11 +371,32 @@ class Worker:
             self.heartbeat.close()  # the last errors reach the supervisor
 
 
+def loss_step(seen: int | None, due: int | None, epoch: int, after: int,
+              version: int) -> tuple[int, int | None, bool]:
+    """Pure: (epoch seen, assignment version a loss waits for, whether to fail the pending
+    trees now) after a control with loss ``epoch``, its ``after`` version, and the worker's
+    assignment ``version``. The first control (``seen`` None) only sets the epoch."""
+    if seen is not None and epoch > seen:
+        due = after if due is None else max(due, after)
+    if due is None or version < due:
+        return epoch, due, False
+    return epoch, None, True
+
+
+def _key(e: Executor) -> tuple[str, tuple[int, ...]]:
+    return e.component, tuple(r.task for r in e.runners)
+
+
+def _groups(groups: tuple[tuple[str, tuple[int, ...]], ...]) -> set[tuple[str, tuple[int, ...]]]:
+    return {(str(c), tuple(int(t) for t in ts)) for c, ts in groups}
+
+
 def main(args: WorkerArgs) -> int:
     config = load_config(args.config_file) if args.config_file else Config()
     logging.basicConfig(level=config["logging_level"],
                         format=f"%(asctime)s %(levelname)s worker[{args.port}] %(name)s: %(message)s", force=True)
-    worker = Worker(args, config, zmq.Context.instance())
+    security = Security.from_config(config)
+    worker = Worker(args, config, zmq.Context.instance(), security=security)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: worker.stop("SIGINT"))
     try:
@@ -272,16 +408,11 @@ def main(args: WorkerArgs) -> int:
         gc.freeze()
         gcpolicy.tune()
         worker.run()
-    except Exception:  # noqa: BLE001 - any failure ends the worker, reported to its supervisor
-        log.error("worker failed:\n%s", traceback.format_exc())
-        record = ErrorRecord("__worker", -1, args.host, args.port, time.time(),
-                             f"worker failed:\n{traceback.format_exc()}"[:16000])
-        if worker.heartbeat is not None:
-            worker.heartbeat.report(record)
-        else:
-            send_once(worker.context, args.channel, str(args.port).encode(),
-                      channel.WorkerErrorReport(record.to_dict()))
+    except Exception as e:  # noqa: BLE001 - any failure ends the worker, reported to its supervisor
+        worker.failed(e)
         worker.close()
+        security.close()
         return 1
     worker.close()
+    security.close()
     return 0

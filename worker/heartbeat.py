@@ -26,6 +26,7 @@ import zmq
 
 from streamgale.cluster.records import ErrorRecord
 from streamgale.runtime.loop import ExecutorLoop
+from streamgale.security import Security
 from streamgale.wire import channel
 
 log = logging.getLogger("streamgale.worker")
@@ -37,11 +38,13 @@ class Heartbeat:
     """Start with :meth:`start`; :meth:`close` sends what is queued and joins the thread."""
 
     def __init__(self, context: zmq.Context, url: str, identity: bytes, beat: Callable[[], channel.WorkerBeat],
-                 metrics: Callable[[], dict[str, Any]], controls: queue.SimpleQueue[channel.WorkerControl],
+                 metrics: Callable[[], dict[str, Any] | None], controls: queue.SimpleQueue[channel.WorkerControl],
                  loop: ExecutorLoop, where: tuple[str, int],
                  interval: float = 1.0, metrics_interval: float = 2.0, slow_after: float = 5.0,
-                 slow_every: float = 30.0, clock: Callable[[], float] = time.monotonic):
+                 slow_every: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 security: Security | None = None):
         self.context, self.url, self.identity = context, url, identity
+        self.security = security if security is not None else Security.off()
         self.beat, self.metrics, self.loop = beat, metrics, loop
         self.host, self.port = where
         self.interval, self.metrics_interval = interval, metrics_interval
@@ -74,6 +77,7 @@ class Heartbeat:
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.setsockopt(zmq.LINGER, 500)  # the last errors get out on close
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.security.connect(sock)
         sock.connect(self.url)
         next_beat = next_metrics = self.clock()
         try:
@@ -85,8 +89,12 @@ class Heartbeat:
                     self._send(sock, self.beat())
                     self._check_slow(now)
                 if now >= next_metrics:
-                    next_metrics = now + self.metrics_interval
-                    self._send(sock, channel.WorkerMetrics(self.metrics()))
+                    metrics = self.metrics()
+                    if metrics is None:  # nothing runs yet (components opening): ask again soon
+                        next_metrics = now + min(0.1, self.metrics_interval)
+                    else:
+                        next_metrics = now + self.metrics_interval
+                        self._send(sock, channel.WorkerMetrics(metrics))
                 while not self.errors.empty():
                     self._send(sock, channel.WorkerErrorReport(self.errors.get_nowait().to_dict()))
                 if stopping:
@@ -138,16 +146,19 @@ class Heartbeat:
         self.report(ErrorRecord(name, tasks[0] if tasks else -1, self.host, self.port, time.time(), message))
 
 
-def send_once(context: zmq.Context, url: str, identity: bytes, message: channel.Message) -> None:
+def send_once(context: zmq.Context, url: str, identity: bytes, message: channel.Message,
+              security: Security | None = None) -> None:
     """Send one message to the supervisor from a fresh socket (a worker failing before its
     heartbeat thread started); waits up to a second for it to leave."""
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.ROUTING_ID, identity)
     sock.setsockopt(zmq.LINGER, 1000)
     try:
+        if security is not None:
+            security.connect(sock)
         sock.connect(url)
         sock.send(channel.encode(message), zmq.NOBLOCK)
-    except zmq.ZMQError:
+    except (zmq.ZMQError, ValueError):  # ValueError: a key file security needs is missing
         pass
     finally:
         sock.close()

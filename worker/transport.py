@@ -18,11 +18,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import zmq
 
+from streamgale.ratelimit import RateLimitedLog
 from streamgale.runtime.wakeup import Wakeup
+from streamgale.security import Security
+from streamgale.security.access import WORKERS
 from streamgale.tuples import Tuple
 from streamgale.wire.frames import Batch, RemoteSink, decode_frame
 
@@ -32,25 +34,6 @@ log = logging.getLogger("streamgale.transport")
 # arrives is processed while it is still in cache (as the spouts' SPOUT_EMITS).
 RECEIVE_FRAMES = 64
 HWM = 8  # frames queued per socket each way: with frames of up to batch_size tuples, what may wait in ZeroMQ
-
-
-class RateLimitedLog:
-    """Logs at most one message per ``interval`` seconds, counting the rest."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 5.0):
-        self.logger = logger
-        self.interval = interval
-        self.last = 0.0
-        self.suppressed = 0
-
-    def warning(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval:
-            self.suppressed += 1
-            return
-        extra = f" ({self.suppressed} similar messages suppressed)" if self.suppressed else ""
-        self.logger.warning(msg + extra, *args)
-        self.last, self.suppressed = now, 0
 
 
 class Inbound:
@@ -68,8 +51,9 @@ class Transport:
 
     def __init__(self, context: zmq.Context, port: int, inbound: Inbound, batch_size: int = 1000,
                  linger: float = 0.0005, max_message_bytes: int = 64 << 20, hwm: int = HWM,
-                 bind_host: str = "*", scheme: str = "tcp", host: str = ""):
+                 bind_host: str = "*", scheme: str = "tcp", host: str = "", security: Security | None = None):
         self.inbound = inbound
+        self.security = security if security is not None else Security.off()
         self.batch_size = batch_size
         self.linger = linger
         self.context = context
@@ -82,12 +66,13 @@ class Transport:
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.pull.setsockopt(zmq.RCVHWM, hwm)
+        self.security.serve(self.pull, WORKERS)  # security on: only daemon keys, every frame encrypted
         self.pull.bind(f"tcp://{bind_host}:{port}" if scheme == "tcp" else f"{scheme}://{host}:{port}")
         self._pushes: dict[str, zmq.Socket] = {}
         self._batches: dict[str, Batch] = {}
         self._batch_started: dict[str, float] = {}
         self._outbox: dict[str, deque[bytes]] = {}  # frames a full peer refused, retried in order
-        self._bad = RateLimitedLog(log)
+        self._bad = RateLimitedLog(log, interval=5.0)
         self.dropped_frames = 0
         self.dropped_entries = 0
         self.received = 0
@@ -108,6 +93,7 @@ class Transport:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, self.hwm)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on completed connections
+            self.security.connect(sock)
             sock.connect(f"{self.scheme}://{endpoint}")
             self._pushes[endpoint] = sock
             batch = self._batches[endpoint] = Batch()
@@ -144,9 +130,10 @@ class Transport:
         del self._outbox[endpoint]
 
     def counters(self) -> dict[str, int]:
-        """Tuples received and sent, malformed frames and tuples dropped (for metrics)."""
+        """Tuples received and sent, malformed frames and tuples dropped, and peers whose key this
+        process's authenticator denied (security on), for metrics; any thread (plain ints)."""
         return {"received": self.received, "sent": self.sent, "dropped_frames": self.dropped_frames,
-                "dropped_entries": self.dropped_entries}
+                "dropped_entries": self.dropped_entries, "denied_keys": self.security.denied}
 
     def flush_all(self) -> None:
         for endpoint, batch in self._batches.items():
@@ -157,14 +144,29 @@ class Transport:
         """True while some peer refuses frames (its queue is full): stop the spouts."""
         return bool(self._outbox)
 
-    def retarget(self, endpoints: set[str]) -> None:
-        """Close sockets to endpoints no longer used (after an assignment change)."""
+    def retarget(self, endpoints: set[str]) -> list[bytes]:
+        """Close sockets to endpoints no longer used (after an assignment change). Returns the
+        frames still waiting for them, oldest first (refused while the peer was gone, and the
+        batch not sent yet): the caller sends their tuples on to where the tasks run now."""
+        left: list[bytes] = []
         for endpoint in list(self._pushes):
             if endpoint not in endpoints:
                 self._pushes.pop(endpoint).close(0)
-                self._batches.pop(endpoint, None)
+                left.extend(self._outbox.pop(endpoint, ()))
+                batch = self._batches.pop(endpoint, None)
+                if batch:
+                    left.append(batch.encode())
                 self._batch_started.pop(endpoint, None)
-                self._outbox.pop(endpoint, None)
+        return left
+
+    def redeliver(self, frames: list[bytes], sinks: Mapping[int, Callable[[Tuple], None]]) -> int:
+        """Send the tuples of ``frames`` (from :meth:`retarget`) through ``sinks`` (task -> where
+        it runs now); returns how many. A task no sink names is dropped, as on receipt."""
+        n = 0
+        for frame in frames:
+            n += decode_frame(frame, sinks, self.inbound.task_component, self.inbound.index, 1 << 30,
+                              self._bad.warning).tuples
+        return n
 
     # -- the loop's hooks ---------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ A recipe over :class:`~streamgale.cluster.storage.Storage`, as kazoo's
 connection states: leadership is dropped the moment the connection is
 SUSPENDED and is trusted again only after this session's node is verified
 to exist once CONNECTED; an epoch keeps a verification that straddled
-another connection change from counting. After LOST the contender enters
-again with a new node.
+another connection change from counting. After LOST, or when its node is
+deleted under it, the contender enters again with a new node.
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ class Leadership:
     time, alternately; they must be quick, must not block and should not call
     the storage. :attr:`is_leader` is False from the moment the connection is
     SUSPENDED until it is CONNECTED again and this node is verified to lead.
-    After a LOST session the contender re-enters the election (a new
-    :attr:`node_path`) on its own. The constructor joins (blocking on the
-    storage) and raises StorageError if it cannot.
+    After a LOST session, or when its node is deleted while the session lives,
+    the contender re-enters the election (a new :attr:`node_path`) on its own;
+    a leader whose node is deleted is deposed the moment the children watch
+    shows it gone. The constructor joins (blocking on the storage) and raises
+    StorageError if it cannot.
     """
 
     def __init__(self, storage: Storage, election: str, address: str, on_elected: Callable[[], None],
@@ -136,7 +138,15 @@ class Leadership:
             return False
         with self._lock:
             self._children = children
-        self._evaluate()
+            mine = self._node.rsplit("/", 1)[1] if self._node else None
+            vanished = mine is not None and not self._unsafe and mine not in children
+            epoch = self._epoch
+        self._evaluate()  # a leader whose node is gone is deposed here, at once
+        if vanished:
+            # Deleted while our session lives (by hand, or by a tool): nothing else would bring
+            # it back, so enter again with a new node. _join creates one only if ours is gone.
+            log.warning("%s: election node %s disappeared; entering the election again", self.address, mine)
+            self._storage.spawn(self._rejoin, epoch)
         return None
 
     def _evaluate(self) -> None:

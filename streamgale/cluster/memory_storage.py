@@ -481,6 +481,9 @@ class MemoryStorage:
     def transaction(self) -> _MemoryTransaction:
         return _MemoryTransaction(self)
 
+    def secure_tree(self, root: str) -> int:
+        return 0  # no ACLs in memory: the in-process cluster has no other clients
+
     def watch_children(self, path: str, cb: ChildrenCallback) -> None:
         self._watch(_Watch(self, path, cb, children=True), f"watch children of {path}")
 

@@ -3,15 +3,19 @@
 ``submit`` packs a directory with :func:`pack_directory`; nimbus stores the
 bytes under their :func:`digest`; every supervisor checks the digest and
 unpacks with :func:`unpack`, which trusts nothing in the archive: only regular
-files and directories, no absolute names, no ``..``, no links or devices, and
-limits on the total size and the number of members. Files are written by this
+files and directories, no absolute names, no ``..``, no links or devices, names
+a file system holds, and limits on the total size and the number of members. Files are written by this
 module (never ``tarfile.extractall``) into a fresh directory that no link
 can redirect, then renamed into place, so a half-unpacked package is never
-seen.
+seen. The package's entry, the topology file workers import, must be a
+relative ``.py`` path of one of its files (:func:`check_entry`,
+:func:`entry_path`): nimbus checks it at submit (:func:`check_package`),
+supervisors when they unpack, workers when they import.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -24,7 +28,10 @@ import uuid
 import zlib
 from pathlib import Path, PurePosixPath
 
+import pathspec
+
 MARKER = ".digest"  # in an unpacked package: the digest it was unpacked from
+IGNORE_FILE = ".streamgaleignore"  # in a topology directory: what not to pack (.gitignore's syntax)
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".venv"})
 SKIP_SUFFIXES = (".pyc",)
 _CHUNK = 1 << 16
@@ -48,17 +55,19 @@ def pack_directory(directory: Path, max_bytes: int = 64 << 20) -> bytes:
     ``lib/util.py``), in sorted order, with mtime 0, owner 0:0 and modes
     normalised to 0644/0755, so the same tree always gives the same bytes.
     ``__pycache__``, ``.git`` and ``.venv`` directories and ``*.pyc`` files
-    are left out. Symbolic links (to files or directories) are skipped, not
-    followed, as are sockets, FIFOs and devices. Raises :class:`PackageError`
+    are left out, and so is whatever a ``.streamgaleignore`` file in ``directory``
+    matches (the syntax of ``.gitignore``, through ``pathspec``). Symbolic links (to
+    files or directories) are skipped, not followed, as are sockets, FIFOs and devices. Raises :class:`PackageError`
     if the archive would exceed ``max_bytes``.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise PackageError(f"cannot package {directory}: not a directory")
+    ignored = _ignore_spec(directory)
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as gz:
         with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for path, rel in _walk(directory):
+            for path, rel in _walk(directory, ignored):
                 info = tarfile.TarInfo(rel)
                 info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                 st = path.lstat()
@@ -79,10 +88,22 @@ def pack_directory(directory: Path, max_bytes: int = 64 << 20) -> bytes:
 
 def _too_big(directory: Path, max_bytes: int) -> PackageError:
     return PackageError(f"the code package of {directory} is over the limit of {max_bytes} bytes; "
-                        f"move data files out of the topology directory")
+                        f"move data files out of the topology directory, or list what workers do not "
+                        f"need in a {IGNORE_FILE} file there (.gitignore's syntax)")
 
 
-def _walk(directory: Path, prefix: PurePosixPath = PurePosixPath()):
+def _ignore_spec(directory: Path) -> pathspec.GitIgnoreSpec | None:
+    try:
+        lines = (directory / IGNORE_FILE).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PackageError(f"cannot read {directory / IGNORE_FILE}: {e}") from None
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def _walk(directory: Path, ignored: pathspec.GitIgnoreSpec | None = None,
+          prefix: PurePosixPath = PurePosixPath()):
     """(path, posix name relative to the packed root) of every entry to pack, sorted, depth first."""
     with os.scandir(directory) as it:
         entries = sorted(it, key=lambda e: e.name)
@@ -91,24 +112,26 @@ def _walk(directory: Path, prefix: PurePosixPath = PurePosixPath()):
         if entry.is_symlink():
             continue
         if entry.is_dir(follow_symlinks=False):
-            if entry.name in SKIP_DIRS:
+            if entry.name in SKIP_DIRS or (ignored is not None and ignored.match_file(name + "/")):
                 continue
             yield Path(entry.path), name
-            yield from _walk(Path(entry.path), prefix / entry.name)
-        elif entry.is_file(follow_symlinks=False) and not entry.name.endswith(SKIP_SUFFIXES):
+            yield from _walk(Path(entry.path), ignored, prefix / entry.name)
+        elif (entry.is_file(follow_symlinks=False) and not entry.name.endswith(SKIP_SUFFIXES)
+              and not (ignored is not None and ignored.match_file(name))):
             yield Path(entry.path), name
 
 
 # -- unpacking ----------------------------------------------------------------------------------
 
 def unpack(data: bytes, dest: Path, expected_digest: str, max_bytes: int = 256 << 20,
-           max_files: int = 20000) -> None:
+           max_files: int = 20000, entry: str | None = None) -> None:
     """Check and unpack a code package into ``dest``, atomically.
 
     The sha256 of ``data`` must equal ``expected_digest``. Every member must
     be a regular file or directory with a relative name and no ``..``; the
     members' total size may not exceed ``max_bytes`` nor their number
-    ``max_files``. Anything else raises :class:`PackageError` naming the
+    ``max_files``; ``entry``, if given, must be one of its regular files (see
+    :func:`check_entry`). Anything else raises :class:`PackageError` naming the
     member, and leaves ``dest`` as it was.
 
     The package is unpacked into a temporary directory beside ``dest``, a
@@ -122,12 +145,15 @@ def unpack(data: bytes, dest: Path, expected_digest: str, max_bytes: int = 256 <
     actual = digest(data)
     if actual != expected_digest:
         raise PackageError(f"code package digest mismatch: expected {expected_digest}, got {actual}")
+    wanted = None if entry is None else check_entry(entry)
     if _unpacked_digest(dest) == expected_digest:
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpacking-", dir=dest.parent))
     try:
         _extract(data, tmp, max_bytes, max_files)
+        if wanted is not None and not tmp.joinpath(*wanted).is_file():  # written by us: no links
+            raise PackageError(f"code package entry '{entry}' is not a file in the code package")
         (tmp / MARKER).write_text(expected_digest)
         tmp.chmod(0o755)  # mkdtemp made it private
         _move_into_place(tmp, dest)
@@ -177,10 +203,61 @@ class _Limited(io.RawIOBase):
 
 # Room for headers and padding beside the members' data: header, PAX header and padding.
 _PER_MEMBER_OVERHEAD = 4096
+# Member names a file system holds (NAME_MAX; and well under PATH_MAX, below the code directory).
+MAX_NAME_PART, MAX_NAME = 255, 1024
 
 
-def _extract(data: bytes, root: Path, max_bytes: int, max_files: int) -> None:
-    """Write the members into the empty directory ``root``, checking each first."""
+def check_entry(entry: str) -> tuple[str, ...]:
+    """The path components of a package's entry (the topology file workers import), if it is a
+    normalised relative path to a ``.py`` file (``word_count.py``, ``lib/topology.py``); else
+    :class:`PackageError` naming it. Pure: whether the file is in the package is another check."""
+    if not isinstance(entry, str) or not entry or "\x00" in entry or "\\" in entry:
+        raise PackageError(f"code package entry {entry!r} is not a file name (empty, NUL or backslash)")
+    if entry.startswith("/"):
+        raise PackageError(f"code package entry '{entry}' is an absolute path; it must name a .py file "
+                           f"inside the code package, relative to its root")
+    parts = tuple(entry.split("/"))
+    if ".." in parts:
+        raise PackageError(f"code package entry '{entry}' has a '..' component; it must name a .py file "
+                           f"inside the code package")
+    if "" in parts or "." in parts:
+        raise PackageError(f"code package entry '{entry}' is not a normalised relative path "
+                           f"(like 'lib/topology.py')")
+    if not entry.endswith(".py"):
+        raise PackageError(f"code package entry '{entry}' must name a Python file ending in .py")
+    return parts
+
+
+def entry_path(code_dir: Path, entry: str) -> Path:
+    """The topology file a worker imports: ``entry`` inside the unpacked package ``code_dir``.
+
+    Raises :class:`PackageError` unless :func:`check_entry` accepts ``entry`` and it resolves
+    (links followed) to a regular file inside ``code_dir``.
+    """
+    root = Path(code_dir).resolve()
+    path = root.joinpath(*check_entry(entry)).resolve()
+    if not path.is_relative_to(root):
+        raise PackageError(f"code package entry '{entry}' resolves to {path}, outside the code package {root}")
+    if not path.is_file():
+        raise PackageError(f"code package entry '{entry}' is not a file of the code package in {root}")
+    return path
+
+
+def check_package(data: bytes, entry: str, max_bytes: int = 256 << 20, max_files: int = 20000) -> None:
+    """Check a code package as :func:`unpack` would, writing nothing: every member safe, the
+    limits kept, and ``entry`` (see :func:`check_entry`) one of its regular files. Raises
+    :class:`PackageError` naming the fault. Reads (decompresses) the whole archive."""
+    wanted = check_entry(entry)
+    found = False
+    for member, parts, _ in _members(data, max_bytes, max_files):
+        found = found or (member.isreg() and parts == wanted)
+    if not found:
+        raise PackageError(f"code package entry '{entry}' is not a file in the code package")
+
+
+def _members(data: bytes, max_bytes: int, max_files: int):
+    """(member, its path components, the open archive) of each member, checked by
+    :func:`_safe_parts` and against the limits before it is yielded; one streaming pass."""
     total = count = 0
     limit = max_bytes + _PER_MEMBER_OVERHEAD * (max_files + 2)
     try:
@@ -196,21 +273,35 @@ def _extract(data: bytes, root: Path, max_bytes: int, max_files: int) -> None:
                 if total > max_bytes:
                     raise PackageError(f"code package member '{member.name}' takes the unpacked size "
                                        f"over the limit of {max_bytes} bytes")
-                if not parts:
-                    continue  # the archive's own root, "."
-                target = root.joinpath(*parts)
-                try:
-                    if member.isdir():
-                        target.mkdir(mode=0o755, parents=True, exist_ok=True)
-                        if not target.is_dir():
-                            raise FileExistsError(target)
-                    else:
-                        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-                        _write_file(tar, member, target)
-                except (FileExistsError, NotADirectoryError) as e:
-                    raise PackageError(f"code package member '{member.name}' clashes with an earlier "
-                                       f"member ({e.__class__.__name__})") from None
+                yield member, parts, tar
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise PackageError(f"code package is not a valid tar.gz archive: {e}") from None
+
+
+def _extract(data: bytes, root: Path, max_bytes: int, max_files: int) -> None:
+    """Write the members into the empty directory ``root``, checking each first."""
+    try:
+        for member, parts, tar in _members(data, max_bytes, max_files):
+            if not parts:
+                continue  # the archive's own root, "."
+            target = root.joinpath(*parts)
+            try:
+                if member.isdir():
+                    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+                    if not target.is_dir():
+                        raise FileExistsError(target)
+                else:
+                    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                    _write_file(tar, member, target)
+            except (FileExistsError, NotADirectoryError) as e:
+                raise PackageError(f"code package member '{member.name}' clashes with an earlier "
+                                   f"member ({e.__class__.__name__})") from None
+            except OSError as e:
+                if e.errno not in (errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL):
+                    raise  # the node's fault (disk full, permissions), not the package's
+                raise PackageError(f"code package member '{member.name[:80]}' cannot be written on this "
+                                   f"node: {e.strerror}") from None
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:  # reading a member's data
         raise PackageError(f"code package is not a valid tar.gz archive: {e}") from None
 
 
@@ -234,6 +325,11 @@ def _safe_parts(member: tarfile.TarInfo) -> tuple[str, ...]:
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
         raise PackageError(f"code package member '{name}' has a '..' component")
+    longest = max((len(p.encode("utf-8", "surrogateescape")) for p in parts), default=0)
+    if longest > MAX_NAME_PART or len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise PackageError(f"code package member '{shown}' has a name longer than a file system holds "
+                           f"({MAX_NAME_PART} bytes a component, {MAX_NAME} in all)")
     return parts
 
 

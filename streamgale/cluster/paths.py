@@ -17,6 +17,8 @@ All under ``root`` (``zookeeper.root``, default ``/streamgale``)::
                                     the model file uploaded to a running model bolt
     errors/<topology id>/<quoted component>/e_<seq>
                                     ErrorRecord, newest 10 per component
+    losses/<topology id>            Loss: the latest lost worker; the znode version is the
+                                    topology's loss epoch (supervisors and the leader write it)
 
 Names given by users (topology names, component names) are percent-quoted;
 ids are checked by :func:`_check_name` and used as they are.
@@ -29,7 +31,7 @@ from urllib.parse import quote, unquote
 from .errors import ClusterStateError
 
 DIRS = ("supervisors", "nimbuses", "election", "topologies", "topology-names", "assignments", "code", "models",
-        "errors")
+        "errors", "losses")
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -53,6 +55,7 @@ class Paths:
         self.code = f"{self.root}/code"
         self.models = f"{self.root}/models"
         self.errors = f"{self.root}/errors"
+        self.losses = f"{self.root}/losses"
 
     def dirs(self) -> list[str]:
         """The directories :meth:`ClusterState.start` creates."""
@@ -91,8 +94,16 @@ class Paths:
     def topology_errors(self, topology_id: str) -> str:
         return f"{self.errors}/{_check_name('topology id', topology_id)}"
 
+    def topology_losses(self, topology_id: str) -> str:
+        return f"{self.losses}/{_check_name('topology id', topology_id)}"
+
     def component_errors(self, topology_id: str, component: str) -> str:
         return f"{self.topology_errors(topology_id)}/{quote(component, safe='')}"
+
+    @staticmethod
+    def name_of(entry: str) -> str:
+        """The topology name of a ``topology-names`` entry."""
+        return unquote(entry)
 
     @staticmethod
     def component_of(folder: str) -> str:

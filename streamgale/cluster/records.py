@@ -116,6 +116,16 @@ class TopologyRecord:
     # component -> {"digest": sha256, "version": n}: the model file uploaded to a running model bolt
     # (stored beside the code package), which its workers serve instead of the one shipped in the code
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    owner: str = ""  # the key name that submitted it (security on); "" when security was off
+    signature: str = ""  # nimbus's signature of (id, code_digest); supervisors verify it (security on)
+    # logger name -> wall time when its level in log_levels expires (set-log-level -t); the leader drops it then
+    log_level_expiry: dict[str, float] = field(default_factory=dict)
+
+    def owners(self) -> frozenset[str]:
+        """Who may manage it besides admins: its submitter and its ``topology.users``."""
+        users = self.config.get("topology.users") or (self.config.get("topology") or {}).get("users") or ()
+        names = [users] if isinstance(users, str) else list(users) if isinstance(users, (list, tuple)) else []
+        return frozenset(n for n in [self.owner, *names] if isinstance(n, str) and n)
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, TopologySpec):
@@ -132,7 +142,8 @@ class TopologyRecord:
                 "config": self.config, "code_digest": self.code_digest, "entry": self.entry,
                 "workers": self.workers, "parallelism": dict(self.parallelism),
                 "submitted_at": self.submitted_at, "pending": self.pending, "log_levels": dict(self.log_levels),
-                "models": {c: dict(m) for c, m in self.models.items()}}
+                "models": {c: dict(m) for c, m in self.models.items()}, "owner": self.owner,
+                "signature": self.signature, "log_level_expiry": dict(self.log_level_expiry)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TopologyRecord:
@@ -144,7 +155,9 @@ class TopologyRecord:
                       dict(d["pending"]) if d.get("pending") else None,
                       {str(k): str(v) for k, v in (d.get("log_levels") or {}).items()},
                       {str(c): {"digest": str(m["digest"]), "version": int(m["version"])}
-                       for c, m in (d.get("models") or {}).items()})
+                       for c, m in (d.get("models") or {}).items()},
+                      str(d.get("owner") or ""), str(d.get("signature") or ""),
+                      {str(k): float(v) for k, v in (d.get("log_level_expiry") or {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as e:  # SpecError is a ValueError
             raise RecordError(f"bad topology record: {e}") from None
         if rec.status not in STATUSES:
@@ -239,6 +252,43 @@ class Assignment:
 
     def same_placement(self, other: Assignment | None) -> bool:
         return other is not None and self.slots == other.slots and self.code_digest == other.code_digest
+
+
+# Errors of no component, kept like a component's: a code package a supervisor refused (or whose
+# Python environment it could not build), a worker that died, a worker whose component could not start.
+PACKAGE_ERRORS = "__package"
+WORKER_ERRORS = "__worker"
+START_ERRORS = "__start"
+
+
+@dataclass(frozen=True)
+class Loss:
+    """The latest loss of a worker of a topology (``losses/<topology id>``): a worker died, or
+    nimbus moved executors off a slot that stopped heartbeating. ``epoch`` is the znode's
+    version + 1, so it grows with every loss; the topology's spouts fail their pending trees
+    at once when it grows (docs/reliability.md), instead of waiting for the message timeout.
+    ``assignment``: the assignment version that no longer sends tuples to the lost worker (the
+    one that moved its executors, or the current one when its slot is relaunched in place):
+    a worker fails its trees only once it runs with that version, so the replays do not go to
+    the lost worker's address."""
+
+    epoch: int
+    slot: str
+    reason: str
+    time: float  # wall clock at the writer
+    assignment: int = 0
+
+    def encode(self) -> bytes:
+        return _encode("loss", {"slot": self.slot, "reason": self.reason, "time": self.time,
+                                "assignment": self.assignment})
+
+    @classmethod
+    def decode(cls, data: bytes, version: int) -> Loss:
+        d = _decode("loss", data)
+        try:
+            return cls(version + 1, str(d["slot"]), str(d["reason"]), float(d["time"]), int(d.get("assignment", 0)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise RecordError(f"bad loss record: {e}") from None
 
 
 @dataclass(frozen=True)

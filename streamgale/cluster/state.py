@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +29,7 @@ from .code_store import CHUNK_SIZE, MAX_CODE_SIZE, CodeStore
 from .election import Leadership, leader_address
 from .errors import ClusterStateError, FencedOut, StaleAssignment, TopologyExists
 from .paths import Paths
-from .records import Assignment, ErrorRecord, RecordError, SupervisorInfo, TopologyRecord
+from .records import Assignment, ErrorRecord, Loss, RecordError, SupervisorInfo, TopologyRecord
 from .storage import (
     CONNECTED,
     BadVersion,
@@ -42,14 +42,14 @@ from .storage import (
     Transaction,
     delete_tree,
 )
-from .watches import ChildrenDataWatch, Watch, decoded, watch_node
-from .zk_storage import ZkStorage
+from .watches import ChildrenDataWatch, Watch, decoded, log_malformed, watch_node
+from .zk_storage import ZkStorage, read_credentials
 
 if TYPE_CHECKING:
     from streamgale.config import Config
 
-__all__ = ["ClusterState", "open_cluster_state", "Leadership", "Watch", "ClusterStateError", "TopologyExists",
-           "FencedOut", "StaleAssignment", "CHUNK_SIZE", "MAX_CODE_SIZE", "MAX_ERRORS_PER_COMPONENT"]
+__all__ = ["ClusterState", "CorruptTopology", "open_cluster_state", "Leadership", "Watch", "ClusterStateError",
+           "TopologyExists", "FencedOut", "StaleAssignment", "CHUNK_SIZE", "MAX_CODE_SIZE", "MAX_ERRORS_PER_COMPONENT"]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,23 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
 def open_cluster_state(config: Config) -> ClusterState:
     """A ClusterState on the ZooKeeper of ``config`` (``zookeeper.servers``, ``.root``,
     ``.session_timeout``); not started: call :meth:`ClusterState.start`."""
-    storage = ZkStorage(config["zookeeper.servers"], config["zookeeper.session_timeout"])
+    credentials_file = config["security.zookeeper_credentials"]
+    try:
+        credentials = read_credentials(credentials_file) if credentials_file else None
+    except StorageError as e:
+        raise ClusterStateError(str(e)) from None
+    storage = ZkStorage(config["zookeeper.servers"], config["zookeeper.session_timeout"], credentials)
     return ClusterState(storage, config["zookeeper.root"])
+
+
+@dataclass(frozen=True)
+class CorruptTopology:
+    """A record under ``topologies/`` that does not decode (garbage, or a format this version
+    cannot read): its topology cannot run, but it holds its name until it is deleted."""
+
+    id: str
+    name: str | None  # the name the ``topology-names`` index gives this id, if any
+    error: str  # why it does not decode
 
 
 class ClusterState:
@@ -112,6 +127,12 @@ class ClusterState:
         except StorageError as e:
             self.storage.close()
             raise ClusterStateError(f"cannot create {self.root}: {e}") from e
+
+    @_translated
+    def secure(self) -> int:
+        """Lock every znode under the root to this session's credentials (when it has any); returns
+        how many changed. Nimbus runs it at start, which turns security on for a running cluster."""
+        return self.storage.secure_tree(self.root)
 
     def close(self) -> None:
         """End the session (its ephemeral znodes go at once) and stop all watches."""
@@ -276,7 +297,20 @@ class ClusterState:
 
     @_translated
     def topologies(self) -> dict[str, TopologyRecord]:
+        """Every topology whose record decodes (a malformed one is logged and left out)."""
         return self._read_children(self.paths.topologies, lambda d, _: TopologyRecord.decode(d))
+
+    @_translated
+    def topologies_and_corrupt(self) -> tuple[dict[str, TopologyRecord], dict[str, CorruptTopology]]:
+        """:meth:`topologies`, and the records under ``topologies/`` that do not decode, by id:
+        they still hold their name (``list`` shows them, ``kill`` removes them with
+        :meth:`delete_topology`)."""
+        failed: dict[str, str] = {}
+        records = self._read_children(self.paths.topologies, lambda d, _: TopologyRecord.decode(d), failed)
+        if not failed:
+            return records, {}
+        names = self._names_by_id()
+        return records, {tid: CorruptTopology(tid, names.get(tid), why) for tid, why in failed.items()}
 
     @_translated
     def update_topology(self, topology_id: str,
@@ -313,19 +347,22 @@ class ClusterState:
     def delete_topology(self, topology_id: str) -> None:
         """Remove the topology, its name, assignment (unfenced), code package and errors."""
         rec = self.topology(topology_id)
+        # A record that does not decode still holds its name: found through the names' index.
+        names = [rec.name] if rec is not None else [n for n, t in self._names_by_id_list() if t == topology_id]
         delete_tree(self.storage, self.paths.assignment(topology_id))
         delete_tree(self.storage, self.paths.topology(topology_id))
-        if rec is not None:
-            name_path = self.paths.topology_name(rec.name)
+        for name in names:
+            name_path = self.paths.topology_name(name)
             try:
                 owner, stat = self.storage.get(name_path)
-                if owner.decode() == topology_id:
+                if owner.decode("utf-8", "replace") == topology_id:
                     self.storage.delete(name_path, version=stat.version)
             except (NoNode, BadVersion):
                 pass
         self._code.delete(topology_id)
         delete_tree(self.storage, self.paths.topology_models(topology_id))
         delete_tree(self.storage, self.paths.topology_errors(topology_id))
+        delete_tree(self.storage, self.paths.topology_losses(topology_id))
 
     @_translated
     def watch_topology(self, topology_id: str, cb: Callable[[TopologyRecord | None], None]) -> Watch:
@@ -378,7 +415,17 @@ class ClusterState:
 
     @_translated
     def assignments(self) -> dict[str, Assignment]:
+        """Every assignment that decodes (a malformed one is logged and left out)."""
         return self._read_children(self.paths.assignments, lambda d, stat: Assignment.decode(d, stat.version))
+
+    @_translated
+    def assignments_and_corrupt(self) -> tuple[dict[str, Assignment], set[str]]:
+        """:meth:`assignments`, and the topology ids whose assignment does not decode (the
+        leader rewrites or deletes those)."""
+        failed: dict[str, str] = {}
+        found = self._read_children(self.paths.assignments, lambda d, stat: Assignment.decode(d, stat.version),
+                                    failed)
+        return found, set(failed)
 
     @_translated
     def set_assignment(self, a: Assignment, leadership: Leadership) -> Assignment:
@@ -441,6 +488,37 @@ class ClusterState:
         return watch_node(self.storage, self.paths.assignment(topology_id),
                           lambda d, stat: Assignment.decode(d, stat.version), cb)
 
+    # -- losses -------------------------------------------------------------------------------
+
+    @_translated
+    def report_loss(self, topology_id: str, slot: str, reason: str, now: float, assignment: int = 0) -> None:
+        """A worker of the topology is gone (the supervisor that saw it die, or nimbus moving
+        executors off a silent slot): every write grows the topology's loss epoch by one;
+        ``assignment`` is the assignment version its workers must run with before they replay
+        (:class:`Loss`).
+        A loss of a topology that is gone is dropped (checked in the same transaction), so
+        nothing is left under ``losses/`` after a kill."""
+        topology, path = self.paths.topology(topology_id), self.paths.topology_losses(topology_id)
+        data = Loss(0, slot, reason, now, assignment).encode()
+        for _ in range(3):  # created or deleted by another writer meanwhile: again
+            exists = self.storage.exists(path) is not None
+            txn = self.storage.transaction()
+            txn.check(topology, -1)  # any version: it only has to exist
+            if exists:
+                txn.set_data(path, data)
+            else:
+                txn.create(path, data)
+            results = txn.commit()
+            if not any(isinstance(r, Exception) for r in results):
+                return
+            if self.storage.exists(topology) is None:
+                return
+
+    @_translated
+    def watch_losses(self, cb: Callable[[dict[str, Loss]], None]) -> Watch:
+        """Call ``cb(topology id -> its latest Loss)`` now and on every loss (storage event thread)."""
+        return ChildrenDataWatch(self.storage, self.paths.losses, lambda d, stat: Loss.decode(d, stat.version), cb)
+
     # -- errors -------------------------------------------------------------------------------
 
     @_translated
@@ -493,6 +571,19 @@ class ClusterState:
                 out[self.paths.component_of(folder)] = records
         return out
 
+    def latest_error(self, topology_id: str, component: str) -> ErrorRecord | None:
+        """The newest error of one component (None: none, or it does not decode)."""
+        folder = self.paths.component_errors(topology_id, component)
+        names = sorted(self._children(folder))
+        if not names:
+            return None
+        path = f"{folder}/{names[-1]}"
+        try:
+            data, _ = self.storage.get(path)
+        except NoNode:
+            return None
+        return decoded(ErrorRecord.decode, path, data)
+
     # -- raw helpers --------------------------------------------------------------------------
 
     def _children(self, path: str) -> list[str]:
@@ -501,7 +592,10 @@ class ClusterState:
         except NoNode:
             return []
 
-    def _read_children(self, folder: str, decode: Callable[[bytes, Any], T]) -> dict[str, T]:
+    def _read_children(self, folder: str, decode: Callable[[bytes, Any], T],
+                       failed: dict[str, str] | None = None) -> dict[str, T]:
+        """Child name -> decoded value; a child that does not decode is logged, left out, and
+        (with ``failed``) put there with the reason."""
         out = {}
         for name in self._children(folder):
             path = f"{folder}/{name}"
@@ -509,7 +603,24 @@ class ClusterState:
                 data, stat = self.storage.get(path)
             except NoNode:
                 continue
-            value = decoded(decode, path, data, stat)
-            if value is not None:
-                out[name] = value
+            try:
+                out[name] = decode(data, stat)
+            except Exception as e:  # noqa: BLE001 - any malformed record is skipped, never raised
+                log_malformed(path, e)
+                if failed is not None:
+                    failed[name] = str(e)
         return out
+
+    def _names_by_id_list(self) -> list[tuple[str, str]]:
+        """(topology name, the id its ``topology-names`` entry holds) of every entry."""
+        out = []
+        for child in self._children(self.paths.topology_names):
+            try:
+                owner, _ = self.storage.get(f"{self.paths.topology_names}/{child}")
+            except NoNode:
+                continue
+            out.append((Paths.name_of(child), owner.decode("utf-8", "replace")))
+        return out
+
+    def _names_by_id(self) -> dict[str, str]:
+        return {tid: name for name, tid in self._names_by_id_list()}

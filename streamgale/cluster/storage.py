@@ -138,6 +138,10 @@ class Storage(Protocol):
 
     def transaction(self) -> Transaction: ...
 
+    def secure_tree(self, root: str) -> int:
+        """Lock ``root`` and everything under it to this session's credentials, if it has any;
+        returns how many nodes changed."""
+
     def watch_children(self, path: str, cb: ChildrenCallback) -> None:
         """Call ``cb(children)`` now and whenever they change (also after a reconnection).
         ``path`` must exist: if it is deleted the watch ends. ``cb`` returning False ends it."""

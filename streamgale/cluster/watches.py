@@ -2,8 +2,8 @@
 
 Callbacks run where the storage's watch callbacks run (the caller's thread for
 the first call, the storage's event thread after): they must be quick and must
-not block. Malformed znode data never reaches a callback: it is logged and
-skipped. An exception from a callback is logged, and the watch goes on.
+not block. Malformed znode data never reaches a callback: it is logged (once
+per ten minutes for each znode) and skipped. An exception from a callback is logged, and the watch goes on.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from streamgale.ratelimit import RateLimitedLog
+
 from .storage import Stat, Storage, call_quietly
 
 log = logging.getLogger(__name__)
@@ -21,13 +23,31 @@ T = TypeVar("T")
 Decode = Callable[[bytes, Stat], T]
 
 
+MALFORMED_LOG_INTERVAL = 600.0  # seconds: a malformed znode, read every second, is logged once per ten minutes
+_MAX_MALFORMED_LOGS = 1024
+_malformed_logs: dict[str, RateLimitedLog] = {}
+_malformed_lock = threading.Lock()
+
+
 def decoded(decode: Callable[..., T], path: str, *args: Any) -> T | None:
-    """``decode(*args)``, or None (logged) if the data at ``path`` is malformed in any way."""
+    """``decode(*args)``, or None if the data at ``path`` is malformed in any way (logged once
+    per :data:`MALFORMED_LOG_INTERVAL` for each path, with the count held back since)."""
     try:
         return decode(*args)
     except Exception as e:  # noqa: BLE001 - any malformed record is skipped, never raised into a watcher
-        log.warning("ignoring malformed znode %s: %s", path, e)
+        log_malformed(path, e)
         return None
+
+
+def log_malformed(path: str, error: Exception) -> None:
+    """Warn that the znode at ``path`` is malformed: once per :data:`MALFORMED_LOG_INTERVAL` per path."""
+    with _malformed_lock:
+        limited = _malformed_logs.get(path)
+        if limited is None:
+            if len(_malformed_logs) >= _MAX_MALFORMED_LOGS:
+                _malformed_logs.clear()
+            limited = _malformed_logs[path] = RateLimitedLog(log, MALFORMED_LOG_INTERVAL)
+    limited.warning("ignoring malformed znode %s: %s", path, error)
 
 
 class Watch:

@@ -34,6 +34,8 @@ from typing import Any, TypeVar
 import psutil
 import yaml
 
+from streamgale.config import load_config
+from streamgale.security import Security
 from streamgale.wire.protocol import NimbusError
 from streamgale.wire.rpc import NimbusClient
 
@@ -201,17 +203,21 @@ class ProcessCluster:
         """Supervisor ``index``'s ``supervisor.local_dir`` (its id, code, worker dirs and logs)."""
         return self.dir / f"supervisor-{index}"
 
-    def start_nimbus(self, index: int = 0) -> subprocess.Popen:
+    def start_nimbus(self, index: int = 0, extra: Sequence[str] = ()) -> subprocess.Popen:
+        """Nimbus ``index`` (``extra``: more arguments of ``streamgale nimbus``)."""
         self._check_not_running(self.nimbus_procs, "nimbus", index)
-        proc = self._spawn(f"nimbus-{index}", ["nimbus", "--host", self.host, "--port", str(self._nimbus_port(index))])
+        proc = self._spawn(f"nimbus-{index}", ["nimbus", "--host", self.host, "--port", str(self._nimbus_port(index)),
+                                               *extra])
         self.nimbus_procs[index] = proc
         return proc
 
-    def start_supervisor(self, index: int) -> subprocess.Popen:
+    def start_supervisor(self, index: int, extra: Sequence[str] = ()) -> subprocess.Popen:
+        """Supervisor ``index`` (``extra``: more arguments of ``streamgale supervisor``)."""
         self._check_not_running(self.supervisor_procs, "supervisor", index)
         node = self.nodes[index]
         args = ["supervisor", "--host", node.host, *(["--shutdown-workers"] if self.shutdown_workers else []),
-                "-c", f"network.port={node.slot_base}", "-c", f"supervisor.local_dir={self.local_dir(index)}"]
+                "-c", f"network.port={node.slot_base}", "-c", f"supervisor.local_dir={self.local_dir(index)}",
+                *extra]
         proc = self._spawn(f"supervisor-{index}", args, node.prefix)
         self.supervisor_procs[index] = proc
         return proc
@@ -262,11 +268,14 @@ class ProcessCluster:
 
     # -- use and observe ------------------------------------------------------------------------
 
-    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """Run ``streamgale ARGS`` against this cluster (its config file, every nimbus); blocks
-        until it exits or ``timeout`` (then ``subprocess.TimeoutExpired``)."""
-        return subprocess.run([*CLI, "--config", str(self.config_file), "--nimbus", ",".join(self.nimbus_addresses()),
-                               *args], capture_output=True, text=True, timeout=timeout, cwd=self.cwd)
+    def cli(self, *args: str, timeout: float = 60.0,
+            config: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``streamgale ARGS`` against this cluster (its config file, or ``config``: e.g. a user's
+        keys with security on; every nimbus); blocks until it exits or ``timeout`` (then
+        ``subprocess.TimeoutExpired``)."""
+        return subprocess.run([*CLI, "--config", str(config or self.config_file),
+                               "--nimbus", ",".join(self.nimbus_addresses()), *args],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.cwd)
 
     def exited(self) -> list[str]:
         """``"<role>-<i> (status N)"`` for every daemon in ``nimbus_procs`` / ``supervisor_procs`` that has
@@ -302,7 +311,9 @@ class ProcessCluster:
                 return False
             return bool(have.get("leader")) and len(have.get("supervisors", ())) >= want
 
-        with NimbusClient(self.nimbus_addresses(), timeout=1.0) as client:
+        # The daemons' own config: with security on, this client authenticates as they do.
+        security = Security.from_config(load_config(self.config_file))
+        with NimbusClient(self.nimbus_addresses(), timeout=1.0, security=security) as client:
             try:
                 self.wait(ready, timeout=timeout, message=f"a nimbus leader and {want} supervisors")
             except ProcessClusterError as e:

@@ -60,8 +60,12 @@ class ThreadLauncher:
             try:
                 worker.start()
                 worker.run()
-            except Exception:  # noqa: BLE001 - a worker thread dies like a process: the supervisor sees it
-                log.exception("in-process worker %d on port %d failed", wid, args.port)
+            except Exception as e:  # noqa: BLE001 - a worker thread dies like a process: the supervisor sees it
+                log.warning("in-process worker %d on port %d failed", wid, args.port)
+                try:
+                    worker.failed(e)  # tells its supervisor, unless the cluster is closing
+                except Exception:  # noqa: BLE001 - e.g. the ZeroMQ context is gone at teardown
+                    log.exception("in-process worker %d could not report its failure", wid)
             finally:
                 worker.close()
 

@@ -125,13 +125,6 @@ class ModelBolt(Bolt):
         self._bind(context, f"bolt '{context.component}'")
         models.release(self._serve(*(self._override or (self.model, 1))).model)
 
-    def error_reporter(self, report: Callable[[BaseException, str], None]) -> None:
-        """The runtime's error reporting (installed before prepare)."""
-        self._report = report
-
-    _report: Callable[[BaseException, str], None] = staticmethod(  # until error_reporter installs the runtime's
-        lambda exc, doing: log.error("%s: %s", doing, exc))
-
     def accepts_input(self) -> bool:
         return self.inside < self.limit
 

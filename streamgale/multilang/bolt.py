@@ -56,7 +56,7 @@ class ShellBolt(ShellComponent, Bolt):
             tid = str(n)
             stream = tup.stream
             if stream == "__tick":
-                sent.append(messages.tick(tid))  # untracked: its ack, if any, is ignored
+                sent.append(messages.tick(tid, tup.values[0]))  # untracked: its ack, if any, is ignored
                 continue
             sent.append({"id": tid, "comp": tup.source, "stream": stream, "task": tup.source_task,
                          "tuple": tup.values})  # a tuple message (docs/multilang.md)

@@ -89,8 +89,10 @@ def setup(context: TopologyContext, pid_dir: str, extra_conf: Mapping[str, Any] 
     return {"conf": storm_conf(context, extra_conf), "pidDir": pid_dir, "context": storm_context(context)}
 
 
-def tick(tuple_id: str) -> dict[str, Any]:
-    return {"id": tuple_id, "comp": SYSTEM_COMPONENT, "stream": TICK_STREAM, "task": SYSTEM_TASK, "tuple": []}
+def tick(tuple_id: str, interval: float) -> dict[str, Any]:
+    """A tick, its one value the interval in seconds, as Storm's carries its frequency."""
+    return {"id": tuple_id, "comp": SYSTEM_COMPONENT, "stream": TICK_STREAM, "task": SYSTEM_TASK,
+            "tuple": [interval]}
 
 
 def heartbeat(tuple_id: str) -> dict[str, Any]:

@@ -46,17 +46,11 @@ class ShellComponent:
     call_soon_threadsafe: Callable[[Callable[[], None]], None]
     emit: Callable[..., Sequence[int]]
     emit_direct: Callable[..., None]
+    _report: Callable[[BaseException, str], None]  # Component's: the runtime's error reporting
 
     def __init__(self, **settings: Any):
         apply_settings(self, settings)
         check_settings(type(self).__name__, self.command, self.framing)
-
-    def error_reporter(self, report: Callable[[BaseException, str], None]) -> None:
-        """The runtime's error reporting (installed before open/prepare)."""
-        self._report = report
-
-    _report: Callable[[BaseException, str], None] = staticmethod(  # until error_reporter installs the runtime's
-        lambda exc, doing: log.error("%s: %s", doing, exc))
 
     # -- what a bolt or spout provides --------------------------------------------------------------
 
@@ -91,6 +85,7 @@ class ShellComponent:
         self._codec = framing(self.framing)
         self._pid_dir = tempfile.mkdtemp(prefix=f"streamgale-{context.component}-{context.task_id}-pids-")
         self._incarnation = 0
+        self._condemned = -1  # the incarnation that wrote garbage: nothing more it wrote is trusted
         self._proc: ShellProcess | None = None
         self._closing = False
         self._inbox: deque[tuple[int, list[Any]]] = deque()
@@ -133,11 +128,14 @@ class ShellComponent:
         inbox = self._inbox
         while inbox:
             incarnation, batch = inbox.popleft()
-            if incarnation != self._incarnation or self._proc is None:
-                continue  # what a subprocess wrote before it ended
+            if incarnation != self._incarnation or self._proc is None or incarnation == self._condemned:
+                continue  # what a subprocess wrote before it ended, or after it wrote garbage
             try:
                 self._handle_batch(batch)
             except ProtocolError as e:
+                # Killed; its exit fails what it held. What it wrote after the garbage (acks read
+                # in the same chunk) is not taken: a process that broke the protocol is not trusted.
+                self._condemned = incarnation
                 self._proc.garbage(e)
 
     def _send(self, message: Any) -> None:

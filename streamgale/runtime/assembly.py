@@ -7,10 +7,12 @@ here and how to reach a task that runs elsewhere, return ready executors.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable
 
 from streamgale.components import TopologyContext
 from streamgale.config import Config
+from streamgale.runtime.acker import Acker
 from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, ACKER, AckBuffer
 from streamgale.runtime.routing import DirectRouter, make_router
 from streamgale.topology import Topology, TopologyError
@@ -23,7 +25,7 @@ def component_config(topology: Topology, config: Config, component: str) -> Conf
     comp = topology.components[component]
     if not comp.config:
         return config
-    return config.merged(comp.config, f"config of component '{component}'")
+    return config.with_topology_config(comp.config, f"config of component '{component}'")
 
 
 def stream_index(topology: Topology) -> dict[str, dict[str, dict[str, int]]]:
@@ -105,6 +107,8 @@ def build_executors(
     on_error: ErrorHandler,
     capture: Capture | None = None,
     sinks: dict[int, Sink] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    colocated: frozenset[int] | None = None,
 ) -> list[Executor]:
     """Executors for the (component, task ids) groups in ``local``.
 
@@ -114,11 +118,15 @@ def build_executors(
     emitted with a message id are tracked.
     ``sinks`` (task -> sink), if given, is filled in and shared by every
     emitting task, so a worker can re-point a moved task by replacing its entry.
+    ``clock`` (monotonic seconds) is what message timeouts are measured by: the
+    spouts' and the ackers' (tests inject a simulated one; the loop takes the same).
+    ``colocated``: every task of the worker when ``local`` adds executors to a running one (what
+    local-or-shuffle groupings and the co-located acker prefer); default the tasks in ``local``.
     """
     task_ids = topology.task_ids()
     task_component = {t: c for c, ts in task_ids.items() for t in ts}
     local = list(local)
-    local_tasks = frozenset(t for _, ts in local for t in ts)
+    local_tasks = frozenset(t for _, ts in local for t in ts) if colocated is None else colocated
     subscribers = topology.subscribers()
 
     runners: dict[int, TaskRunner] = {}
@@ -146,30 +154,40 @@ def build_executors(
                         routers.append(router)
                 routes.by_stream[stream] = routers
             acks = AckBuffer(ackers, local_tasks) if ackers else None
-            runners[task] = TaskRunner(task, comp.factory(), context, Collector(routes, capture, acks))
+            instance = Acker(clock) if comp.kind == "acker" else comp.factory()
+            runners[task] = TaskRunner(task, instance, context, Collector(routes, capture, acks, clock))
 
     executors: list[Executor] = []
+    misuses: dict[str, set[str]] = {}  # component -> kinds of collector misuse reported (once each)
     for component, tasks in local:
         comp = topology.components[component]
         group = [runners[t] for t in tasks]
         conf = component_config(topology, config, component)
         if comp.kind == "spout":
             pending = conf["topology.max_spout_pending"] if ackers else None
-            executors.append(SpoutExecutor(component, group, on_error, conf["topology.message_timeout"], pending))
+            executors.append(SpoutExecutor(component, group, on_error, conf["topology.message_timeout"], pending,
+                                           clock))
         else:
             executors.append(BoltExecutor(component, group, on_error, conf["topology.tick_interval"], comp.kind,
-                                          queue_size=conf["topology.queue_size"]))
+                                          queue_size=conf["topology.queue_size"],
+                                          misuses=misuses.setdefault(component, set())))
 
     for e in executors:
         for r in e.runners:
             sinks[r.task] = r.queue.append
-    queues = {r.task: r.queue for e in executors for r in e.runners}
-    blocking = blocking_targets(topology, task_ids)
-    for e in executors:
-        if isinstance(e, BoltExecutor):
-            e.outputs = [queues[t] for t in blocking.get(e.component, ()) if t in queues]
+    wire_backpressure(topology, executors)
     if remote_sink is not None:
         for task in task_component:
             if task not in local_tasks:
                 sinks[task] = remote_sink(task)
     return executors
+
+
+def wire_backpressure(topology: Topology, executors: list[Executor]) -> None:
+    """Point each bolt executor at the queues of the local tasks whose fullness stops it
+    (:func:`blocking_targets`); again after a worker's executors change."""
+    queues = {r.task: r.queue for e in executors for r in e.runners}
+    blocking = blocking_targets(topology, topology.task_ids())
+    for e in executors:
+        if isinstance(e, BoltExecutor):
+            e.outputs = [queues[t] for t in blocking.get(e.component, ()) if t in queues]

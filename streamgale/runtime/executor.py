@@ -22,7 +22,7 @@ from typing import Any
 from streamgale.components import Bolt, Spout, TopologyContext
 from streamgale.runtime.acking import ACK_INDEX, ACK_STREAM, AckBuffer, PendingRoots, new_id
 from streamgale.runtime.routing import Router
-from streamgale.tuples import DEFAULT_STREAM, Tuple, tick_tuple
+from streamgale.tuples import DEFAULT_STREAM, TICK_STREAM, Tuple, tick_tuple
 
 log = logging.getLogger("streamgale.executor")
 
@@ -80,6 +80,21 @@ class FastRoute:
         self.count = count
 
 
+SETTLED = -1  # a tuple's edge once it is acked or failed: never an edge id (those are > 0)
+
+
+class StartFailed(Exception):
+    """A component's ``open`` or ``prepare`` raised ``error``: already reported as an error of the
+    component (task and traceback); the worker (or local run) cannot go on. ``component``,
+    ``task``: who; the message says what it raised."""
+
+    def __init__(self, component: str, task: int, message: str, error: BaseException):
+        super().__init__(message)
+        self.component = component
+        self.task = task
+        self.error = error
+
+
 class Collector:
     """The emit/ack surface of one task, installed on its component instance.
 
@@ -99,6 +114,8 @@ class Collector:
         self.emitted = 0
         self.current: Tuple | None = None  # the input being processed (auto-anchoring)
         self.auto_anchor = True
+        # Told once per kind of misuse (kind, message): set by the executor to report it as an error
+        self.misuse: Callable[[str, str], None] | None = None
         self.acked_now: list[Any] = []
         self.capture = capture
         self.acks = acks
@@ -116,6 +133,9 @@ class Collector:
         self.executed = 0
         self.acked = 0
         self.failed = 0
+        self.failed_early = 0  # spouts: trees failed at once because a worker of the topology was lost
+        self.late_acks = 0  # spouts: trees that completed after they were failed (replayed: duplicates)
+        self.settled_current = 0  # inputs failed inside process by an auto-ack bolt (so not acked)
         self.busy = 0.0
         self.latency_total = 0.0
         # Streams with at most one subscriber grouping take the hot path, unless emits are captured.
@@ -138,6 +158,11 @@ class Collector:
         if routers is None:
             raise self._routes.undeclared(stream)
         fields = self._routes.index[stream]
+        if isinstance(values, (str, bytes)) and len(values) != len(fields):
+            raise TypeError(
+                f"component '{self._component}' called emit({values!r}) with a string: emit takes a list of "
+                f"values, one per field of stream '{stream}' {list(fields)}: emit([{values!r}])"
+            )
         if len(values) != len(fields):
             raise ValueError(
                 f"component '{self._component}' emitted {len(values)} values on stream "
@@ -318,7 +343,20 @@ class Collector:
         self._deliver((task,), values, stream, fields, self._anchor_to(anchors))
 
     def ack(self, tup: Tuple) -> None:
-        """``tup`` and everything emitted anchored to it so far is processed."""
+        """``tup`` and everything emitted anchored to it so far is processed. A tuple is acked or
+        failed once: a second call is ignored (a second XOR would undo the first and leave its tree
+        to time out), and so is acking the input of an auto-ack bolt inside ``process``, which the
+        runtime acks when ``process`` returns; each is reported once per component."""
+        if tup.edge == SETTLED:
+            self._twice(tup, "acked")
+            return
+        if self.auto_anchor and tup is self.current:
+            if self.misuse is not None:
+                self.misuse("auto-ack", (
+                    f"bolt '{self._component}' calls self.ack() on its input, but it acks automatically "
+                    "(auto_ack = True): every input is acked when process returns, so the call is ignored; "
+                    "remove it, or set auto_ack = False to ack (and anchor) yourself"))
+            return
         self.acked += 1
         acks = self.acks
         if acks is not None:
@@ -328,10 +366,18 @@ class Collector:
                 val = tup.ack_val
                 for root, edge in tup.multi.items():
                     acks.ack(root, edge ^ val)
+        tup.edge = SETTLED
 
     def fail(self, tup: Tuple) -> None:
-        """Fail every spout tuple ``tup`` descends from (the spouts may replay them)."""
+        """Fail every spout tuple ``tup`` descends from (the spouts may replay them). Failing the
+        input of an auto-ack bolt inside ``process`` keeps the runtime from acking it; a tuple
+        already acked or failed is left as it is (reported once per component)."""
+        if tup.edge == SETTLED:
+            self._twice(tup, "failed")
+            return
         self.failed += 1
+        if self.auto_anchor and tup is self.current:
+            self.settled_current += 1  # not counted as acked when process returns
         acks = self.acks
         if acks is not None:
             if tup.root:
@@ -339,6 +385,16 @@ class Collector:
             elif tup.multi is not None:
                 for root in tup.multi:
                     acks.fail(root)
+        tup.edge = SETTLED
+        tup.root = 0
+        tup.multi = None
+
+    def _twice(self, tup: Tuple, what: str) -> None:
+        if self.misuse is not None:
+            self.misuse("twice", (
+                f"bolt '{self._component}' task {self._task} {what} a tuple that was already acked or failed "
+                f"(from '{tup.source}' on stream '{tup.stream}'); a tuple is acked or failed once, so the call is "
+                "ignored (in an auto-ack bolt the runtime acks every input when process returns)"))
 
     def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
         """Run ``fn()`` on the loop thread at its next turn (from any thread)."""
@@ -357,10 +413,20 @@ class Collector:
             sinks[acker](Tuple(values, ACK_STREAM, comp, task, ACK_INDEX, None))
 
 
+def _tick_dispatch(process: Callable[[Tuple], None], on_tick: Callable[[Tuple], None]) -> Callable[[Tuple], None]:
+    """``process`` for a bolt with ``process_tick``: ticks go there, everything else to ``process``."""
+    def dispatch(tup: Tuple) -> None:
+        if tup.stream == TICK_STREAM:
+            on_tick(tup)
+        else:
+            process(tup)
+    return dispatch
+
+
 class TaskRunner:
     """One task: its component instance, context and collector."""
 
-    __slots__ = ("task", "instance", "context", "collector", "queue", "batch", "accepts")
+    __slots__ = ("task", "instance", "context", "collector", "queue", "batch", "accepts", "on_tick")
 
     def __init__(self, task: int, instance: Any, context: TopologyContext, collector: Collector):
         self.task = task
@@ -376,6 +442,9 @@ class TaskRunner:
         # backpressure stops the spouts.
         self.accepts: Callable[[], bool] | None = (
             getattr(instance, "accepts_input", None) if isinstance(instance, Bolt) else None)
+        # A bolt may take its ticks in ``process_tick(tup)`` (streamparse's name) instead of ``process``.
+        self.on_tick: Callable[[Tuple], None] | None = (
+            getattr(instance, "process_tick", None) if isinstance(instance, Bolt) else None)
         instance._collector = collector
         # Bind emit straight to the collector: one call less on the hot path.
         if isinstance(instance, Spout):
@@ -413,6 +482,13 @@ class Executor(ABC):
     def _report(self, runner: TaskRunner, exc: BaseException, doing: str) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.on_error(self.component, runner.task, exc, f"{doing}\n{tb}")
+
+    def _start_failed(self, r: TaskRunner, exc: BaseException, method: str, kind: str) -> StartFailed:
+        """Report what ``method`` raised as the component's error; the StartFailed to raise."""
+        doing = f"in {method} of {kind} '{self.component}' task {r.task}"
+        self._report(r, exc, doing)
+        return StartFailed(self.component, r.task, f"{kind} '{self.component}' task {r.task} could not start: "
+                                                    f"{method}() raised {type(exc).__name__}: {exc}", exc)
 
     def tasks(self) -> list[int]:
         return [r.task for r in self.runners]
@@ -465,7 +541,10 @@ class SpoutExecutor(Executor):
     def start(self) -> None:
         for r in self.runners:
             self._install_reporter(r)
-            r.instance.open(r.context)
+            try:
+                r.instance.open(r.context)
+            except Exception as exc:  # noqa: BLE001 - user code
+                raise self._start_failed(r, exc, "open", "spout") from exc
 
     def settle(self) -> int:
         """Deliver ack results, timeouts and calls handed over by other threads to the spouts
@@ -533,6 +612,8 @@ class SpoutExecutor(Executor):
                         col.acked += 1
                         col.latency_total += now - entry[1]
                         self._call(r, spout.ack, entry[0], "ack")
+                    else:
+                        col.late_acks += 1
                 for root in failed:
                     entry = pending.pop(root)
                     if entry is not None:
@@ -541,6 +622,21 @@ class SpoutExecutor(Executor):
                         self._call(r, spout.fail, entry[0], "fail")
             except (TypeError, ValueError) as exc:
                 log.warning("spout '%s' task %d dropped a malformed ack result: %s", self.component, r.task, exc)
+        return n
+
+    def fail_pending(self) -> int:
+        """Fail every tree in flight now (a worker of the topology was lost, so any of them may
+        have died with it): the spouts replay them at once instead of after the message
+        timeout; trees that complete after all count as ``late_acks``. Returns how many."""
+        now = self.clock()
+        n = 0
+        for r in self.runners:
+            col = r.collector
+            for msg_id, _ in col.pending.expired(now, 0.0):
+                n += 1
+                col.failed += 1
+                col.failed_early += 1
+                self._call(r, r.instance.fail, msg_id, "fail")
         return n
 
     def _expire(self, r: TaskRunner) -> None:
@@ -583,7 +679,8 @@ class BoltExecutor(Executor):
     kind = "bolt"
 
     def __init__(self, component: str, runners: list[TaskRunner], on_error: ErrorHandler,
-                 tick_interval: float | None, kind: str = "bolt", queue_size: int = 0):
+                 tick_interval: float | None, kind: str = "bolt", queue_size: int = 0,
+                 misuses: set[str] | None = None):
         super().__init__(component, runners, on_error)
         self.tick_interval = tick_interval
         self.kind = kind  # the component's declared kind: "bolt", or "acker" for the system bolt
@@ -591,6 +688,8 @@ class BoltExecutor(Executor):
         # feeds) holds queue_size tuples, this bolt waits, so a fan-out cannot flood them.
         self.outputs: list[deque[Tuple]] = []
         self.queue_size = queue_size
+        # kinds of collector misuse reported: once each per component (a set its executors share)
+        self.misuses: set[str] = set() if misuses is None else misuses
 
     def blocked(self) -> bool:
         limit = self.queue_size
@@ -603,11 +702,23 @@ class BoltExecutor(Executor):
     def start(self) -> None:
         for r in self.runners:
             self._install_reporter(r)
-            r.instance.prepare(r.context)
+            r.collector.misuse = self._misused(r)
+            try:
+                r.instance.prepare(r.context)
+            except Exception as exc:  # noqa: BLE001 - user code
+                raise self._start_failed(r, exc, "prepare", "bolt") from exc
+
+    def _misused(self, r: TaskRunner) -> Callable[[str, str], None]:
+        """Report a misuse of the collector (a double ack) once per kind for the component here."""
+        def misuse(kind: str, message: str) -> None:
+            if kind not in self.misuses:
+                self.misuses.add(kind)
+                self.on_error(self.component, r.task, UserWarning(message), message)
+        return misuse
 
     def tick(self) -> None:
         for r in self.runners:
-            r.queue.append(tick_tuple())
+            r.queue.append(tick_tuple(self.tick_interval or 0.0))
 
     def step(self, budget: int) -> int:
         """Process up to ``budget`` queued tuples per task.
@@ -634,6 +745,8 @@ class BoltExecutor(Executor):
                 work += self._step_batch(r, n)
                 continue
             process = r.instance.process
+            if r.on_tick is not None:
+                process = _tick_dispatch(process, r.on_tick)
             pop = q.popleft
             col = r.collector
             acks = col.acks if col.auto_anchor else None
@@ -644,7 +757,6 @@ class BoltExecutor(Executor):
             started = perf_counter()
             deadline = started + TURN_SECONDS
             done = 0
-            failed = 0
             for _ in range(n):
                 if done & 15 == 15 and perf_counter() > deadline:
                     break  # a slow bolt: the rest waits for the next turn
@@ -654,8 +766,8 @@ class BoltExecutor(Executor):
                 try:
                     process(tup)
                 except Exception as exc:  # noqa: BLE001 - user code
-                    col.fail(tup)
-                    failed += 1
+                    if tup.edge != SETTLED:
+                        col.fail(tup)  # counted in settled_current when the bolt auto-acks
                     self._report(r, exc, f"in process of bolt '{self.component}' task {r.task} "
                                          f"on {tup!r}")
                     continue
@@ -673,13 +785,15 @@ class BoltExecutor(Executor):
                         val = tup.ack_val
                         for tree, edge in tup.multi.items():
                             acks.ack(tree, edge ^ val)
+                    tup.edge = SETTLED  # a later ack or fail of it is ignored, not a second XOR
             if run_root and acks is not None:
                 acks.ack(run_root, run_xor)
             col.busy += perf_counter() - started
             col.current = None
             col.executed += done
             if col.auto_anchor:
-                col.acked += done - failed
+                col.acked += done - col.settled_current
+                col.settled_current = 0
             if col.acks is not None and col.acks.dirty:
                 col.flush_acks()
             work += done

@@ -42,7 +42,12 @@ def load_module(path: str | Path) -> ModuleType:
         del sys.modules[name]
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         # Keep only the frames from the user's file onwards.
-        raise TopologyFileError(f"error while loading {path}:\n" + "".join(tb[-6:]).rstrip()) from exc
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and (path.parent / "requirements.txt").is_file():
+            hint = (f"\n{exc.name!r} is not installed here; the packages of requirements.txt are installed only "
+                    "in the workers' environment on the cluster: import them inside prepare() or open() (or in "
+                    "a module the topology file does not import), or install them here too")
+        raise TopologyFileError(f"error while loading {path}:\n" + "".join(tb[-6:]).rstrip() + hint) from exc
     return module
 
 

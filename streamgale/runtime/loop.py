@@ -47,26 +47,52 @@ class ExecutorLoop:
 
     def __init__(self, executors: list[Executor], queue_size: int,
                  clock: Callable[[], float] = time.monotonic, io: LoopIO | None = None):
+        self.queue_size = queue_size
+        self.clock = clock
+        self.io = io
+        self.started = False
+        # Ends the idle wait when another thread hands a task a call (call_soon_threadsafe).
+        self.wakeup = Wakeup()
+        # The executor whose user code runs now and since when (read by a worker's heartbeat
+        # thread to report a slow component; written only by the loop thread).
+        self.running: Executor | None = None
+        self.running_since = 0.0
+        self.executors: list[Executor] = []
+        self.spouts: list[SpoutExecutor] = []
+        self.bolts: list[Executor] = []
+        self.queues: list[Any] = []
+        self.all_queues: list[Any] = []
+        self.deferred: list[Any] = []
+        self._ticks: list[list[Any]] = []
+        self._index(executors)
+
+    def _index(self, executors: list[Executor]) -> None:
+        """What each turn walks; tick timers of bolts already here keep their schedule."""
         self.executors = executors
         self.spouts = [e for e in executors if isinstance(e, SpoutExecutor)]
         self.bolts = [e for e in executors if not isinstance(e, SpoutExecutor)]  # bolts and ackers
         self.queues = [r.queue for b in self.bolts for r in b.runners]  # bounded: over capacity = congested
         self.all_queues = self.queues + [r.queue for s in self.spouts for r in s.runners]
-        self.queue_size = queue_size
-        self.clock = clock
-        self.io = io
-        self._ticks: list[list[Any]] = [[b.tick_interval, 0.0, b] for b in self.bolts if b.tick_interval]
-        self.started = False
-        # Ends the idle wait when another thread hands a task a call (call_soon_threadsafe).
-        self.wakeup = Wakeup()
+        timers = {id(t[2]): t for t in self._ticks}
+        now = self.clock()
+        self._ticks = [timers.get(id(b)) or [b.tick_interval, now + b.tick_interval, b]
+                       for b in self.bolts if b.tick_interval]
         self.deferred = [r.collector.deferred for e in executors for r in e.runners]
         for e in executors:
             for r in e.runners:
                 r.collector.waker = self.wakeup
-        # The executor whose user code runs now and since when (read by a worker's heartbeat
-        # thread to report a slow component; written only by the loop thread).
-        self.running: Executor | None = None
-        self.running_since = 0.0
+
+    def reshape(self, removed: list[Executor], added: list[Executor]) -> None:
+        """Between turns (the loop thread): stop ``removed`` (spouts first, so they emit no
+        more), start ``added`` (bolts first, ready for tuples) and run them from the next turn;
+        every other executor goes on as it was. A component that cannot start raises
+        :class:`StartFailed` as in :meth:`start`."""
+        gone = {id(e) for e in removed}
+        for e in sorted(removed, key=lambda e: not isinstance(e, SpoutExecutor)):
+            e.stop()
+        for e in sorted(added, key=lambda e: isinstance(e, SpoutExecutor)):
+            e.start()
+        self._index([e for e in self.executors if id(e) not in gone] + added)
 
     def start(self) -> None:
         """Open spouts and prepare bolts (bolts first, so they are ready for tuples)."""

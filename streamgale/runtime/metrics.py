@@ -29,6 +29,8 @@ def task_counters(executors: Sequence[Executor]) -> dict[str, dict[str, Any]]:
                 "executed": c.executed, "acked": c.acked, "failed": c.failed,
                 "busy": c.busy, "latency_total": c.latency_total, "pending": len(c.pending),
             }
+            if e.kind == "spout":
+                counters["failed_early"], counters["late_acks"] = c.failed_early, c.late_acks
             extra = getattr(r.instance, "counters", None)
             if callable(extra):
                 try:

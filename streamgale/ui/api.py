@@ -12,11 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from streamgale.client import WorkerLog, worker_log_locations
+from streamgale.cluster.records import ACTIVE, INACTIVE, KILLED
 from streamgale.topology import layout_tasks
+from streamgale.wire.protocol import DEFAULT_STATS_WINDOW, STATS_WINDOWS
 
-WINDOWS = ("600", "10800", "86400", "all")
-DEFAULT_WINDOW = "all"
+WINDOWS = tuple(name for name, _ in STATS_WINDOWS)  # the windows of `streamgale stats`
+DEFAULT_WINDOW = DEFAULT_STATS_WINDOW  # and its default, 10 minutes
 MAX_ERRORS = 10
+DEFAULT_LOG_LINES = 200
+MAX_LOG_LINES = 5000
 # nimbus's snake_case metric names -> the API's camelCase ones
 COUNT_FIELDS = {"emitted": "emitted", "transferred": "transferred", "executed": "executed", "acked": "acked",
                 "failed": "failed", "execute_latency_ms": "executeLatencyMs", "capacity": "capacity",
@@ -40,6 +45,15 @@ def parse_window(value: str | None) -> str:
     if value not in WINDOWS:
         raise ApiError(400, f"window must be one of {', '.join(WINDOWS)}, got {value!r}")
     return value
+
+
+def parse_lines(value: str | None) -> int:
+    """A log tail's ``lines``: 1 to MAX_LOG_LINES (default DEFAULT_LOG_LINES)."""
+    if value is None or value == "":
+        return DEFAULT_LOG_LINES
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LOG_LINES:
+        raise ApiError(400, f"lines must be a number from 1 to {MAX_LOG_LINES}, got {value[:20]!r}")
+    return int(value)
 
 
 def counts(raw: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -76,8 +90,9 @@ def supervisor_summary(cluster: Mapping[str, Any]) -> dict[str, Any]:
 
 def topology_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "name": row["name"], "status": row["status"], "workers": row.get("workers", 0),
+            "workersRequested": row.get("workers_requested", row.get("workers", 0)),
             "executors": row.get("executors", 0), "tasks": row.get("tasks", 0),
-            "uptimeSeconds": _seconds(row.get("uptime"))}
+            "uptimeSeconds": _seconds(row.get("uptime")), "failing": row.get("failing")}
 
 
 def topology_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -157,8 +172,37 @@ def workers(info: Mapping[str, Any], stats: Mapping[str, Any] | None) -> list[di
     return out
 
 
+def available_actions(status: str) -> dict[str, bool]:
+    """Which of the page's buttons apply to a topology in ``status`` (as Storm UI's): activate an
+    INACTIVE one, deactivate an ACTIVE one, rebalance either, kill any not being killed."""
+    return {"activate": status == INACTIVE, "deactivate": status == ACTIVE,
+            "rebalance": status in (ACTIVE, INACTIVE), "kill": status != KILLED}
+
+
+def configuration(config: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
+    """``topology_config``'s answer as rows by key: ``{"key", "value", "source": "topology" |
+    "cluster"}``; None when nimbus gave none."""
+    if config is None:
+        return None
+    own = set(config.get("topology_keys") or ())
+    return [{"key": k, "value": v, "source": "topology" if k in own else "cluster"}
+            for k, v in sorted((config.get("config") or {}).items())]
+
+
+TOTAL_FIELDS = {"emitted": "emitted", "transferred": "transferred", "acked": "acked", "failed": "failed",
+                "complete_latency_ms": "completeLatencyMs"}
+
+
+def totals(stats: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The topology's stats table, a row per window (nimbus's ``totals``): emitted and transferred by
+    its components, trees acked and failed and their complete latency (its spouts')."""
+    raw = (stats or {}).get("totals") or {}
+    return [{"window": w, **{name: (raw.get(w) or {}).get(key, None if key == "complete_latency_ms" else 0)
+                             for key, name in TOTAL_FIELDS.items()}} for w in WINDOWS]
+
+
 def topology_detail(row: Mapping[str, Any], info: Mapping[str, Any], stats: Mapping[str, Any] | None,
-                    window: str = DEFAULT_WINDOW) -> dict[str, Any]:
+                    window: str = DEFAULT_WINDOW, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     comps = _components(info)
     parallelism = info["topology"].get("parallelism") or {}
     stat_comps = (stats or {}).get("components") or {}
@@ -174,7 +218,18 @@ def topology_detail(row: Mapping[str, Any], info: Mapping[str, Any], stats: Mapp
             "tasks": spec.get("tasks"), **counts(((stat_comps.get(name) or {}).get("windows") or {}).get(window)),
             "queue": (stat_comps.get(name) or {}).get("queue"), "lastError": _error(last) if last else None})
     return {**topology_row(row), "window": window, "windows": list(WINDOWS), "statsAvailable": stats is not None,
-            "components": components, "graph": g, "workerList": workers(info, stats)}
+            "actions": available_actions(str(row.get("status"))), "totals": totals(stats),
+            "components": components, "graph": g, "workerList": workers(info, stats),
+            "startErrors": start_errors(comps, errors), "configuration": configuration(config)}
+
+
+def start_errors(components: Mapping[str, Any], errors: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The newest errors reported for no component (``__package``: a code package a supervisor
+    refused or whose Python environment it could not build, with pip's error; ``__worker``: a
+    worker that died), newest first."""
+    found = [{**_error(e), "source": name} for name, es in errors.items() if name not in components
+             for e in es or []]
+    return sorted(found, key=lambda e: e["time"] or 0, reverse=True)[:MAX_ERRORS]
 
 
 def component_detail(row: Mapping[str, Any], info: Mapping[str, Any], stats: Mapping[str, Any] | None,
@@ -199,13 +254,78 @@ def component_detail(row: Mapping[str, Any], info: Mapping[str, Any], stats: Map
         tasks.append({"task": task, "host": host, "port": port, **counts((ts.get("windows") or {}).get(window)),
                       "queue": ts.get("queue"), "metrics": dict(ts.get("metrics") or {})})
     errors = [_error(e) for e in reversed((info.get("errors") or {}).get(component) or [])][:MAX_ERRORS]
+    streams = stats.get("streams") or {}
     return {"id": component, "topology": row["name"], "topologyId": row["id"], "kind": spec.get("kind"),
             "executors": (info["topology"].get("parallelism") or {}).get(component, spec.get("parallelism")),
             "taskCount": spec.get("tasks"), "window": window, "statsAvailable": available,
             "windows": {w: counts((comp_stats.get("windows") or {}).get(w)) for w in WINDOWS},
-            "streams": (stats.get("streams") or {}).get(component) or {},
+            "streams": streams.get(component) or {},
             "inputs": list(spec.get("inputs") or []), "outputs": dict(spec.get("outputs") or {}),
+            "outputStats": output_stats(spec, streams.get(component) or {}, window),
+            "inputStats": input_stats(spec, streams, window),
+            "executorStats": executor_stats(component, stats, endpoints, window),
             "tasks": tasks, "errors": errors}
+
+
+def output_stats(spec: Mapping[str, Any], streams: Mapping[str, Mapping[str, int]], window: str
+                 ) -> list[dict[str, Any]]:
+    """A row per output stream (the declared ones, then any other it emitted on but the system
+    streams): its fields and the tuples emitted on it in ``window``."""
+    declared = dict(spec.get("outputs") or {})
+    names = sorted(declared, key=lambda s: (s != "default", s)) + sorted(
+        s for s in streams if s not in declared and not s.startswith("__"))
+    return [{"stream": s, "fields": list(declared.get(s) or []), "emitted": int((streams.get(s) or {}).get(window, 0))}
+            for s in names]
+
+
+def input_stats(spec: Mapping[str, Any], streams: Mapping[str, Mapping[str, Mapping[str, int]]], window: str
+                ) -> list[dict[str, Any]]:
+    """A row per subscription (source component and stream): its grouping and fields, and the
+    tuples the source emitted on that stream in ``window``."""
+    return [{"source": i.get("source"), "stream": i.get("stream", "default"), "grouping": i.get("type"),
+             "fields": list(i.get("fields") or []),
+             "emitted": int(((streams.get(str(i.get("source"))) or {}).get(i.get("stream", "default")) or {})
+                            .get(window, 0))}
+            for i in spec.get("inputs") or []]
+
+
+def executor_stats(component: str, stats: Mapping[str, Any], endpoints: Mapping[int, tuple[Any, Any]],
+                   window: str) -> list[dict[str, Any]]:
+    """A row per executor of ``component`` (nimbus's ``executors``: its tasks' counts summed), with
+    the worker it runs in and that worker's uptime, Storm's ``[first-last]`` task range as its id."""
+    uptime = {(str(w.get("host")), w.get("port")): w.get("uptime_s") for w in stats.get("workers") or []}
+    out = []
+    for e in stats.get("executors") or []:
+        if e.get("component") != component or not e.get("tasks"):
+            continue
+        tasks = [int(t) for t in e["tasks"]]
+        host, port = endpoints.get(tasks[0], (None, None))
+        out.append({"id": f"[{tasks[0]}-{tasks[-1]}]", "tasks": tasks, "host": host, "port": port,
+                    "uptimeSeconds": _seconds(uptime.get((str(host), port))),
+                    **counts((e.get("windows") or {}).get(window))})
+    return out
+
+
+# -- worker logs ------------------------------------------------------------------------------
+
+
+def find_worker_log(row: Mapping[str, Any], info: Mapping[str, Any], cluster: Mapping[str, Any],
+                    worker: str) -> WorkerLog:
+    """Where the log of ``worker`` ("host:port") of the topology is read; 404 if the topology has no
+    such worker now, 502 if its supervisor serves no logs."""
+    logs = worker_log_locations(info, cluster.get("supervisors") or [])
+    found = next((log for log in logs if log.worker == worker), None)
+    if found is None:
+        raise ApiError(404, f"topology '{row['name']}' has no worker {worker} now (its workers: "
+                            f"{', '.join(sorted(log.worker for log in logs)) or 'none'})", "NotFound")
+    if found.endpoint is None:
+        raise ApiError(502, f"no log access to {worker}: its supervisor is not reachable", "Unavailable")
+    return found
+
+
+def worker_log(row: Mapping[str, Any], log: WorkerLog, lines: list[str], offset: int, wanted: int) -> dict[str, Any]:
+    return {"topology": row["name"], "topologyId": row["id"], "worker": log.worker, "lines": lines,
+            "linesRequested": wanted, "offset": offset}
 
 
 # -- actions ----------------------------------------------------------------------------------

@@ -29,6 +29,25 @@ GAUGES = (
      "Mean time from emit to full ack of a spout tuple over the last 10 minutes, in milliseconds."),
 )
 
+# What daemons refused (cluster_info's "bad_input"), labelled daemon (nimbus / supervisor), id and host.
+DAEMON_COUNTERS = (
+    ("rejected_requests", "streamgale_rejected_requests_total",
+     "Requests on the daemon's API (nimbus) or log endpoint (supervisor) that were not valid messages."),
+    ("refused_handshakes", "streamgale_refused_handshakes_total",
+     "Connections to that endpoint that failed or broke off the ZeroMQ handshake."),
+    ("denied_keys", "streamgale_denied_keys_total",
+     "CURVE keys the daemon's authenticator refused, on any of its sockets (security on)."),
+    ("malformed_messages", "streamgale_malformed_channel_messages_total",
+     "Malformed messages on a supervisor's worker channel."),
+)
+# What a topology's workers refused on their ports over its life, across worker restarts (stats' "bad_input").
+TOPOLOGY_BAD_INPUT = (
+    ("dropped_frames", "streamgale_topology_dropped_frames_total",
+     "Malformed frames the topology's workers dropped on their ports."),
+    ("dropped_entries", "streamgale_topology_dropped_entries_total",
+     "Malformed tuples or tuple groups the topology's workers dropped on their ports."),
+)
+
 
 def escape(value: Any) -> str:
     """A label value as the text format wants it: backslash, double quote and newline escaped."""
@@ -81,6 +100,12 @@ def render(cluster: Mapping[str, Any] | None, topologies: Sequence[tuple[Mapping
         slots.add({"state": "free"}, max(0, total - used))
         family("streamgale_supervisors", "gauge", "Live supervisors.").add({}, len(sups))
         family("streamgale_nimbuses", "gauge", "Live nimbus daemons.").add({}, len(cluster.get("nimbuses") or []))
+        daemons = {key: family(name, "counter", text) for key, name, text in DAEMON_COUNTERS}
+        for d in cluster.get("bad_input") or []:
+            labels = {"daemon": d.get("daemon"), "id": d.get("id"), "host": d.get("host")}
+            for key, fam_ in daemons.items():
+                if key in d:
+                    fam_.add(labels, d[key])
     family("streamgale_topologies", "gauge", "Topologies on the cluster.").add({}, len(topologies))
     info = family("streamgale_topology_info", "gauge", "One per topology; its id and status are labels.")
     uptime = family("streamgale_topology_uptime_seconds", "gauge", "Seconds since the topology was submitted.")
@@ -94,7 +119,9 @@ def render(cluster: Mapping[str, Any] | None, topologies: Sequence[tuple[Mapping
     transport = {key: family(f"streamgale_worker_{key}_total", "counter", text) for key, text in (
         ("received", "Tuples received from other workers."), ("sent", "Tuples sent to other workers."),
         ("dropped_frames", "Malformed frames dropped on the worker's port."),
-        ("dropped_entries", "Malformed tuples or tuple groups dropped on the worker's port."))}
+        ("dropped_entries", "Malformed tuples or tuple groups dropped on the worker's port."),
+        ("denied_keys", "Peers' CURVE keys the worker's authenticator denied (security on)."))}
+    topology_bad = {key: family(name, "counter", text) for key, name, text in TOPOLOGY_BAD_INPUT}
 
     for row, stats in topologies:
         topology = row["name"]
@@ -102,6 +129,8 @@ def render(cluster: Mapping[str, Any] | None, topologies: Sequence[tuple[Mapping
         uptime.add({"topology": topology}, row.get("uptime"))
         if not stats:
             continue
+        for key, fam_ in topology_bad.items():
+            fam_.add({"topology": topology}, (stats.get("bad_input") or {}).get(key))
         for task, t in sorted((stats.get("tasks") or {}).items(), key=lambda kv: int(kv[0])):
             labels = {"topology": topology, "component": t.get("component"), "task": task}
             windows = t.get("windows") or {}

@@ -155,6 +155,11 @@ class WorkerControl:
     assignment: dict[str, Any] | None
     # component -> {"version": int, "path": str}: uploaded model files (on this node) to serve
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # grows with every worker of the topology lost (streamgale.cluster.records.Loss): the
+    # worker's spouts then fail their pending trees, once it runs with assignment version
+    # ``loss_assignment`` or newer
+    losses: int = 0
+    loss_assignment: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,8 +170,12 @@ class WorkerControl:
         if assignment is not None and not isinstance(assignment, dict):
             raise ChannelError("control: field 'assignment' must be a map or None")
         levels = _dict(d, "log_levels")
+        losses, after = d.get("losses", 0), d.get("loss_assignment", 0)
+        for name, value in (("losses", losses), ("loss_assignment", after)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ChannelError(f"control: field '{name}' must be an int")
         return cls(_int(d, "version"), _str(d, "status"), {str(k): str(v) for k, v in levels.items()}, assignment,
-                   models_from_dict(d.get("models") or {}))
+                   models_from_dict(d.get("models") or {}), losses, after)
 
 
 def models_from_dict(d: Any) -> dict[str, dict[str, Any]]:
@@ -218,6 +227,7 @@ class WorkerArgs:
     config_file: Path | None
     channel: str  # the supervisor's channel, e.g. tcp://127.0.0.1:PORT
     scheme: str = "tcp"  # how workers reach each other: tcp, or inproc in an in-process cluster
+    python: Path | None = None  # the topology's own environment's interpreter (None: the supervisor's)
 
 
 

@@ -26,7 +26,8 @@ topology_info   TopologyInfo(name)                                   ``{"topolog
                                                                      dict, ...]}}``
 cluster_info    ClusterInfo()                                        ``{"leader": "host:port" | None,
                                                                      "nimbuses": [...], "supervisors":
-                                                                     [{...}, ...], "topologies": int}``
+                                                                     [{...}, ...], "topologies": int,
+                                                                     "bad_input": [BadInput, ...]}``
 download_code   DownloadCode(topology_id)                            ``{"code": bytes, "digest": str}``
 update_model    UpdateModel(name, component, model, digest)          ``{"version": int}`` (leader only)
 download_model  DownloadModel(topology_id, component)                ``{"model": bytes, "digest": str}``
@@ -36,11 +37,20 @@ topology_stats  TopologyStats(name)                                  windowed me
                                                                      task and worker (see
                                                                      ``nimbus/metrics.py``)
 supervisor_     SupervisorReport(supervisor_id, heartbeats=[],       ``{}`` (leader only)
-report          metrics=[], errors=[])
-set_log_level   SetLogLevel(name, logger, level)                     ``{}`` (leader only)
+report          metrics=[], errors=[], counters={})
+set_log_level   SetLogLevel(name, logger, level="", timeout=None,    ``{}`` (leader only)
+                reset=False)
+topology_config TopologyConfig(name)                                 ``{"config": {key: value},
+                                                                     "topology_keys": [key, ...]}``
 read_log        ReadLog(topology_id, port, offset=-1,                ``{"data": bytes, "offset": int,
                 max_bytes=65536) -- served by supervisors            "size": int}``
 =============== ==================================================== =====================================
+
+``BadInput`` (in ``cluster_info``) is one daemon's count of what it refused since it
+started: ``{"daemon": "nimbus" | "supervisor", "id": str, "host": str, "rejected_requests",
+"refused_handshakes", "denied_keys", "malformed_messages"?: int, "age_s"?: float}`` (see
+:data:`BAD_INPUT_COUNTERS`); the answering nimbus lists itself and the supervisors that reported
+to it (the leader hears from every supervisor; a standby only knows itself).
 
 Error types are :data:`ERROR_TYPES`; each has an exception class here
 (:class:`NotFound`, ...), so a handler can raise one and the server turn it
@@ -74,7 +84,10 @@ NOT_LEADER = "NotLeader"
 BAD_REQUEST = "BadRequest"
 INTERNAL = "Internal"
 UNAVAILABLE = "Unavailable"
-ERROR_TYPES = (NOT_FOUND, ALREADY_EXISTS, INVALID_TOPOLOGY, NOT_LEADER, BAD_REQUEST, INTERNAL, UNAVAILABLE)
+PERMISSION_DENIED = "PermissionDenied"
+UNAUTHENTICATED = "Unauthenticated"
+ERROR_TYPES = (NOT_FOUND, ALREADY_EXISTS, INVALID_TOPOLOGY, NOT_LEADER, BAD_REQUEST, INTERNAL, UNAVAILABLE,
+               PERMISSION_DENIED, UNAUTHENTICATED)
 
 
 class ProtocolError(ValueError):
@@ -132,8 +145,21 @@ class NotLeader(NimbusError):
     type = NOT_LEADER
 
 
+class PermissionDenied(NimbusError):
+    """The caller is authenticated but its role does not allow the request (security on)."""
+
+    type = PERMISSION_DENIED
+
+
+class Unauthenticated(NimbusError):
+    """The server refused this client's key, or the client has none (raised client-side at the handshake)."""
+
+    type = UNAUTHENTICATED
+
+
 _ERROR_CLASSES: dict[str, type[NimbusError]] = {
-    cls.type: cls for cls in (NimbusUnavailable, NotFound, AlreadyExists, InvalidTopology, BadRequest, NotLeader)
+    cls.type: cls for cls in (NimbusUnavailable, NotFound, AlreadyExists, InvalidTopology, BadRequest, NotLeader,
+                              PermissionDenied, Unauthenticated)
 }
 
 
@@ -360,6 +386,13 @@ def _list(v: Any) -> list[Any]:
     return v
 
 
+# The windows of ``topology_stats`` (name, seconds; None: the topology's whole life), and the one
+# ``streamgale stats`` and the UI show unless told otherwise.
+STATS_WINDOWS: tuple[tuple[str, float | None], ...] = (("600", 600.0), ("10800", 10800.0), ("86400", 86400.0),
+                                                      ("all", None))
+DEFAULT_STATS_WINDOW = "600"
+
+
 @dataclass(frozen=True)
 class TopologyStats(Request):
     OP: ClassVar[str] = "topology_stats"
@@ -391,14 +424,48 @@ def _byte_count(v: Any) -> int:
     return int(v)
 
 
+def _level_or_none(v: Any) -> str:
+    return "" if v in ("", None) else _level(v)
+
+
+def _flag(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Expected("true or false")
+    return v
+
+
 @dataclass(frozen=True)
 class SetLogLevel(Request):
-    """Set a logger's level in every worker of the topology ("" is the root logger)."""
+    """Set a logger's level in every worker of the topology ("" is the root logger).
+
+    ``timeout`` (seconds > 0): the level reverts after it; ``reset``: put the logger back to
+    what it was before any set_log_level (``level`` is then ""). Nimbus checks that exactly one
+    of ``level`` and ``reset`` is given.
+    """
 
     OP: ClassVar[str] = "set_log_level"
     name: str = _arg(_string)
     logger: str = _arg(_string)
-    level: str = _arg(_level)
+    level: str = _arg(_level_or_none, default="")
+    timeout: float | None = _arg(_seconds, default=None)
+    reset: bool = _arg(_flag, default=False)
+
+    def args(self) -> dict[str, Any]:
+        out = super().args()
+        # Later fields: a nimbus older than them rejects the request, so they travel only when set.
+        for name, unset in (("timeout", None), ("reset", False)):
+            if out[name] == unset:
+                del out[name]
+        return out
+
+
+@dataclass(frozen=True)
+class TopologyConfig(Request):
+    """The configuration topology ``name``'s workers run with: the cluster's config (as nimbus
+    reads it) under the topology's own (Storm's getTopologyConf); secrets redacted."""
+
+    OP: ClassVar[str] = "topology_config"
+    name: str = _arg(_string)
 
 
 @dataclass(frozen=True)
@@ -413,15 +480,40 @@ class ReadLog(Request):
     max_bytes: int = _arg(_byte_count, default=65536)
 
 
+# What a daemon counts of the bad input it refused, since it started (docs/observability.md).
+BAD_INPUT_COUNTERS = {
+    "rejected_requests": "requests on its API or log endpoint that were not valid messages",
+    "refused_handshakes": "connections that failed or broke off the ZeroMQ handshake on that endpoint",
+    "denied_keys": "CURVE handshakes its ZAP authenticator refused (unknown key or role; security on)",
+    "malformed_messages": "malformed messages on a supervisor's worker channel",
+}
+MAX_COUNTERS = 32
+
+
+def _counters(v: Any) -> dict[str, int]:
+    if v is None:
+        return {}
+    if (not isinstance(v, dict) or len(v) > MAX_COUNTERS
+            or not all(isinstance(k, str) and len(k) <= 64 and _is_int(n) and 0 <= n < 1 << 63
+                       for k, n in v.items())):
+        raise _Expected(f"a map of at most {MAX_COUNTERS} counter names to integers >= 0")
+    return dict(v)
+
+
 @dataclass(frozen=True)
 class SupervisorReport(Request):
     """A supervisor's report, every second, to the nimbus leader (leader only).
 
     ``heartbeats``: the latest :class:`streamgale.wire.channel.WorkerBeat` dict
     of each worker on the node (nimbus judges a slot alive while its ``seq``
-    changes); ``metrics``: workers' metrics snapshots not sent before;
+    changes), and for a slot whose worker cannot start because the supervisor
+    refused its topology's code package, ``{"topology_id", "port", "seq",
+    "executors": [], "code_refused": reason}`` (the slot is not at fault, so
+    nimbus keeps it); ``metrics``: workers' metrics snapshots not sent before;
     ``errors``: :class:`ErrorRecord` dicts (component errors, slow
-    components, worker crashes), which the leader stores in ZooKeeper.
+    components, worker crashes), which the leader stores in ZooKeeper;
+    ``counters``: the supervisor's own bad-input counters
+    (:data:`BAD_INPUT_COUNTERS`), which ``cluster_info`` shows.
     Heartbeats are per-second traffic and so never go through ZooKeeper.
     """
 
@@ -430,12 +522,20 @@ class SupervisorReport(Request):
     heartbeats: list = _arg(_list, default_factory=list)
     metrics: list = _arg(_list, default_factory=list)
     errors: list = _arg(_list, default_factory=list)
+    counters: dict[str, int] = _arg(_counters, default_factory=dict)
+
+    def args(self) -> dict[str, Any]:
+        out = super().args()
+        if not self.counters:
+            # A later field: a nimbus older than it rejects the report, so it travels only when non-zero.
+            del out["counters"]
+        return out
 
 
 REQUESTS: dict[str, type[Request]] = {
     cls.OP: cls for cls in (Submit, Kill, Activate, Deactivate, Rebalance, ListTopologies, TopologyInfo,
                             ClusterInfo, DownloadCode, UpdateModel, DownloadModel, Ping, TopologyStats,
-                            SupervisorReport, SetLogLevel, ReadLog)
+                            SupervisorReport, SetLogLevel, TopologyConfig, ReadLog)
 }
 
 

@@ -17,6 +17,10 @@ from typing import Any
 
 import zmq
 
+from streamgale.ratelimit import RateLimitedLog
+from streamgale.security import HandshakeMonitor, KeyFileError, Security
+from streamgale.security.access import API
+
 from .protocol import (
     BAD_REQUEST,
     INTERNAL,
@@ -36,6 +40,7 @@ from .protocol import (
     NimbusUnavailable,
     NotFound,
     NotLeader,
+    PermissionDenied,
     Ping,
     ProtocolError,
     ReadLog,
@@ -44,8 +49,10 @@ from .protocol import (
     SetLogLevel,
     Submit,
     SupervisorReport,
+    TopologyConfig,
     TopologyInfo,
     TopologyStats,
+    Unauthenticated,
     UpdateModel,
     decode_request,
     decode_response,
@@ -63,33 +70,13 @@ __all__ = [
     "NimbusUnavailable",
     "NotFound",
     "NotLeader",
+    "PermissionDenied",
     "ProtocolError",
     "RpcServer",
+    "Unauthenticated",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class _RateLimitedWarning:
-    """Logs at most one warning per ``interval`` seconds and counts the ones it held back."""
-
-    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic):
-        self.interval = interval
-        self.clock = clock
-        self._next = -math.inf
-        self._suppressed = 0
-
-    def __call__(self, message: str, *args: Any) -> None:
-        now = self.clock()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message += " (%d similar warnings suppressed)"
-            args = (*args, self._suppressed)
-        log.warning(message, *args)
-        self._suppressed = 0
-        self._next = now + self.interval
 
 
 class RpcServer:
@@ -100,23 +87,40 @@ class RpcServer:
     :attr:`port` says which. Frames over ``max_message_bytes`` are dropped by
     ZeroMQ itself (it disconnects that peer). Nothing a peer sends can make
     :meth:`poll` raise; every reply is sent without blocking.
+
+    With ``security`` on, the socket is a CURVE server: only authorized keys get
+    past the handshake (refusals are logged, rate-limited), and each request
+    comes with the user id (key name) it was sent with.
+
+    Bad input is counted, security on or off: :attr:`rejected` (frames that were
+    no valid request) and :attr:`refused_handshakes` (connections that failed or
+    broke off the ZeroMQ handshake: garbage, a wrong mechanism or key, a port scan).
     """
 
     max_batch = 1000  # requests taken per poll, so one flood cannot starve the caller's other work
 
     def __init__(self, context: zmq.Context, host: str, port: int,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES, *, clock: Callable[[], float] = time.monotonic):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, *, clock: Callable[[], float] = time.monotonic,
+                 security: Security | None = None):
         self.max_message_bytes = max_message_bytes
         self.rejected = 0  # frames refused since start (answered with BadRequest or dropped)
-        self._warn = _RateLimitedWarning(clock=clock)
+        self.refused_handshakes = 0  # connections that failed or broke off the handshake since start
+        self._warn = RateLimitedLog(log, clock=clock).warning
         self._socket = context.socket(zmq.ROUTER)
+        self._secure = security is not None and security.enabled
+        self._monitor: HandshakeMonitor | None = None
         endpoint = f"tcp://{host}:{port or '*'}"
         try:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+            if security is not None and security.enabled:
+                security.serve(self._socket, API)
+            self._monitor = HandshakeMonitor(self._socket)  # security off too: garbage fails the handshake
             self._socket.bind(endpoint)
-        except zmq.ZMQError as e:
-            self._socket.close(linger=0)
+        except (zmq.ZMQError, KeyFileError) as e:
+            self.close()
+            if isinstance(e, KeyFileError):
+                raise
             raise OSError(e.errno, f"cannot listen on {endpoint}: {e.strerror} "
                                    f"(is another nimbus already running there?)") from None
         last = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -127,36 +131,52 @@ class RpcServer:
     def closed(self) -> bool:
         return self._socket.closed
 
-    def poll(self, timeout: float | None) -> list[tuple[bytes, Request]]:
+    def poll(self, timeout: float | None) -> list[tuple[bytes, Request, str | None]]:
         """Every valid request ready now, waiting up to ``timeout`` seconds (None: forever) for the first.
 
-        Returns ``(identity, request)`` pairs; answer each with :meth:`reply`
+        Returns ``(identity, request, user)`` triples (``user``: the key name the
+        request came with; None with security off); answer each with :meth:`reply`
         using ``request.request_id``. Invalid frames are handled here and never
         returned: when their request id can be read they are answered with a
         BadRequest error at once, otherwise dropped (with a rate-limited warning).
         """
+        self._note_handshakes()
         wait_ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
         if not self._socket.poll(wait_ms, zmq.POLLIN):
             return []
-        out: list[tuple[bytes, Request]] = []
+        out: list[tuple[bytes, Request, str | None]] = []
         for _ in range(self.max_batch):
             message = self._receive()
             if message is None:
                 break
-            identity, payload, peer = message
+            identity, payload, peer, user = message
             request = self._decode(identity, payload, peer)
             if request is not None:
-                out.append((identity, request))
+                out.append((identity, request, user))
         return out
 
-    def _receive(self) -> tuple[bytes, bytes | None, str] | None:
-        """``(identity, payload or None if the message was not exactly one frame, peer address)``."""
+    def _note_handshakes(self) -> None:
+        if self._monitor is None:
+            return
+        for event, _ in self._monitor.events():
+            self.refused_handshakes += 1
+            if not self._secure:
+                if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:  # not a mere probe that connects and closes
+                    self._warn("dropped a connection on port %d that broke the ZeroMQ protocol", self.port)
+                continue
+            reason = ("sent no CURVE key (security is on here)" if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                      else "failed the CURVE handshake")
+            self._warn("refused a client on port %d that %s", self.port, reason)
+
+    def _receive(self) -> tuple[bytes, bytes | None, str, str | None] | None:
+        """``(identity, payload or None if the message was not exactly one frame, peer address, user id)``."""
         try:
             identity = self._socket.recv(zmq.NOBLOCK)
         except zmq.Again:
             return None
         payload: bytes | None = None
         peer = "unknown peer"
+        user: str | None = None
         frames = 0
         # ZeroMQ delivers a multipart message whole, so the rest is already here; read it
         # frame by frame so a message of many frames costs no memory.
@@ -169,7 +189,9 @@ class RpcServer:
                     peer = frame.get("Peer-Address")
                 except (zmq.ZMQError, AttributeError):
                     pass
-        return identity, (payload if frames == 1 else None), peer
+                if self._secure:
+                    user = frame.get("User-Id")
+        return identity, (payload if frames == 1 else None), peer, user
 
     def _decode(self, identity: bytes, payload: bytes | None, peer: str) -> Request | None:
         try:
@@ -197,6 +219,10 @@ class RpcServer:
 
     def close(self) -> None:
         """Close the socket (idempotent); pending replies are discarded."""
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close()
+            self._monitor = None
         if not self._socket.closed:
             self._socket.close(linger=0)
 
@@ -243,10 +269,14 @@ class NimbusClient:
     Uses one DEALER socket, owned by the calling thread: use a client from one
     thread only (or give each thread its own). ``context`` defaults to the
     process's shared :meth:`zmq.Context.instance`.
+
+    With ``security`` on the client proves its key; a server that refuses it (or
+    that speaks another mechanism) raises :class:`Unauthenticated` at once with
+    what is wrong, rather than a timeout.
     """
 
     def __init__(self, address: str | Sequence[str], timeout: float = 5.0, context: zmq.Context | None = None,
-                 *, max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 *, max_message_bytes: int = MAX_MESSAGE_BYTES, security: Security | None = None):
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
             raise ValueError("no nimbus address given")
@@ -255,7 +285,13 @@ class NimbusClient:
         self.max_message_bytes = max_message_bytes
         self._context = context if context is not None else zmq.Context.instance()
         self._preferred = self.addresses[0]
+        self.security = security if security is not None else Security.off()
+        try:
+            self.security.check_client()
+        except KeyFileError as e:
+            raise Unauthenticated(f"cannot authenticate to nimbus: {e}") from None
         self._socket: zmq.Socket | None = None
+        self._monitor: HandshakeMonitor | None = None
         self._socket_address: str | None = None
         self._ids = itertools.count(1)
 
@@ -272,11 +308,12 @@ class NimbusClient:
     def kill(self, name: str, wait: float | None = None) -> None:
         self._call(Kill, name, wait)
 
-    def activate(self, name: str) -> None:
-        self._call(Activate, name)
+    def activate(self, name: str) -> dict[str, Any]:
+        """Nimbus's answer: ``{}``, or when the topology is rebalancing, when the status applies."""
+        return self._expect(dict, Activate, name)
 
-    def deactivate(self, name: str) -> None:
-        self._call(Deactivate, name)
+    def deactivate(self, name: str) -> dict[str, Any]:
+        return self._expect(dict, Deactivate, name)
 
     def rebalance(self, name: str, wait: float | None = None, workers: int | None = None,
                   parallelism: dict[str, int] | None = None) -> None:
@@ -318,17 +355,26 @@ class NimbusClient:
         """Windowed metrics of topology ``name`` (shape: ``streamgale.nimbus.metrics``)."""
         return self._expect(dict, TopologyStats, name)
 
-    def set_log_level(self, name: str, logger: str, level: str) -> None:
-        self._call(SetLogLevel, name, logger, level)
+    def set_log_level(self, name: str, logger: str, level: str = "", timeout: float | None = None,
+                      reset: bool = False) -> None:
+        """Set ``logger``'s level (for ``timeout`` s, if given), or with ``reset`` put it back."""
+        self._call(SetLogLevel, name, logger, level, timeout, reset)
+
+    def topology_config(self, name: str) -> dict[str, Any]:
+        """``{"config": {key: value}, "topology_keys": [...]}``: what topology ``name``'s workers run with."""
+        result = self._expect(dict, TopologyConfig, name)
+        if not isinstance(result.get("config"), dict) or not isinstance(result.get("topology_keys"), list):
+            raise self._malformed("topology_config", result, '{"config": map, "topology_keys": list}')
+        return result
 
     def read_log(self, topology_id: str, port: int, offset: int = -1, max_bytes: int = 65536) -> dict[str, Any]:
         """From a supervisor's log endpoint: ``{"data", "offset" (where to read next), "size"}``."""
         return self._expect(dict, ReadLog, topology_id, port, offset, max_bytes)
 
     def report(self, supervisor_id: str, heartbeats: list[dict[str, Any]], metrics: list[dict[str, Any]],
-               errors: list[dict[str, Any]]) -> None:
+               errors: list[dict[str, Any]], counters: dict[str, int] | None = None) -> None:
         """A supervisor's per-second report to the leader (see :class:`SupervisorReport`)."""
-        self._expect(dict, SupervisorReport, supervisor_id, heartbeats, metrics, errors)
+        self._expect(dict, SupervisorReport, supervisor_id, heartbeats, metrics, errors, counters)
 
     def ping(self) -> Any:
         """The answering nimbus's ``{"address", "leader"}``; any nimbus answers, standbys too."""
@@ -337,6 +383,11 @@ class NimbusClient:
     def close(self) -> None:
         """Close the socket (idempotent). The client reopens one if called again."""
         if self._socket is not None:
+            if self._monitor is not None:
+                if not self._socket.closed:  # the context's owner may have destroyed it already
+                    self._socket.disable_monitor()
+                self._monitor.close()
+                self._monitor = None
             self._socket.close(linger=0)
             self._socket = None
             self._socket_address = None
@@ -400,12 +451,12 @@ class NimbusClient:
         socket = self._socket_for(address)
         # IMMEDIATE: the socket becomes writable only once a ZMTP peer is connected, so
         # "nobody there" and "there but silent" can be told apart.
-        if not self._wait(socket, zmq.POLLOUT, deadline):
+        if not self._wait(socket, zmq.POLLOUT, deadline, address):
             self.close()
             raise _NoAnswer(f"cannot reach nimbus at {address} within {self.timeout:g} s")
         socket.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
         while True:
-            if not self._wait(socket, zmq.POLLIN, deadline):
+            if not self._wait(socket, zmq.POLLIN, deadline, address):
                 self.close()  # a late reply must not be read by the next call
                 raise _NoAnswer(f"nimbus at {address} accepted the connection but did not answer "
                                 f"'{request.OP}' within {self.timeout:g} s")
@@ -431,21 +482,48 @@ class NimbusClient:
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.IMMEDIATE, 1)
             socket.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            self.security.connect(socket)
+            # Handshake failures are watched with security on or off: a client without a key
+            # that reaches a secured nimbus is told so, not left to time out.
+            self._monitor = HandshakeMonitor(socket)
             socket.connect(f"tcp://{address}")
-        except zmq.ZMQError as e:
+        except (zmq.ZMQError, KeyFileError) as e:
+            if self._monitor is not None:
+                socket.disable_monitor()
+                self._monitor.close()
+                self._monitor = None
             socket.close(linger=0)
             raise NimbusUnavailable(f"cannot connect to nimbus at {address}: {e}") from None
         self._socket, self._socket_address = socket, address
         return socket
 
-    @staticmethod
-    def _wait(socket: zmq.Socket, event: int, deadline: float) -> bool:
+    def _wait(self, socket: zmq.Socket, event: int, deadline: float, address: str) -> bool:
+        """Wait for ``event`` until ``deadline``; a refused handshake raises :class:`Unauthenticated`
+        (at once when the peer said why; when it only closed mid-handshake, on the second time or
+        at the deadline, as one close may be a daemon going away)."""
         poller = zmq.Poller()
         poller.register(socket, event)
+        monitor = self._monitor
+        if monitor is not None:
+            poller.register(monitor.socket, zmq.POLLIN)
+        broken_off: list[str] = []
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if broken_off:
+                    self.close()
+                    raise Unauthenticated(broken_off[-1])
                 return False
-            if poller.poll(math.ceil(remaining * 1000)):
+            ready = dict(poller.poll(math.ceil(remaining * 1000)))
+            if monitor is not None and monitor.socket in ready:
+                for kind, value in monitor.events():
+                    text = self.security.handshake_failure(kind, value, f"nimbus at {address}")
+                    if text is None:
+                        continue
+                    broken_off.append(text)
+                    if self.security.conclusive(kind) or len(broken_off) >= 2:
+                        self.close()
+                        raise Unauthenticated(text)
+            if socket in ready:
                 return True
 

@@ -5,6 +5,7 @@ many sentences each run emits in total), test.rate (sentences per second per
 spout task; 0 = as fast as possible).
 """
 
+import itertools
 import os
 import time
 from collections import Counter
@@ -54,22 +55,29 @@ class Split(Bolt):
             self.emit([w])
 
 
+INSTANCES = itertools.count(1)
+
+
 class Count(Bolt):
+    """Emits (word, its count, task, instance): the instance is pid * 1000 + n, n counting the
+    Count instances this process made, so a task's counts can be told apart per instance (a
+    rebalance may start a new one in the same worker)."""
+
     outputs = ["word", "count", "task", "pid"]
 
     def prepare(self, context):
         self.counts = Counter()
         self.task = context.task_id
-        self.pid = os.getpid()
+        self.instance = os.getpid() * 1000 + next(INSTANCES)
 
     def process(self, tup):
         w = tup["word"]
         self.counts[w] += 1
-        self.emit([w, self.counts[w], self.task, self.pid])
+        self.emit([w, self.counts[w], self.task, self.instance])
 
 
 class FileSink(Bolt):
-    """Appends 'word count count-task count-pid sink-pid' lines to a file per sink task."""
+    """Appends 'word count count-task count-instance sink-pid' lines to a file per sink task."""
 
     def prepare(self, context):
         out = Path(context.config["test.output_dir"])

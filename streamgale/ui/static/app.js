@@ -1,11 +1,14 @@
 // StreamGale UI: a single page over the REST API (/api/v1/...). No build step, no dependencies.
 // Routes (in the URL hash): #/  ·  #/topology/<id or name>  ·  #/topology/<id or name>/component/<component>
+//   ·  #/topology/<id or name>/worker/<host:port> (its log)
 "use strict";
 
 const REFRESH_MS = 2000;
 const WINDOWS = [["600", "10 minutes"], ["10800", "3 hours"], ["86400", "1 day"], ["all", "All time"]];
 const SVG_NS = "http://www.w3.org/2000/svg";
-const state = { window: "all", generation: 0, timer: null };
+// window: null until the API says its default (the one `streamgale stats` shows), then what the user chose
+const state = { window: null, generation: 0, timer: null };
+const LOG_LINES = 200;
 
 // -- helpers ------------------------------------------------------------------------------------
 
@@ -83,9 +86,29 @@ async function api(path, options) {
   return body;
 }
 
+// Actions carry the token (when one is set) in a header, never in a cookie: no other site can
+// make the browser send it. It lives in this tab's sessionStorage until the tab closes.
+const TOKEN_KEY = "streamgale.token";
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
 function post(path, body) {
-  return api(path, { method: "POST", headers: { "Content-Type": "application/json" },
-                     body: JSON.stringify(body || {}) });
+  const headers = { "Content-Type": "application/json" };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  return api(path, { method: "POST", headers, body: JSON.stringify(body || {}) });
+}
+
+function tokenForm() {
+  const form = document.getElementById("token-form");
+  const input = document.getElementById("token-input");
+  const show = () => { input.value = ""; input.placeholder = token() ? "token set (replace)" : "token for actions"; };
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const value = input.value.trim();
+    if (value) sessionStorage.setItem(TOKEN_KEY, value); else sessionStorage.removeItem(TOKEN_KEY);
+    show();
+    showMessage(value ? "Token set: actions from this tab send it." : "Token cleared.");
+  });
+  show();
 }
 
 function showMessage(text, isError = false) {
@@ -100,6 +123,22 @@ function crumbs(...parts) {
   nav.replaceChildren(...parts.flatMap((p, i) => [i ? h("span", { class: "sep" }, "›") : null,
     p.href ? h("a", { href: p.href, testid: p.testid }, p.text) : h("span", { testid: p.testid }, p.text)])
     .filter(Boolean));
+}
+
+const windowQuery = () => (state.window ? `?window=${enc(state.window)}` : "");
+
+// The API's answer says which window it used: the default, until the user picks one.
+function adoptWindow(answer) {
+  if (state.window === null) state.window = answer.window;
+  const select = document.getElementById("window-select");
+  if (select && select.value !== state.window) select.value = state.window;
+}
+
+const logHref = (key, host, port) => `#/topology/${enc(key)}/worker/${enc(`${host}:${port}`)}`;
+// host:port as a link to that worker's log (plain text when there is no port: not a worker)
+function workerCell(key, host, port, testid) {
+  if (!host || !port) return h("td", {}, host || "-");
+  return h("td", {}, h("a", { href: logHref(key, host, port), testid, title: "the worker's log" }, `${host}:${port}`));
 }
 
 function windowSelect(onChange) {
@@ -173,7 +212,7 @@ function clusterPage(root) {
       [["Name"], ["Id"], ["Status"], ["Workers", 1], ["Executors", 1], ["Tasks", 1], ["Uptime", 1]],
       t.topologies.map((v) => h("tr", { testid: `topology-row-${v.name}` },
         h("td", {}, h("a", { href: `#/topology/${enc(v.name)}`, testid: `topology-link-${v.name}` }, v.name)),
-        h("td", {}, v.id), h("td", {}, statusPill(v.status, `topology-status-${v.name}`)),
+        h("td", {}, v.id), h("td", {}, statusPill(v.failing ? "FAILING" : v.status, `topology-status-${v.name}`)),
         numCell(v.workers), numCell(v.executors), numCell(v.tasks),
         h("td", { class: "num" }, duration(v.uptimeSeconds)))), { testid: "topology-table" })
       : h("p", { class: "muted", testid: "no-topologies" }, "No topologies running."));
@@ -206,7 +245,7 @@ function graphSvg(topology, g) {
                            testid: "topology-graph", role: "img", "aria-label": "component graph" },
     svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7,
                                     markerHeight: 7, orient: "auto-start-reverse" },
-      svg("path", { d: "M 0 0 L 10 5 L 0 10 z", style: "fill:#8a96a3;stroke:none" }))));
+      svg("path", { d: "M 0 0 L 10 5 L 0 10 z" }))));
   const seen = new Map();
   let arc = 0;
   for (const e of g.edges) {
@@ -265,6 +304,7 @@ function topologyPage(root, key, refresh) {
   const components = h("div");
   const graphBox = h("div");
   const workers = h("div");
+  const startErrors = h("div", { testid: "start-errors" });
   const note = h("p", { class: "muted", testid: "stats-note" });
   let current = null;
   let graphKey = null;
@@ -277,12 +317,13 @@ function topologyPage(root, key, refresh) {
     try { body = toBody(values); } catch (e) { showMessage(e.message, true); return; }
     await runAction(key, action, body, after || refresh);
   };
+  const actionButtons = {};
   const buttons = h("div", { class: "toolbar" },
-    h("button", { testid: "btn-activate", onclick: () => confirmThen("activate",
+    actionButtons.activate = h("button", { testid: "btn-activate", onclick: () => confirmThen("activate",
       "Its spouts resume emitting.", [], () => ({})) }, "Activate"),
-    h("button", { testid: "btn-deactivate", onclick: () => confirmThen("deactivate",
+    actionButtons.deactivate = h("button", { testid: "btn-deactivate", onclick: () => confirmThen("deactivate",
       "Its spouts stop emitting; bolts finish the tuples in flight.", [], () => ({})) }, "Deactivate"),
-    h("button", { testid: "btn-rebalance", onclick: () => {
+    actionButtons.rebalance = h("button", { testid: "btn-rebalance", onclick: () => {
       const comps = (current ? current.components : []).filter((c) => !c.id.startsWith("__"));
       confirmThen("rebalance", "Spouts stop for the wait, then executors are redistributed. " +
         "Leave a field empty to keep its value; the wait defaults to the topology's message timeout.",
@@ -300,24 +341,49 @@ function topologyPage(root, key, refresh) {
           return body;
         });
     } }, "Rebalance"),
-    h("button", { testid: "btn-kill", class: "danger", onclick: () => confirmThen("kill",
+    actionButtons.kill = h("button", { testid: "btn-kill", class: "danger", onclick: () => confirmThen("kill",
       "Its spouts stop, and after the wait (default: the topology's message timeout) its workers " +
       "and state are removed.",
       [{ name: "wait", label: "Wait seconds", min: 0, step: "any", placeholder: "default" }],
       (v) => ({ wait: intOrNull(v.wait) })) }, "Kill"),
     windowSelect(refresh));
-  root.replaceChildren(title, facts, buttons, h("h2", {}, "Components"), note, components,
-                       h("h2", {}, "Topology graph"), graphBox, h("h2", {}, "Workers"), workers);
+  const totals = h("div");
+  const configuration = h("div");
+  root.replaceChildren(title, facts, buttons, h("h2", {}, "Topology stats"), totals, startErrors,
+                       h("h2", {}, "Components"), note, components,
+                       h("h2", {}, "Topology graph"), graphBox, h("h2", {}, "Workers"), workers,
+                       h("h2", {}, "Configuration"), configuration);
 
   return async () => {
-    const t = await api(`/api/v1/topology/${enc(key)}?window=${state.window}`);
+    const t = await api(`/api/v1/topology/${enc(key)}${windowQuery()}`);
+    adoptWindow(t);
     current = t;
+    // Storm UI's rule: a button is enabled only when its action applies to the status now
+    for (const [action, button] of Object.entries(actionButtons)) {
+      button.disabled = !t.actions[action];
+      button.title = t.actions[action] ? "" : `not while the topology is ${t.status}`;
+    }
+    const windowLabel = Object.fromEntries(WINDOWS);
+    fill(totals, table([["Window"], ["Emitted", 1], ["Transferred", 1], ["Complete ms", 1], ["Acked", 1],
+                        ["Failed", 1]],
+      t.totals.map((w) => h("tr", { testid: `totals-row-${w.window}`, class: w.window === t.window ? "chosen" : null },
+        h("td", {}, windowLabel[w.window] || w.window), numCell(w.emitted, `totals-emitted-${w.window}`),
+        numCell(w.transferred), numCell(w.completeLatencyMs, null, decimal(w.completeLatencyMs)),
+        numCell(w.acked, `totals-acked-${w.window}`), numCell(w.failed))), { testid: "totals-table" }));
     title.textContent = t.name;
     const kv = (label, value, testid) => [h("dt", {}, label), h("dd", { testid }, value)];
-    fill(facts, ...kv("Id", t.id, "topology-id"), ...kv("Status", statusPill(t.status, "status")),
+    fill(facts, ...kv("Id", t.id, "topology-id"), ...kv("Status", statusPill(t.failing ? "FAILING" : t.status, "status")),
       ...kv("Workers", t.workers, "topology-workers"), ...kv("Executors", t.executors),
       ...kv("Tasks", t.tasks), ...kv("Uptime", duration(t.uptimeSeconds)));
     note.textContent = t.statsAvailable ? "" : "Metrics are not available from nimbus yet; counts show 0.";
+    // a refused code package, a Python environment pip could not build, a worker that died
+    fill(startErrors, ...(t.startErrors.length ? [h("h2", {}, "Code and worker errors"), table(
+      [["Time"], ["Source"], ["Worker"], ["Error"]],
+      t.startErrors.map((e, i) => h("tr", { testid: `start-error-${i}` }, h("td", {}, clock(e.time)),
+        h("td", {}, e.source === "__package" ? "code package" : "worker"),
+        workerCell(key, e.host, e.port, `start-error-log-${i}`),
+        h("td", { class: "error" }, h("pre", { class: "trace" }, e.message)))),
+      { testid: "start-error-table" })] : []));
     fill(components, table(
       [["Component"], ["Kind"], ["Executors", 1], ["Tasks", 1], ["Emitted", 1], ["Transferred", 1],
        ["Executed", 1], ["Acked", 1], ["Failed", 1], ["Exec ms", 1], ["Capacity", 1], ["Complete ms", 1],
@@ -343,10 +409,16 @@ function topologyPage(root, key, refresh) {
       [["Host:port"], ["Supervisor"], ["Components"], ["Executors", 1], ["PID", 1], ["CPU %", 1], ["RSS MB", 1],
        ["Uptime", 1]],
       t.workerList.map((w) => h("tr", { testid: `worker-row-${w.host}-${w.port}` },
-        h("td", {}, `${w.host}:${w.port}`), h("td", {}, w.supervisor), h("td", {}, w.components.join(", ")),
+        workerCell(key, w.host, w.port, `worker-log-link-${w.host}-${w.port}`), h("td", {}, w.supervisor), h("td", {}, w.components.join(", ")),
         numCell(w.executors), numCell(w.pid, null, w.pid ?? "-"), numCell(w.cpuPercent, null, decimal(w.cpuPercent, 1)),
         numCell(w.rssMb, null, decimal(w.rssMb, 1)), h("td", { class: "num" }, duration(w.uptimeSeconds)))),
       { testid: "worker-table" }) : h("p", { class: "muted" }, "No workers assigned."));
+    const shown = (v) => (v === null || v === undefined ? "null" : typeof v === "object" ? JSON.stringify(v) : String(v));
+    fill(configuration, t.configuration ? table([["Key"], ["Value"], ["Set by"]],
+      t.configuration.map((c) => h("tr", { testid: `config-row-${c.key}`, class: c.source === "topology" ? "own" : null },
+        h("td", {}, c.key), h("td", { class: "value", testid: `config-value-${c.key}` }, shown(c.value)),
+        h("td", {}, c.source))), { testid: "config-table" })
+      : h("p", { class: "muted" }, "This nimbus does not serve topology configurations."));
   };
 }
 
@@ -358,11 +430,14 @@ function componentPage(root, key, component, refresh) {
   const title = h("h1", {}, component);
   const facts = h("dl", { class: "kv", testid: "component-facts" });
   const windows = h("div"), tasks = h("div"), errors = h("div");
+  const outputBox = h("div"), inputBox = h("div"), executorBox = h("div");
   root.replaceChildren(title, facts, h("div", { class: "toolbar" }, windowSelect(refresh)),
-    h("h2", {}, "By window"), windows, h("h2", {}, "Tasks"), tasks, h("h2", {}, "Recent errors"), errors);
+    h("h2", {}, "By window"), windows, h("h2", {}, "Output streams"), outputBox, h("h2", {}, "Inputs"), inputBox,
+    h("h2", {}, "Executors"), executorBox, h("h2", {}, "Tasks"), tasks, h("h2", {}, "Recent errors"), errors);
 
   return async () => {
-    const c = await api(`/api/v1/topology/${enc(key)}/component/${enc(component)}?window=${state.window}`);
+    const c = await api(`/api/v1/topology/${enc(key)}/component/${enc(component)}${windowQuery()}`);
+    adoptWindow(c);
     const kv = (label, value, testid) => [h("dt", {}, label), h("dd", { testid }, value)];
     const inputs = c.inputs.map((i) => `${i.source} (${i.stream}, ${i.type}` +
                                        (i.fields ? ` [${i.fields.join(", ")}]` : "") + ")").join("; ") || "-";
@@ -379,11 +454,29 @@ function componentPage(root, key, component, refresh) {
         numCell(v.executeLatencyMs, null, decimal(v.executeLatencyMs)),
         numCell(v.capacity, null, decimal(v.capacity)), numCell(v.completeLatencyMs, null, decimal(v.completeLatencyMs)));
     }), { testid: "window-table" }));
+    fill(outputBox, c.outputStats.length ? table([["Stream"], ["Fields"], ["Emitted", 1]],
+      c.outputStats.map((o) => h("tr", { testid: `output-row-${o.stream}` }, h("td", {}, o.stream),
+        h("td", {}, o.fields.join(", ") || "-"), numCell(o.emitted, `output-emitted-${o.stream}`))),
+      { testid: "output-table" }) : h("p", { class: "muted" }, "No output streams."));
+    fill(inputBox, c.inputStats.length ? table([["Source"], ["Stream"], ["Grouping"], ["Fields"],
+                                              ["Emitted by source", 1]],
+      c.inputStats.map((i) => h("tr", { testid: `input-row-${i.source}-${i.stream}` },
+        h("td", {}, h("a", { href: `#/topology/${enc(key)}/component/${enc(i.source)}` }, i.source)),
+        h("td", {}, i.stream), h("td", {}, i.grouping), h("td", {}, i.fields.join(", ") || "-"),
+        numCell(i.emitted, `input-emitted-${i.source}-${i.stream}`))), { testid: "input-table" })
+      : h("p", { class: "muted" }, "No inputs: a spout."));
+    fill(executorBox, table([["Executor"], ["Host:port"], ["Uptime", 1], ...countCols],
+      c.executorStats.map((e) => h("tr", { testid: `executor-row-${e.id}` }, h("td", {}, e.id),
+        workerCell(key, e.host, e.port, `executor-log-${e.id}`), h("td", { class: "num" }, duration(e.uptimeSeconds)),
+        numCell(e.emitted, `executor-emitted-${e.id}`), numCell(e.transferred), numCell(e.executed), numCell(e.acked),
+        numCell(e.failed), numCell(e.executeLatencyMs, null, decimal(e.executeLatencyMs)),
+        numCell(e.capacity, null, decimal(e.capacity)), numCell(e.completeLatencyMs, null, decimal(e.completeLatencyMs)))),
+      { testid: "executor-table" }));
     fill(tasks, table([["Task", 1], ["Host:port"], ["Emitted", 1], ["Transferred", 1], ["Executed", 1],
                                  ["Acked", 1], ["Failed", 1], ["Exec ms", 1], ["Capacity", 1], ["Queue", 1],
                                  ["Component metrics"]],
       c.tasks.map((t) => h("tr", { testid: `task-row-${t.task}` }, numCell(t.task),
-        h("td", {}, t.host ? `${t.host}:${t.port}` : "-"), numCell(t.emitted, `task-emitted-${t.task}`),
+        workerCell(key, t.host, t.port, `task-log-${t.task}`), numCell(t.emitted, `task-emitted-${t.task}`),
         numCell(t.transferred), numCell(t.executed, `task-executed-${t.task}`), numCell(t.acked), numCell(t.failed),
         numCell(t.executeLatencyMs, null, decimal(t.executeLatencyMs)), numCell(t.capacity, null, decimal(t.capacity)),
         numCell(t.queue),
@@ -391,10 +484,27 @@ function componentPage(root, key, component, refresh) {
           Object.entries(t.metrics || {}).map(([k, v]) => `${k} ${v}`).join(", ") || "-"))), { testid: "task-table" }));
     fill(errors, c.errors.length ? table([["Time"], ["Task", 1], ["Worker"], ["Error"]],
       c.errors.map((e, i) => h("tr", { testid: `error-row-${i}` }, h("td", {}, clock(e.time)), numCell(e.task),
-        h("td", {}, `${e.host}:${e.port}`),
+        workerCell(key, e.host, e.port, `error-log-${i}`),
         h("td", { class: "error" }, h("details", {}, h("summary", {}, e.message.split("\n")[0]),
                                       h("pre", { class: "trace" }, e.message))))), { testid: "error-table" })
       : h("p", { class: "muted", testid: "no-errors" }, "No errors reported."));
+  };
+}
+
+// -- a worker's log -----------------------------------------------------------------------------
+
+function logPage(root, key, worker) {
+  crumbs({ text: "Cluster", href: "#/" }, { text: key, href: `#/topology/${enc(key)}` },
+         { text: `worker ${worker}`, testid: "crumb-worker" });
+  const note = h("p", { class: "muted", testid: "log-note" });
+  const text = h("pre", { class: "log", testid: "worker-log" });
+  root.replaceChildren(h("h1", {}, `Log of worker ${worker}`), note, text);
+
+  return async () => {
+    const log = await api(`/api/v1/topology/${enc(key)}/worker/${enc(worker)}/log?lines=${LOG_LINES}`);
+    note.textContent = `The last ${log.lines.length} lines (at most ${log.linesRequested}) of ${log.topologyId}'s ` +
+                       `worker on ${log.worker}, read through its supervisor; \`streamgale logs ${log.topology} -f\` follows it.`;
+    fill(text, log.lines.join("\n"));
   };
 }
 
@@ -408,6 +518,7 @@ function route() {
   const refresh = () => { if (generation === state.generation) tick(); };
   let update;
   if (parts[0] === "topology" && parts.length === 2) update = topologyPage(root, parts[1], refresh);
+  else if (parts[0] === "topology" && parts[2] === "worker" && parts.length === 4) update = logPage(root, parts[1], parts[3]);
   else if (parts[0] === "topology" && parts[2] === "component" && parts.length === 4) {
     update = componentPage(root, parts[1], parts[3], refresh);
   } else update = clusterPage(root);
@@ -438,4 +549,4 @@ function route() {
 }
 
 window.addEventListener("hashchange", () => { showMessage(""); route(); });
-window.addEventListener("DOMContentLoaded", route);
+window.addEventListener("DOMContentLoaded", () => { tokenForm(); route(); });
