@@ -183,3 +183,19 @@ def test_a_loss_fails_the_trees_once_the_worker_runs_the_assignment_that_moved_t
     assert loss_step(5, 10, 5, 10, 10) == (5, None, True)  # re-pointed: fail them now
     assert loss_step(5, None, 6, 10, 10) == (6, None, True)  # relaunched in place: at once
     assert loss_step(6, 12, 7, 11, 11) == (7, 12, False)  # two losses: the newer assignment decides
+
+
+def test_with_checkpointed_state_a_loss_fails_only_the_checkpoint_spouts_trees():
+    """A user tree of a stateful topology may hold effects that still commit (acks on their way,
+    or a prepared transaction that a retried COMMIT completes): failing it early would replay
+    what commits, twice in the state and in a commit sink (a CI run wrote an entry twice)."""
+    from types import SimpleNamespace
+
+    from streamgale.worker.daemon import failed_early
+
+    from streamgale.wire.spec import CHECKPOINT
+
+    user, checkpoint = SimpleNamespace(component="entries"), SimpleNamespace(component=CHECKPOINT)
+    assert failed_early([user, checkpoint], checkpointed=True) == [checkpoint]
+    assert failed_early([user], checkpointed=True) == []  # the checkpoint spout runs elsewhere
+    assert failed_early([user], checkpointed=False) == [user]

@@ -41,6 +41,7 @@ from streamgale.security import Security
 from streamgale.topology import Topology
 from streamgale.wire import channel
 from streamgale.wire.channel import WorkerArgs
+from streamgale.wire.spec import CHECKPOINT
 
 from .heartbeat import Heartbeat, send_once
 from .transport import Inbound, Transport
@@ -243,8 +244,8 @@ class Worker:
         self.losses_seen, self.loss_due, act = loss_step(self.losses_seen, self.loss_due, epoch, after, version)
         if not act:
             return
-        assert self.loop is not None
-        failed = sum(s.fail_pending() for s in self.loop.spouts)
+        assert self.loop is not None and self.topology is not None
+        failed = sum(s.fail_pending() for s in failed_early(self.loop.spouts, CHECKPOINT in self.topology.components))
         if failed:
             log.info("a worker of %s was lost: failed %d pending trees at once for their spouts to replay",
                      self.args.topology_id, failed)
@@ -381,6 +382,14 @@ def loss_step(seen: int | None, due: int | None, epoch: int, after: int,
     if due is None or version < due:
         return epoch, due, False
     return epoch, None, True
+
+
+def failed_early(spouts: list[SpoutExecutor], checkpointed: bool) -> list[SpoutExecutor]:
+    """Pure: the spouts whose pending trees fail at once on a loss. With checkpointed state only
+    the checkpoint spout's: a user tree may hold effects that commit (its acks on the way, or
+    in a prepared transaction that a retried COMMIT completes), and replaying it would apply
+    them twice. The rollback that the failed checkpoint starts fails every held input itself."""
+    return [s for s in spouts if s.component == CHECKPOINT] if checkpointed else list(spouts)
 
 
 def _key(e: Executor) -> tuple[str, tuple[int, ...]]:
