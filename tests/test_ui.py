@@ -614,6 +614,31 @@ def browser(tmp_path):
         shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
+class Page:
+    """The UI page in ``browser``: elements by ``data-testid``, and checks that wait while what
+    they look for is not (or no longer) on the page."""
+
+    def __init__(self, browser):
+        self.browser = browser
+
+    def find(self, testid: str):
+        from selenium.webdriver.common.by import By
+
+        return self.browser.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
+
+    @staticmethod
+    def attempt(action):
+        """``action``, or None while what it looks for is not (or no longer) on the page."""
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+        def run():
+            try:
+                return action()
+            except (NoSuchElementException, StaleElementReferenceException):
+                return None
+        return run
+
+
 def screenshot(driver, name: str) -> None:
     """docs/img/<name>.png of the whole page (not just the window), when STREAMGALE_UI_SCREENSHOTS=1."""
     if os.environ.get("STREAMGALE_UI_SCREENSHOTS") != "1":
@@ -628,20 +653,10 @@ def screenshot(driver, name: str) -> None:
 
 @slow
 def test_web_page_lists_shows_counts_and_deactivates(cluster, ui, browser, tmp_path):  # noqa: F811
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    def find(testid):
-        return browser.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
-
-    def attempt(action):
-        """``action``, or None while what it looks for is not (or no longer) on the page."""
-        def run():
-            try:
-                return action()
-            except (NoSuchElementException, StaleElementReferenceException):
-                return None
-        return run
+    page = Page(browser)
+    find, attempt = page.find, page.attempt
 
     def value(testid):
         return int(find(testid).get_attribute("data-value"))

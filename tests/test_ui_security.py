@@ -14,7 +14,7 @@ import threading
 import pytest
 from click.testing import CliRunner
 from conftest import ROOT, wait_for
-from test_ui import browser  # noqa: F401  (fixture: headless Chromium, skipped when missing)
+from test_ui import Page, browser  # noqa: F401  (browser: the fixture, headless Chromium, skipped when missing)
 
 from streamgale.config import REDACTED, SETTINGS, redact
 from streamgale.ui import access
@@ -228,9 +228,6 @@ def test_the_page_needs_nothing_the_content_security_policy_forbids():
 
 @pytest.mark.slow
 def test_the_page_works_under_its_policy_and_sends_the_token(serve, browser):  # noqa: F811  (fixture)
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-
     ui = serve(token=TOKEN)
     # a listener injected through the DevTools protocol, which the page's own policy does not govern
     browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
@@ -238,17 +235,8 @@ def test_the_page_works_under_its_policy_and_sends_the_token(serve, browser):  #
         " (e) => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));")})
     browser.get(f"http://127.0.0.1:{ui.port}/#/topology/wc")
 
-    def find(testid):
-        return browser.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
-
-    def shown(check):
-        """``check``, or False while what it looks for is not on the page yet."""
-        def attempt():
-            try:
-                return check()
-            except (NoSuchElementException, StaleElementReferenceException):
-                return False
-        return attempt
+    page = Page(browser)
+    find, shown = page.find, page.attempt
 
     def deactivate():
         find("btn-deactivate").click()
