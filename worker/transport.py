@@ -49,8 +49,8 @@ class Inbound:
 class Transport:
     """Owned by one thread: the worker loop. ``pump`` once per loop turn."""
 
-    def __init__(self, context: zmq.Context, port: int, inbound: Inbound, batch_size: int = 1000,
-                 linger: float = 0.0005, max_message_bytes: int = 64 << 20, hwm: int = HWM,
+    def __init__(self, context: zmq.Context, port: int, inbound: Inbound, batch_size: int = 200,
+                 linger: float = 0.0002, max_message_bytes: int = 64 << 20, hwm: int = HWM,
                  bind_host: str = "*", scheme: str = "tcp", host: str = "", security: Security | None = None):
         self.inbound = inbound
         self.security = security if security is not None else Security.off()
