@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 
 import zmq
 
+from streamgale.config import SETTINGS
 from streamgale.ratelimit import RateLimitedLog
 from streamgale.runtime.wakeup import Wakeup
 from streamgale.security import Security
@@ -46,11 +47,15 @@ class Inbound:
         self.index = index  # component -> stream -> field index
 
 
+BATCH_SIZE: int = SETTINGS["topology.batch_size"].default  # the config's defaults, for callers without one
+BATCH_LINGER: float = SETTINGS["topology.batch_linger"].default
+
+
 class Transport:
     """Owned by one thread: the worker loop. ``pump`` once per loop turn."""
 
-    def __init__(self, context: zmq.Context, port: int, inbound: Inbound, batch_size: int = 200,
-                 linger: float = 0.0002, max_message_bytes: int = 64 << 20, hwm: int = HWM,
+    def __init__(self, context: zmq.Context, port: int, inbound: Inbound, batch_size: int = BATCH_SIZE,
+                 linger: float = BATCH_LINGER, max_message_bytes: int = 64 << 20, hwm: int = HWM,
                  bind_host: str = "*", scheme: str = "tcp", host: str = "", security: Security | None = None):
         self.inbound = inbound
         self.security = security if security is not None else Security.off()
