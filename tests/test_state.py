@@ -462,3 +462,84 @@ def test_the_checkpoint_spout_sends_nothing_new_until_it_could_record_a_phase():
     now[0] = 5.0
     spout.next_tuple()
     assert sent[-1] == (3, PREPARE)  # after a rollback of 2, the next checkpoint is 3, not 2 again
+
+
+class _Marks:
+    """A collector that records what a checkpointed bolt acks, fails and passes on."""
+
+    acks = None
+
+    def __init__(self):
+        self.acked: list[tuple] = []
+        self.failed: list[tuple] = []
+        self.passed: list[tuple] = []
+
+    def ack(self, tup):
+        self.acked.append((tup.source_task, *tup.values))
+
+    def fail(self, tup):
+        self.failed.append((tup.source_task, *tup.values))
+
+    def bolt_emit(self, values, stream, anchors):
+        self.passed.append(tuple(values))
+
+    bolt_emit_many = bolt_emit_direct = None
+
+
+def _forwarder(inputs: tuple[int, ...]):
+    """A stateless bolt reading two tasks of ``split``: it aligns their barriers and passes them on."""
+    from streamgale.components import TopologyContext
+    from streamgale.state.checkpoint import CheckpointedBolt
+
+    bolt = CheckpointedBolt(Split(), ["split"], input_tasks=len(inputs))
+    col = bolt._collector = _Marks()
+    bolt.prepare(TopologyContext("t", "count", 9, 0, 1, Config(), {"split": inputs, "count": (9,)}, {}))
+    return bolt, col
+
+
+def _mark(source_task: int, txid: int, action: str, attempt: int):
+    from streamgale.tuples import Tuple
+    return Tuple([txid, action, attempt], CHECKPOINT, "split", source_task, {"txid": 0, "action": 1, "attempt": 2})
+
+
+def test_a_late_copy_of_an_action_given_up_never_aligns_with_its_retry():
+    # CI: a PREPARE failed at a restarted task while its copy was still on the way through the
+    # restarted worker, and the ROLLBACK after it was retried the same way. Aligned by (txid,
+    # action) alone, every retry closed a barrier with the late copy of the attempt before it,
+    # and was left one copy short itself: each retry timed out, for a minute, and the tuples
+    # failed meanwhile ran out of retries. Aligned by attempt, the retry completes at once.
+    bolt, col = _forwarder((3, 4))
+    bolt.process(_mark(4, 4, "PREPARE", 8))
+    bolt.process(_mark(4, 4, "ROLLBACK", 9))  # the PREPARE failed elsewhere: its barrier is given up
+    bolt.process(_mark(3, 4, "PREPARE", 8))  # late on channel 3: failed, the ROLLBACK stays aligned
+    assert col.failed == [(4, 4, "PREPARE", 8), (3, 4, "PREPARE", 8)] and col.passed == []
+    bolt.process(_mark(3, 4, "ROLLBACK", 9))
+    assert col.passed == [(4, "ROLLBACK", 9)]
+    assert col.acked == [(4, 4, "ROLLBACK", 9), (3, 4, "ROLLBACK", 9)]
+    # A retry (a new attempt) while an attempt is half aligned: the old copies fail, the new one aligns.
+    bolt.process(_mark(3, 4, "INITSTATE", 10))
+    bolt.process(_mark(3, 4, "INITSTATE", 11))
+    bolt.process(_mark(4, 4, "INITSTATE", 10))  # late: failed, not aligned with 11
+    bolt.process(_mark(4, 4, "INITSTATE", 11))
+    assert col.failed[2:] == [(3, 4, "INITSTATE", 10), (4, 4, "INITSTATE", 10)]
+    assert col.passed[-1] == (4, "INITSTATE", 11) and len(col.passed) == 2
+
+
+def test_a_restarted_checkpoint_spout_sends_attempts_above_every_earlier_one(tmp_path):
+    # Bolts that outlived a checkpoint spout must take its new actions for new, not for late
+    # copies: its attempts go on above what it recorded, also when the wall clock went back.
+    from streamgale.components import TopologyContext
+    from streamgale.state.checkpoint import UNRECORDED_ATTEMPTS, CheckpointSpout
+
+    config = Config().merged({"topology.state.backend": "sqlite",
+                              "topology.state.sqlite.path": str(tmp_path / "state.db")}, "test")
+    attempts = []
+    for wall in (100.0, 100.0, 50.0, 200.0):
+        spout = CheckpointSpout()
+        spout.wall = lambda: wall  # type: ignore[method-assign]
+        spout.emit = lambda values, stream, msg_id: attempts.append(values[2])  # type: ignore[method-assign]
+        spout.open(TopologyContext("t", CHECKPOINT, 1, 0, 1, config, {CHECKPOINT: (1,)}, {}))
+        spout.next_tuple()  # INITSTATE
+        spout.close()
+    first = 100_000_000 + 1
+    assert attempts == [first, first + UNRECORDED_ATTEMPTS, first + 2 * UNRECORDED_ATTEMPTS, 200_000_000 + 1]

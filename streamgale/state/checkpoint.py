@@ -2,11 +2,15 @@
 
 A topology with a :class:`~streamgale.state.StatefulBolt` gets a system spout,
 ``__checkpoint`` (one task), that drives transactions over the system stream
-``__checkpoint``: tuples ``[txid, action]``, tracked like any spout tuple. Every
+``__checkpoint``: tuples ``[txid, action, attempt]``, tracked like any spout tuple. Every
 bolt takes that stream from the checkpoint spout (if it reads a spout) or from
 each bolt it reads, and passes each action on once it has it from *all* its
 input tasks (a barrier aligned per input task), so every tuple a bolt sees lies
-cleanly before or after a barrier on its channel.
+cleanly before or after a barrier on its channel. Every action the spout sends
+(a retry too) has a new ``attempt``, larger than every earlier one, also across
+the spout's restarts: a bolt aligns one attempt at a time, so the copies of an
+action given up (late on a slow channel) never complete a barrier with the
+copies of its retry; they are failed.
 
 Actions, as in Storm:
 
@@ -58,13 +62,18 @@ from .store import StateStore, open_store
 
 log = logging.getLogger("streamgale.state")
 
-CHECKPOINT_FIELDS = ("txid", "action")
+CHECKPOINT_FIELDS = ("txid", "action", "attempt")
 PREPARE, COMMIT, ROLLBACK, INITSTATE = "PREPARE", "COMMIT", "ROLLBACK", "INITSTATE"
 ACTIONS = (PREPARE, COMMIT, ROLLBACK, INITSTATE)
 RECOVERY = (ROLLBACK, INITSTATE)
 
 # The checkpoint spout's phases (its committed state).
 COMMITTED, PREPARING, COMMITTING = "COMMITTED", "PREPARING", "COMMITTING"
+
+# A restarted checkpoint spout's first attempt is this far above the last one it recorded (it
+# records one at each phase, and retries in between are not recorded), or at the wall clock's
+# microseconds if that is more (if the backend lost the record).
+UNRECORDED_ATTEMPTS = 1 << 24
 
 
 def spout_namespace(topology: str) -> str:
@@ -83,26 +92,31 @@ class CheckpointSpout(Spout):
 
     outputs = {CHECKPOINT: list(CHECKPOINT_FIELDS)}
     clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
 
     def open(self, context: TopologyContext) -> None:
         self.interval = float(context.config["topology.state.checkpoint_interval"])
         self.store = open_store(context.config, spout_namespace(context.topology))
         version, data = self.store.load()
         self.version = version  # the store's own txid for this spout's record
-        txid, phase = (msgpack.unpackb(data[b"state"]) if b"state" in data else (0, COMMITTED))
+        txid, phase, *rest = (msgpack.unpackb(data[b"state"]) if b"state" in data else (0, COMMITTED))
         self.txid = int(txid)  # the last committed checkpoint (or the one in progress)
         self.phase = str(phase)
+        # Attempts go on above every earlier incarnation's: bolts that outlived it must take this
+        # one's actions for new ones, not for late copies (recorded before the first is sent).
+        self.attempt = max(int(self.wall() * 1e6), (int(rest[0]) if rest else 0) + UNRECORDED_ATTEMPTS)
         # Recovery first: finish or undo what a previous incarnation started, then INITSTATE.
-        self.todo: list[str] = {PREPARING: [ROLLBACK], COMMITTING: [COMMIT]}.get(self.phase, []) + [INITSTATE]
+        self.todo: list[str] = []
         self.in_flight: str | None = None
         self.after: tuple[int, str, list[str]] | None = None  # a phase to record before going on
         self.save_failing = False
         self.last = self.clock()
-        self.attempt = 0
+        self._advance(self.txid, self.phase,
+                      {PREPARING: [ROLLBACK], COMMITTING: [COMMIT]}.get(self.phase, []) + [INITSTATE])
 
     def _save(self, txid: int, phase: str) -> None:
         self.version += 1
-        self.store.prepare(self.version, {b"state": msgpack.packb([txid, phase])}, b"")
+        self.store.prepare(self.version, {b"state": msgpack.packb([txid, phase, self.attempt])}, b"")
         self.store.commit(self.version)
         self.txid, self.phase = txid, phase
 
@@ -144,12 +158,17 @@ class CheckpointSpout(Spout):
             return
         self.in_flight = action
         self.attempt += 1
-        self.emit([self.txid, action], stream=CHECKPOINT, msg_id=(self.txid, action, self.attempt))
+        self.emit([self.txid, action, self.attempt], stream=CHECKPOINT, msg_id=(self.txid, action, self.attempt))
+
+    def _answers(self, msg_id: Any) -> bool:
+        """``msg_id`` is the attempt in flight (not a late answer to one given up on)."""
+        txid, action, attempt = msg_id
+        return self.in_flight == action and txid == self.txid and attempt == self.attempt
 
     def ack(self, msg_id: Any) -> None:
+        if not self._answers(msg_id):
+            return
         txid, action, _ = msg_id
-        if self.in_flight != action or txid != self.txid:
-            return  # a late answer to an attempt given up on
         self.in_flight = None
         if action == PREPARE:
             self._advance(txid, COMMITTING, [COMMIT])
@@ -163,9 +182,9 @@ class CheckpointSpout(Spout):
             self.last = self.clock()
 
     def fail(self, msg_id: Any) -> None:
-        txid, action, _ = msg_id
-        if self.in_flight != action or txid != self.txid:
+        if not self._answers(msg_id):
             return
+        action = msg_id[1]
         self.in_flight = None
         if action == PREPARE:
             self.todo = [ROLLBACK, INITSTATE]  # ROLLBACK, then make restarted tasks initialise
@@ -183,13 +202,14 @@ class CheckpointSpout(Spout):
 
 
 class _Barrier:
-    """A checkpoint action being aligned: the input tasks that delivered it, their
-    checkpoint tuples, and the data tuples that arrived behind it."""
+    """A checkpoint action being aligned: its attempt, the input tasks that delivered it,
+    their checkpoint tuples, and the data tuples that arrived behind it."""
 
-    __slots__ = ("key", "delivered", "marks", "behind")
+    __slots__ = ("key", "attempt", "delivered", "marks", "behind")
 
-    def __init__(self, key: tuple[int, str]):
+    def __init__(self, key: tuple[int, str], attempt: int):
         self.key = key
+        self.attempt = attempt
         self.delivered: set[int] = set()
         self.marks: list[Tuple] = []
         self.behind: list[Tuple] = []
@@ -253,6 +273,7 @@ class CheckpointedBolt(Bolt):
         self.component, self.task = context.component, context.task_id
         self.inputs = frozenset(t for c in self.checkpoint_sources for t in context.tasks_of(c))
         self.barrier: _Barrier | None = None
+        self.attempt = -1  # the latest attempt aligned (or being aligned)
         self.held: list[int] = []  # root, xor, root, xor, ... of inputs processed since the last PREPARE
         self.initialised = not self.stateful
         self.store: StateStore | None = None
@@ -355,10 +376,15 @@ class CheckpointedBolt(Bolt):
     # -- checkpoint tuples --------------------------------------------------------------------
 
     def _mark(self, tup: Tuple) -> None:
-        txid, action = tup.values
-        key = (int(txid), str(action))
+        txid, action, attempt = tup.values
+        key, attempt = (int(txid), str(action)), int(attempt)
+        if attempt < self.attempt or (attempt == self.attempt and self.barrier is None):
+            # An attempt the spout gave up, late on this channel (a newer one is aligned, or
+            # done): not aligned with the newer one's copies; it fails, as the spout expects.
+            self._collector.fail(tup)
+            return
         b = self.barrier
-        if b is not None and b.key != key:
+        if b is not None and b.attempt != attempt:
             # A new action while another was being aligned (a retry after a failure): the old
             # one is given up; what waited behind it is dispatched again under the new one.
             self.barrier = None
@@ -367,14 +393,15 @@ class CheckpointedBolt(Bolt):
                 self._dispatch(waiting, direct=False)
             b = None
         if b is None:
-            b = self.barrier = _Barrier(key)
+            b = self.barrier = _Barrier(key, attempt)
+            self.attempt = attempt
         b.delivered.add(tup.source_task)
         b.marks.append(tup)
         if not self.inputs <= b.delivered:
             return
         self.barrier = None
         try:
-            self._act(key[0], key[1], b.marks)
+            self._act(key[0], key[1], attempt, b.marks)
         except Exception as exc:  # noqa: BLE001 - a user hook or the store: this checkpoint fails
             self._fail_marks(b.marks)
             self._report(exc, f"in {key[1]} {key[0]} of bolt '{self.component}' task {self.task}")
@@ -385,14 +412,14 @@ class CheckpointedBolt(Bolt):
         for mark in marks:
             self._collector.fail(mark)
 
-    def _act(self, txid: int, action: str, marks: list[Tuple]) -> None:
+    def _act(self, txid: int, action: str, attempt: int, marks: list[Tuple]) -> None:
         col = self._collector
         if self.stateful:
             if action == PREPARE and not self.initialised:
                 self._fail_marks(marks)  # the checkpoint spout rolls back, then sends INITSTATE
                 return
             self._stateful_act(txid, action)
-        col.bolt_emit([txid, action], CHECKPOINT, marks)
+        col.bolt_emit([txid, action, attempt], CHECKPOINT, marks)
         if not (self.passthrough and self.auto_ack):  # else the runtime acks its input, the one mark
             for mark in marks:
                 col.ack(mark)
