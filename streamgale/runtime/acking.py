@@ -144,8 +144,20 @@ class AckBuffer:
         return out
 
 
+class _Tree:
+    """An acker's entry for one root: a native object when compiled (typed fields, no boxing)."""
+
+    __slots__ = ("xor", "spout_task", "failed", "generation")
+
+    def __init__(self, xor: int, spout_task: int, failed: bool, generation: int) -> None:
+        self.xor = xor
+        self.spout_task = spout_task  # 0 before the init arrived
+        self.failed = failed
+        self.generation = generation  # when last touched (expire forgets old generations)
+
+
 class AckerTable:
-    """An acker task's state: root -> [xor, spout task (0 before the init), failed, generation].
+    """An acker task's state: root -> its tree (XOR so far, spout task, failed, generation).
 
     One dict, so an ack costs one lookup. Every ``timeout / (generations - 1)``
     seconds ``expire`` starts a new generation and forgets the roots last
@@ -155,7 +167,7 @@ class AckerTable:
     """
 
     def __init__(self, timeout: float, generations: int = 3, now: float | None = None):
-        self.entries: dict[int, list[Any]] = {}
+        self.entries: dict[int, _Tree] = {}
         self.generations = generations
         self.generation = 0
         self.interval = timeout / (generations - 1)
@@ -178,42 +190,43 @@ class AckerTable:
         entries = self.entries
         gen = self.generation
         for root in fails:
-            entry = entries.get(root)
-            if entry is None:
-                entries[root] = [0, 0, True, gen]  # failed before its init arrived: fail it then
-            elif entry[1]:
+            tree = entries.get(root)
+            if tree is None:
+                entries[root] = _Tree(0, 0, True, gen)  # failed before its init arrived: fail it then
+            elif tree.spout_task:
                 del entries[root]
-                failed.setdefault(entry[1], []).append(root)
+                failed.setdefault(tree.spout_task, []).append(root)
             else:
-                entry[2] = True
-                entry[3] = gen
+                tree.failed = True
+                tree.generation = gen
         for i in range(len(init_roots)):
             root = init_roots[i]
-            spout_task = init_tasks[i]
-            entry = entries.get(root)
-            if entry is None:
-                entry = entries[root] = [init_xors[i], spout_task, False, gen]
+            spout_task: int = init_tasks[i]
+            tree = entries.get(root)
+            if tree is None:
+                tree = entries[root] = _Tree(init_xors[i], spout_task, False, gen)
             else:
-                entry[0] ^= init_xors[i]
-                entry[1] = spout_task
-                entry[3] = gen
-            if entry[2]:
+                tree.xor ^= init_xors[i]
+                tree.spout_task = spout_task
+                tree.generation = gen
+            if tree.failed:
                 del entries[root]
                 failed.setdefault(spout_task, []).append(root)
-            elif entry[0] == 0:
+            elif tree.xor == 0:
                 del entries[root]
                 acked.setdefault(spout_task, []).append(root)
         for i in range(len(ack_roots)):
             root = ack_roots[i]
-            entry = entries.get(root)
-            if entry is None:
-                entries[root] = [ack_xors[i], 0, False, gen]
+            tree = entries.get(root)
+            if tree is None:
+                entries[root] = _Tree(ack_xors[i], 0, False, gen)
                 continue
-            entry[0] ^= ack_xors[i]
-            entry[3] = gen
-            if entry[1] and entry[0] == 0 and not entry[2]:
+            x = tree.xor ^ ack_xors[i]
+            tree.xor = x
+            tree.generation = gen
+            if x == 0 and tree.spout_task and not tree.failed:
                 del entries[root]
-                acked.setdefault(entry[1], []).append(root)
+                acked.setdefault(tree.spout_task, []).append(root)
 
     def expire(self, now: float) -> int:
         """Start the generations that are due; returns how many roots were forgotten."""
@@ -223,7 +236,7 @@ class AckerTable:
         self.next_rotation += due * self.interval
         self.generation += due
         limit = self.generation - self.generations
-        stale = [root for root, entry in self.entries.items() if entry[3] <= limit]
+        stale = [root for root, tree in self.entries.items() if tree.generation <= limit]
         for root in stale:
             del self.entries[root]
         return len(stale)
