@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections import OrderedDict
 from typing import Any, Final
 
 ACKER = "__acker"
@@ -39,12 +38,63 @@ ACK_INDEX = {"inits": 0, "acks": 1, "fails": 2}
 # array (wire.frames.MIN_ARRAY_LEN), however many acks a step (or a commit) releases.
 ACK_CHUNK = 1024
 ID_BITS = 62  # ids stay small ints for the compiled code (no big-int arithmetic); 2**-62 per tree to err
+_M32: Final = 0xFFFFFFFF
+_M30: Final = 0x3FFFFFFF
+
+
+class IdGenerator:
+    """Edge and root ids: Marsaglia's xorshift64 (shifts 13, 7, 17; period 2**64 - 1), seeded
+    from the OS's random source, its 64-bit state kept as two 32-bit halves so every value
+    in the arithmetic is a small int (native and unboxed when compiled: no object is made
+    or freed per id). Storm draws its ids the same way, from a fast per-executor generator
+    (``java.util.Random``), not from the OS per id: ids need to be spread, not secret."""
+
+    __slots__ = ("hi", "lo")
+
+    def __init__(self, state: int = 0) -> None:
+        self.hi = 0
+        self.lo = 0
+        self.seed(state)
+
+    def seed(self, state: int = 0) -> None:
+        """Start from ``state`` (64 bits, not 0), or from a random state."""
+        while not state & 0xFFFFFFFFFFFFFFFF:
+            state = int.from_bytes(os.urandom(8), "little")
+        self.hi = (state >> 32) & _M32
+        self.lo = state & _M32
+
+    def state(self) -> int:
+        return (self.hi << 32) | self.lo
+
+    def next(self) -> int:
+        """A non-zero ``ID_BITS``-bit id: the low 62 bits of the generator's next state."""
+        hi = self.hi
+        lo = self.lo
+        hi ^= ((hi << 13) | (lo >> 19)) & _M32  # x ^= x << 13
+        lo ^= (lo << 13) & _M32
+        lo ^= (lo >> 7) | ((hi << 25) & _M32)  # x ^= x >> 7
+        hi ^= hi >> 7
+        hi ^= ((hi << 17) | (lo >> 15)) & _M32  # x ^= x << 17
+        lo ^= (lo << 17) & _M32
+        self.hi = hi
+        self.lo = lo
+        return ((hi & _M30) << 32) | lo or 1
+
+
+_ids: Final = IdGenerator()
+# Interpreted, the generator's dozen int operations cost more than taking ids from a pool
+# drawn ahead from the OS (one urandom call per POOL_SIZE ids); compiled, they are native.
+_NATIVE: Final = not __file__.endswith(".py")
 POOL_SIZE = 4096
-_pool: Final[list[int]] = []  # ids drawn ahead, a pool at a time (one urandom call per pool)
+_pool: Final[list[int]] = []
+_TOP_BYTE = bytes([b & (0xFF >> (64 - ID_BITS)) for b in range(256)])  # clears a word's top bits
+_TOP = 7 if sys.byteorder == "little" else 0  # where a native 64-bit word keeps its top byte
 
 
 def new_id() -> int:
     """A random non-zero 62-bit id."""
+    if _NATIVE:
+        return _ids.next()
     while True:
         try:
             return _pool.pop() or 1
@@ -52,19 +102,21 @@ def new_id() -> int:
             _refill()
 
 
-_TOP_BYTE = bytes([b & (0xFF >> (64 - ID_BITS)) for b in range(256)])  # clears a word's top bits
-_TOP = 7 if sys.byteorder == "little" else 0  # where a native 64-bit word keeps its top byte
-
-
 def _refill() -> None:
-    """Fill the pool from the OS's random source (after a fork too: see below), masked to
-    ``ID_BITS`` bits a word by byte operations, so no integer wider than an id is made."""
+    """Fill the pool from the OS's random source, masked to ``ID_BITS`` bits a word by byte
+    operations, so no integer wider than an id is made."""
     buf = bytearray(os.urandom(8 * POOL_SIZE))
     buf[_TOP::8] = buf[_TOP::8].translate(_TOP_BYTE)
     _pool.extend(memoryview(buf).cast("Q").tolist())
 
 
-os.register_at_fork(after_in_child=_pool.clear)  # a forked child must not reuse its parent's ids
+def _after_fork() -> None:
+    """A forked child must not repeat its parent's ids."""
+    _ids.seed()
+    _pool.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class AckBuffer:
@@ -182,14 +234,23 @@ class AckerTable:
         failed ones (whose spout task is known) to ``failed[spout task]``. Fails go first: a
         tree that failed anywhere is never reported complete. Raises ValueError when the
         message's lists are not parallel (and changes nothing then)."""
-        init_roots, init_xors, init_tasks = inits
-        ack_roots, ack_xors = acks
+        if len(inits) != 3 or len(acks) != 2:
+            raise ValueError("an ack message holds [roots, xors, spout tasks] and [roots, xors]")
+        # XORs and spout tasks typed as ints, so the compiled loops below unbox and XOR them
+        # natively (something else in them raises TypeError: the acker drops the message as
+        # malformed); roots stay the objects the message holds, used as dict keys as they are.
+        init_roots: list[Any] = inits[0]
+        init_xors: list[int] = inits[1]
+        init_tasks: list[int] = inits[2]
+        ack_roots: list[Any] = acks[0]
+        ack_xors: list[int] = acks[1]
+        fail_roots: list[Any] = fails
         if len(init_xors) != len(init_roots) or len(init_tasks) != len(init_roots) or (
                 len(ack_xors) != len(ack_roots)):
             raise ValueError("the lists of an ack message must be parallel")
         entries = self.entries
         gen = self.generation
-        for root in fails:
+        for root in fail_roots:
             tree = entries.get(root)
             if tree is None:
                 entries[root] = _Tree(0, 0, True, gen)  # failed before its init arrived: fail it then
@@ -243,31 +304,49 @@ class AckerTable:
 
 
 class PendingRoots:
-    """A spout task's in-flight roots, oldest first: root -> (msg_id, emitted at)."""
+    """A spout task's in-flight roots, oldest first: root -> (msg_id, emitted at).
 
-    __slots__ = ("entries",)
+    A plain dict (insertion order is emission order for a monotonic clock): cheaper per
+    add and pop than an ``OrderedDict``. ``oldest`` bounds the emission times of the
+    entries from below, so :meth:`expired` returns at once while nothing can be due
+    instead of walking past the popped slots at the dict's front every turn."""
+
+    __slots__ = ("entries", "oldest")
 
     def __init__(self) -> None:
-        self.entries: OrderedDict[int, tuple[Any, float]] = OrderedDict()
+        self.entries: dict[int, tuple[Any, float]] = {}
+        self.oldest = 0.0
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def add(self, root: int, msg_id: Any, now: float) -> None:
-        self.entries[root] = (msg_id, now)
+        entries = self.entries
+        if not entries:
+            self.oldest = now
+        entries[root] = (msg_id, now)
 
     def pop(self, root: int) -> tuple[Any, float] | None:
-        return self.entries.pop(root, None)
+        entries = self.entries
+        entry = entries.get(root)
+        if entry is not None:
+            del entries[root]
+        return entry
 
     def expired(self, now: float, timeout: float) -> list[tuple[Any, float]]:
         """Remove and return the entries emitted ``timeout`` seconds ago or earlier."""
-        out = []
+        out: list[tuple[Any, float]] = []
         entries = self.entries
         limit = now - timeout
-        while entries:
-            root, entry = next(iter(entries.items()))
+        if not entries or self.oldest > limit:
+            return out
+        stale: list[int] = []
+        for root, entry in entries.items():
             if entry[1] > limit:
+                self.oldest = entry[1]
                 break
-            del entries[root]
+            stale.append(root)
             out.append(entry)
+        for root in stale:
+            del entries[root]
         return out
