@@ -16,7 +16,7 @@ import pytest
 from streamgale import Bolt, LocalCluster, ReliableSpout, Spout, Topology
 from streamgale.config import Config
 from streamgale.runtime.acker import Acker
-from streamgale.runtime.acking import ACK_RESULT_STREAM, AckBuffer, AckerTable, PendingRoots, new_id
+from streamgale.runtime.acking import ACK_RESULT_STREAM, AckBuffer, AckerTable, IdGenerator, PendingRoots, new_id
 from streamgale.runtime.executor import SpoutExecutor, TaskRunner
 from streamgale.runtime.loop import ExecutorLoop
 from streamgale.tuples import Tuple
@@ -482,6 +482,45 @@ def test_pending_roots_expire_oldest_first():
     assert p.pop(2) == ("b", 1.0)
     assert p.expired(10.5, 10) == [("a", 0.0)]
     assert len(p) == 1
+
+
+def test_pending_roots_expire_exactly_once_whatever_was_popped_before():
+    p = PendingRoots()
+    for root in range(1, 6):
+        p.add(root, f"m{root}", float(root))
+    assert p.expired(5.0, 10) == []  # nothing due: the bound answers
+    assert [p.pop(r) for r in (1, 2, 9)] == [("m1", 1.0), ("m2", 2.0), None]
+    assert p.expired(13.0, 10) == [("m3", 3.0)]
+    assert p.expired(13.5, 10) == []
+    assert p.expired(15.0, 10) == [("m4", 4.0), ("m5", 5.0)] and len(p) == 0
+    p.add(7, "m7", 20.0)  # emitted after the dict ran empty: its own time is the new bound
+    assert p.expired(29.0, 10) == [] and p.expired(30.0, 10) == [("m7", 20.0)]
+
+
+def test_ids_follow_xorshift64_from_their_seed():
+    gen = IdGenerator(0x0123456789ABCDEF)
+    x, mask = 0x0123456789ABCDEF, (1 << 64) - 1
+    for _ in range(5000):
+        x ^= (x << 13) & mask
+        x ^= x >> 7
+        x ^= (x << 17) & mask
+        assert gen.next() == (x & ((1 << 62) - 1) or 1) and gen.state() == x
+    assert IdGenerator().state() != IdGenerator().state()  # unseeded: from the OS, each its own
+
+
+def test_a_forked_child_draws_other_ids_than_its_parent():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    reader, writer = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=lambda: writer.send([new_id() for _ in range(1000)]))
+    child.start()
+    try:
+        theirs = reader.recv()
+    finally:
+        child.join(timeout=30)
+    mine = [new_id() for _ in range(1000)]
+    assert len(theirs) == 1000 and not set(theirs) & set(mine)
 
 
 def test_new_ids_are_64_bit_and_non_zero():
