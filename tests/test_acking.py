@@ -323,6 +323,34 @@ def test_acker_memory_does_not_grow_with_the_tree():
     assert tracked(acker) == 0
 
 
+class AckSetInOpen(Spout):
+    """Keeps Spout's ack and fail, but sets an ack of its own on the instance in open."""
+
+    outputs = ["n"]
+    log: dict = {}
+
+    def open(self, context):
+        self.events = []
+        self.ack = lambda msg_id: self.events.append(msg_id)
+        self.left = [1, 2, 3]
+        type(self).log[context.task_id] = self
+
+    def next_tuple(self):
+        if self.left:
+            n = self.left.pop()
+            self.emit([n], msg_id=n)
+
+
+def test_the_ack_a_spout_sets_on_itself_is_called_for_every_tree():
+    spout = fresh(AckSetInOpen)
+    t = Topology("own-ack")
+    t.spout("numbers", spout)
+    t.bolt("pass", Pass).shuffle("numbers")
+    run(t, lambda: any(len(s.events) == 3 for s in spout.log.values()))
+    [s] = spout.log.values()
+    assert sorted(s.events) == [1, 2, 3]
+
+
 def test_with_acking_off_spout_tuples_are_acked_at_once():
     spout = fresh(Once)
     t = Topology("off")

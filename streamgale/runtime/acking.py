@@ -314,7 +314,9 @@ class PendingRoots:
     __slots__ = ("entries", "oldest")
 
     def __init__(self) -> None:
-        self.entries: dict[int, tuple[Any, float]] = {}
+        # Keyed by the root objects as they are (Any): the roots an ack result names are looked
+        # up without being converted to native ints and boxed again for each dict operation.
+        self.entries: dict[Any, tuple[Any, float]] = {}
         self.oldest = 0.0
 
     def __len__(self) -> int:
@@ -326,7 +328,7 @@ class PendingRoots:
             self.oldest = now
         entries[root] = (msg_id, now)
 
-    def pop(self, root: int) -> tuple[Any, float] | None:
+    def pop(self, root: Any) -> tuple[Any, float] | None:
         entries = self.entries
         entry = entries.get(root)
         if entry is not None:
@@ -340,7 +342,7 @@ class PendingRoots:
         limit = now - timeout
         if not entries or self.oldest > limit:
             return out
-        stale: list[int] = []
+        stale: list[Any] = []
         for root, entry in entries.items():
             if entry[1] > limit:
                 self.oldest = entry[1]

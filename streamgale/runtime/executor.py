@@ -599,6 +599,9 @@ class SpoutExecutor(Executor):
         """Ack results from ackers: call the spout's ack/fail for the trees still pending."""
         col = r.collector
         q, pending, spout = r.queue, col.pending, r.instance
+        # A spout that keeps Spout's ack (it does nothing) is not called per acked tree.
+        ack = None if getattr(type(spout), "ack", None) is Spout.ack and "ack" not in getattr(spout, "__dict__", ()) \
+            else spout.ack
         now = self.clock()
         n = 0
         while q:
@@ -611,7 +614,8 @@ class SpoutExecutor(Executor):
                         n += 1
                         col.acked += 1
                         col.latency_total += now - entry[1]
-                        self._call(r, spout.ack, entry[0], "ack")
+                        if ack is not None:
+                            self._call(r, ack, entry[0], "ack")
                     else:
                         col.late_acks += 1
                 for root in failed:
