@@ -534,6 +534,9 @@ class SpoutExecutor(Executor):
                  clock: Callable[[], float] = time.monotonic):
         super().__init__(component, runners, on_error)
         self.active = True
+        # The last step called a task's next_tuple and it emitted nothing (a paced spout, or one
+        # polling an empty source): the loop calls it again soon rather than waiting.
+        self.asked_empty = False
         self.message_timeout = message_timeout
         self.max_pending = max_pending
         self.clock = clock
@@ -563,6 +566,7 @@ class SpoutExecutor(Executor):
         """Call next_tuple up to ``budget`` times per task, while it has fewer than
         ``max_pending`` trees in flight, emits something each call and has emitted fewer
         than ``SPOUT_EMITS`` tuples this turn."""
+        self.asked_empty = False
         if not self.active:
             return 0
         work = 0
@@ -589,6 +593,7 @@ class SpoutExecutor(Executor):
                 if col.acked_now:
                     self._ack_untracked(r)
                 if col.emitted == before:
+                    self.asked_empty = True
                     break
                 work += col.emitted - before
             if col.acks is not None and col.acks.dirty:

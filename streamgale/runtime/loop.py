@@ -7,12 +7,14 @@ with a deque append. Parallelism across cores comes from worker processes.
 Each turn: bolts drain their queues (downstream first keeps queues short), tick
 timers fire, then spouts are called unless some queue is over capacity
 (backpressure: a spout is never called while its outputs cannot drain). When a
-turn does no work the loop waits in ``idle(timeout)``, where a cluster worker
-polls its sockets.
+turn does no work the loop waits, longer the longer it has been idle (a cluster
+worker polls its sockets meanwhile), after ``SPIN`` seconds of turning if a
+spout asked for more and emitted nothing.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -37,6 +39,15 @@ class LoopIO(Protocol):
 BOLT_BUDGET = 256  # tuples per task per turn
 SPOUT_BUDGET = 64  # next_tuple calls per task per turn
 MAX_IDLE = 0.01  # longest idle wait, seconds
+# Seconds the loop keeps turning after its last work, before it waits, while a spout's
+# next_tuple emitted nothing on its last call (paced, or polling a source): that spout is
+# called again within microseconds instead of after a wait of a millisecond or more,
+# which would also send what fell due meanwhile in one burst through every hop (Storm's
+# progressive spout wait strategy spins first too). Each empty turn of the spin yields
+# the CPU to whatever else is runnable. A loop whose spouts are throttled (trees in
+# flight, backpressure), or that has none, waits at once: its next work arrives on a
+# socket or a timer, and either ends the wait.
+SPIN = 0.0005
 
 
 class ExecutorLoop:
@@ -144,6 +155,12 @@ class ExecutorLoop:
             work += io.pump(work == 0, congested)
         return work
 
+    def spout_asked_empty(self) -> bool:
+        for s in self.spouts:
+            if s.asked_empty:
+                return True
+        return False
+
     def next_timer_in(self) -> float:
         if not self._ticks:
             return MAX_IDLE
@@ -151,22 +168,29 @@ class ExecutorLoop:
         return max(0.0, min(MAX_IDLE, min(t[1] for t in self._ticks) - now))
 
     def run(self, should_stop: Callable[[], bool]) -> None:
-        """Run turns until ``should_stop()``; wait briefly when turns do nothing."""
+        """Run turns until ``should_stop()``; wait when turns have done nothing for a while."""
         io, wakeup = self.io, self.wakeup
-        idle_turns = 0
+        idle_since = 0.0
         while not should_stop():
             if self.step():
-                idle_turns = 0
+                idle_since = 0.0
                 continue
-            idle_turns += 1
-            # Back off gently: stay hot for a few empty turns, then sleep.
-            if idle_turns > 3:
-                timeout = min(self.next_timer_in(), 0.0002 * idle_turns)
-                if io is not None:
-                    io.wait(timeout, wakeup)
-                else:
-                    wakeup.wait(timeout)
-                wakeup.clear()
+            now = time.perf_counter()
+            if not idle_since:
+                idle_since = now
+                continue
+            idle = now - idle_since
+            if idle < SPIN and self.spout_asked_empty():
+                os.sched_yield()
+                continue
+            # Back off: wait about as long as the loop has been idle (1 ms first), at most until
+            # the next timer; input from other workers or threads ends the wait at once.
+            timeout = min(self.next_timer_in(), max(0.001, idle))
+            if io is not None:
+                io.wait(timeout, wakeup)
+            else:
+                wakeup.wait(timeout)
+            wakeup.clear()
 
     def stop(self) -> None:
         """Close spouts, then clean up bolts; errors are reported, not raised."""
