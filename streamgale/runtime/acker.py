@@ -68,9 +68,6 @@ class Acker(Bolt):
         for spout_task in set(acked) | set(failed):
             done, lost = acked.get(spout_task, []), failed.get(spout_task, [])
             try:
-                if len(done) <= ACK_CHUNK and len(lost) <= ACK_CHUNK:
-                    self.emit_direct(spout_task, [done, lost], stream=ACK_RESULT_STREAM)
-                    continue
                 for start in range(0, max(len(done), len(lost)), ACK_CHUNK):
                     self.emit_direct(spout_task, [done[start:start + ACK_CHUNK], lost[start:start + ACK_CHUNK]],
                                      stream=ACK_RESULT_STREAM)

@@ -151,6 +151,9 @@ class ExecutorLoop:
                 self.running, self.running_since = s, clock()
                 work += s.step(SPOUT_BUDGET)
             self.running = None
+        else:
+            for s in self.spouts:
+                s.asked_empty = False  # held back, not asking: the loop need not spin for it
         if io is not None:
             work += io.pump(work == 0, congested)
         return work
